@@ -1,0 +1,15 @@
+"""Command line of the worker side: `python -m pipeline --help`."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="anomaly-pipeline")
+def cli() -> None:
+    """Streaming anomaly detection worker, local Kafka, alert tools."""
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,1 @@
+"""Batch job that fits an autoencoder on normal records and publishes it to the model store."""
