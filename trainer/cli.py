@@ -1,13 +1,69 @@
-"""Command line of the trainer: `python -m trainer --help`."""
+"""Command line of the trainer: `python -m trainer --help`.
+
+Flags override ``TRAINER_*`` env vars, which override ``.env``. Exit codes: 0 published,
+2 bad configuration, 3 bad data, 1 anything else; on failure nothing is published.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from typing import Any, NoReturn
+
 import click
+
+from pipeline.artifact import manifest_summary
+from pipeline.exceptions import ConfigError, DataError, FeatureSpecError, PipelineError
+from pipeline.logs import configure_logging
+from trainer.settings import load_trainer_settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(["json", "text"]), default="text")
+def cli(log_level: str, log_format: str) -> None:
     """Fit, publish and evaluate autoencoder anomaly models."""
+    configure_logging(log_level, log_format)
+
+
+@cli.command()
+@click.option("--data", help="Parquet file, directory, glob or fsspec URL of NORMAL rows.")
+@click.option("--model-store", help="Directory of the model store.")
+@click.option("--name", help="Model name inside the store.")
+@click.option("--model", type=click.Choice(["ae", "vae", "dae"]), help="Architecture.")
+@click.option("--id-column", help="Column carried through, never a feature.")
+@click.option("--label-column", help="Column never used for fitting.")
+@click.option("--ignore-columns", help="Comma-separated columns to leave out.")
+@click.option("--categorical-columns", help="Comma-separated columns to treat as categorical.")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--learning-rate", type=float)
+@click.option("--hidden-dims", help="Comma-separated layer sizes, e.g. 64,32.")
+@click.option("--latent-dim", type=int)
+@click.option("--quantile", type=float, help="Threshold quantile of held-out scores.")
+@click.option("--validation-fraction", type=float)
+@click.option("--seed", type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+def fit(**flags: Any) -> None:
+    """Fit a model on normal rows and publish it; prints the new version last."""
+    from trainer.fit import fit as run_fit  # torch import only when needed
+
+    try:
+        settings = load_trainer_settings(**flags)
+        manifest = run_fit(settings)
+    except ConfigError as exc:
+        _fail(2, str(exc))
+    except (DataError, FeatureSpecError) as exc:
+        _fail(3, str(exc))
+    except PipelineError as exc:
+        _fail(1, str(exc))
+    click.echo(json.dumps(manifest_summary(manifest)), err=True)
+    click.echo(manifest.version)
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
 
 def main() -> None:

@@ -1,0 +1,72 @@
+"""Micro-batch collection: close a batch at max_size records or max_wait after its first record.
+
+The deadline is measured from the first record of the batch, not from the poll call, so an
+isolated record waits at most ``max_wait`` before it is scored. Records of one partition keep
+their order; partitions are concatenated as the consumer returns them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class RecordSource(Protocol):
+    """What the collector needs of a consumer (KafkaConsumer satisfies it)."""
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]:
+        """Return up to max_records records grouped by partition."""
+        ...
+
+
+@dataclass
+class Batch:
+    records: list[Any]
+    first_record_at: float  # monotonic time the first record arrived
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+class BatchCollector:
+    """Polls a source into batches bounded by size and by wait time."""
+
+    def __init__(
+        self,
+        source: RecordSource,
+        max_size: int,
+        max_wait_s: float,
+        idle_poll_s: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self.idle_poll_s = idle_poll_s
+        self.clock = clock
+
+    def collect(self) -> Batch | None:
+        """One batch, or None when nothing arrived within ``idle_poll_s`` (lets callers
+        check their stop flag between polls)."""
+        records = self._poll(self.idle_poll_s, self.max_size)
+        if not records:
+            return None
+        batch = Batch(records=records, first_record_at=self.clock())
+        deadline = batch.first_record_at + self.max_wait_s
+        while len(batch.records) < self.max_size:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                break
+            batch.records.extend(self._poll(remaining, self.max_size - len(batch.records)))
+        return batch
+
+    def _poll(self, timeout_s: float, max_records: int) -> list[Any]:
+        timeout_ms = max(0, math.ceil(timeout_s * 1000))
+        polled = self.source.poll(timeout_ms=timeout_ms, max_records=max_records)
+        out: list[Any] = []
+        for records in polled.values():
+            out.extend(records)
+        return out

@@ -1,0 +1,67 @@
+"""The dead-letter contract: original bytes and key, the reason and source coordinates in headers.
+
+Header names (all values UTF-8): ``dlq.reason``, ``dlq.detail``, ``dlq.source.topic``,
+``dlq.source.partition``, ``dlq.source.offset``, ``dlq.source.timestamp``, ``dlq.model``.
+The input record's own headers are kept after ours, so a repaired record can be replayed
+as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+PREFIX = "dlq."
+MAX_DETAIL = 1024
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead letter as a consumer sees it (parsed back from headers)."""
+
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None
+    model: str
+
+
+def dead_letter_headers(
+    *,
+    reason: str,
+    detail: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp: int | None,
+    model: str,
+    original: Sequence[tuple[str, bytes]] = (),
+) -> list[tuple[str, bytes]]:
+    ours = [
+        ("dlq.reason", reason),
+        ("dlq.detail", detail[:MAX_DETAIL]),
+        ("dlq.source.topic", topic),
+        ("dlq.source.partition", str(partition)),
+        ("dlq.source.offset", str(offset)),
+        ("dlq.source.timestamp", "" if timestamp is None else str(timestamp)),
+        ("dlq.model", model),
+    ]
+    kept = [(k, v) for k, v in original if not k.startswith(PREFIX)]
+    return [(k, v.encode("utf-8", "replace")) for k, v in ours] + kept
+
+
+def parse_dead_letter(headers: Sequence[tuple[str, bytes]]) -> DeadLetter:
+    """Read our headers back; raises KeyError naming the header if one is missing."""
+    h = {k: v.decode("utf-8", "replace") for k, v in headers if k.startswith(PREFIX)}
+    ts = h["dlq.source.timestamp"]
+    return DeadLetter(
+        reason=h["dlq.reason"],
+        detail=h["dlq.detail"],
+        topic=h["dlq.source.topic"],
+        partition=int(h["dlq.source.partition"]),
+        offset=int(h["dlq.source.offset"]),
+        timestamp=int(ts) if ts else None,
+        model=h["dlq.model"],
+    )

@@ -1,0 +1,58 @@
+"""One exception tree for the whole project, so callers can catch at the right level.
+
+    PipelineError
+    ├── ConfigError            a setting is invalid; raised at start, names the field
+    ├── FeatureSpecError       a feature spec is inconsistent or does not fit the data
+    ├── ArtifactError          a model artifact cannot be used
+    │   ├── ArtifactNotFound   no such model / version in the store
+    │   └── ArtifactInvalid    present but refused (checksum, format, shapes, smoke batch)
+    ├── DataError              training / scoring input cannot be read or is unusable
+    ├── ScoringError           the model failed on a batch
+    └── KafkaIOError           talking to Kafka failed
+        └── DeliveryError      a produced record was not acknowledged
+
+Library errors (kafka-python, torch, pyarrow) are wrapped at the boundary with
+``raise X(...) from exc`` so the message carries our context (file, topic, field).
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """A setting is invalid; the message names the field."""
+
+
+class FeatureSpecError(PipelineError):
+    """A feature spec is inconsistent, or does not match the data or the model."""
+
+
+class ArtifactError(PipelineError):
+    """A model artifact cannot be used."""
+
+
+class ArtifactNotFound(ArtifactError):
+    """The model store has no such model or version."""
+
+
+class ArtifactInvalid(ArtifactError):
+    """The artifact exists but is refused: checksum, format, shapes or smoke batch."""
+
+
+class DataError(PipelineError):
+    """Input data (Parquet, records) cannot be read or is unusable; names the file or column."""
+
+
+class ScoringError(PipelineError):
+    """The model failed on a batch."""
+
+
+class KafkaIOError(PipelineError):
+    """Talking to Kafka failed."""
+
+
+class DeliveryError(KafkaIOError):
+    """A produced record was not acknowledged by the broker."""

@@ -1,0 +1,165 @@
+"""Prometheus metrics of the worker and the HTTP server for /metrics, /healthz and /readyz.
+
+All metrics live on one object that takes a registry, so tests use a fresh
+``CollectorRegistry()`` and read values with ``registry.get_sample_value``. The core names
+are a contract with dashboards, alert rules and benchmarks (DESIGN.md): keep them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
+_SCORE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 1024)
+
+
+class PipelineMetrics:
+    """Every metric the worker exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.records_consumed = Counter(
+            "pipeline_records_consumed", "Records read from the input topics", registry=r
+        )
+        self.records_scored = Counter(
+            "pipeline_records_scored", "Records scored by the model", registry=r
+        )
+        self.anomalies = Counter(
+            "pipeline_anomalies", "Records over the threshold (alerts emitted)", registry=r
+        )
+        self.records_invalid = Counter(
+            "pipeline_records_invalid",
+            "Records sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "pipeline_batch_size", "Records per micro-batch", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "pipeline_inference_seconds",
+            "Model time per batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            "pipeline_end_to_end_latency_seconds",
+            "From the record's timestamp to its batch being acknowledged",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "pipeline_consumer_lag",
+            "Records behind the log end, by partition",
+            ["partition"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "pipeline_model_info",
+            "The model being served (value 1)",
+            ["name", "version"],
+            registry=r,
+        )
+        self.threshold = Gauge("pipeline_threshold", "Alert threshold of the model", registry=r)
+        self.score = Histogram(
+            "pipeline_score", "Reconstruction scores", buckets=_SCORE_BUCKETS, registry=r
+        )
+        self.batches = Counter("pipeline_batches", "Micro-batches processed", registry=r)
+        self.batch_failures = Counter(
+            "pipeline_batch_failures",
+            "Batches that failed and were retried",
+            ["stage"],
+            registry=r,
+        )
+        self.commits = Counter("pipeline_commits", "Offset commits", registry=r)
+        self.model_reloads = Counter(
+            "pipeline_model_reloads", "Model reload attempts, by result", ["result"], registry=r
+        )
+        self.ready = Gauge(
+            "pipeline_ready", "1 when partitions are assigned and a model loaded", registry=r
+        )
+
+    def set_model(self, name: str, version: str, threshold: float) -> None:
+        """Make exactly one (name, version) series carry the value 1."""
+        self.model_info.clear()
+        self.model_info.labels(name=name, version=version).set(1)
+        self.threshold.set(threshold)
+
+
+class MetricsServer:
+    """A small threaded HTTP server: /metrics, /healthz (alive) and /readyz (ready to work)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        is_ready: Callable[[], bool],
+        is_alive: Callable[[], bool] = lambda: True,
+    ) -> None:
+        handler = _make_handler(registry, is_ready, is_alive)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        log.info("metrics server listening port=%d", self.port)
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def _make_handler(
+    registry: CollectorRegistry, is_ready: Callable[[], bool], is_alive: Callable[[], bool]
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                ok = is_alive()
+                self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
+            elif path == "/readyz":
+                ok = is_ready()
+                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            else:
+                self._send(404, b"not found\n")
+
+        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Silence per-request access logs; scrapes would flood the worker's log."""
+
+    return Handler

@@ -1,0 +1,104 @@
+"""The model being served: a validated artifact with its scorer and decoder, and hot reload.
+
+A reload happens between batches: the watcher notices a new LATEST, loads and validates the
+version (checksum, shapes, smoke batch, a feature spec compatible with the one in service),
+and only then swaps it in. A refused version is remembered so it is not retried every tick,
+and the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.artifact import LoadedArtifact, latest_version, load_artifact
+from pipeline.codec import RecordDecoder
+from pipeline.exceptions import ArtifactError, ArtifactInvalid
+from pipeline.features import FeatureSpec
+from pipeline.scoring import Scorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """Everything needed to turn record bytes into scores with one model version."""
+
+    artifact: LoadedArtifact
+    scorer: Scorer
+    decoder: RecordDecoder
+
+    @property
+    def name(self) -> str:
+        return self.artifact.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.artifact.manifest.version
+
+    @property
+    def threshold(self) -> float:
+        return self.artifact.manifest.threshold.value
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.artifact.manifest.features
+
+
+def open_model(
+    store: str,
+    name: str,
+    version: str | None,
+    device: torch.device,
+    *,
+    id_field: str | None,
+    top_k: int,
+    max_record_bytes: int,
+) -> ModelHandle:
+    """Load and validate a model version and build its scorer and decoder."""
+    artifact = load_artifact(store, name, version)
+    spec = artifact.manifest.features
+    scorer = Scorer(spec, artifact.model, device, top_k=top_k)
+    decoder = RecordDecoder(spec, id_field=id_field, max_bytes=max_record_bytes)
+    return ModelHandle(artifact=artifact, scorer=scorer, decoder=decoder)
+
+
+def check_compatible(current: FeatureSpec, candidate: FeatureSpec) -> None:
+    """A new model must read the same columns with the same kinds as the one in service,
+    otherwise every record valid today would be dead-lettered after the swap."""
+    old = [(f.name, f.kind, getattr(f, "length", None)) for f in current.features]
+    new = [(f.name, f.kind, getattr(f, "length", None)) for f in candidate.features]
+    if old != new:
+        raise ArtifactInvalid(f"feature columns changed: serving {old}, candidate {new}")
+
+
+class ModelWatcher:
+    """Polls the store's LATEST and yields a validated new handle when it changes."""
+
+    def __init__(self, store: str, name: str, interval_s: float) -> None:
+        self.store = store
+        self.name = name
+        self.interval_s = interval_s
+        self._next_check = time.monotonic() + interval_s
+        self._refused: str | None = None
+
+    def poll(self, current: ModelHandle) -> str | None:
+        """The LATEST version if it differs from the served one and was not refused before."""
+        now = time.monotonic()
+        if self.interval_s <= 0 or now < self._next_check:
+            return None
+        self._next_check = now + self.interval_s
+        try:
+            version = latest_version(self.store, self.name)
+        except ArtifactError as exc:
+            log.warning("cannot read LATEST", extra={"error": str(exc)})
+            return None
+        if version in (current.version, self._refused):
+            return None
+        return version
+
+    def refuse(self, version: str) -> None:
+        self._refused = version
