@@ -40,7 +40,8 @@ _SCALE = np.array([8.0, 0.6, 0.15, 300.0, 3.0, 2.5, 10.0, 1.5])
 
 def _readings(factors: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:
     raw = factors @ _MIX.T + noise * rng.standard_normal((len(factors), len(SENSORS)))
-    return _OFFSET + _SCALE * raw  # (n, 8)
+    out: np.ndarray = _OFFSET + _SCALE * raw  # (n, 8)
+    return out
 
 
 def normal_frame(n: int, seed: int = 0, start_id: int = 0) -> pd.DataFrame:
@@ -78,9 +79,7 @@ def anomaly_frame(n: int, seed: int = 1, start_id: int = 0) -> pd.DataFrame:
     return df
 
 
-def mixed_stream(
-    n_normal: int, n_anomalies: int, seed: int = 7
-) -> tuple[pd.DataFrame, set[str]]:
+def mixed_stream(n_normal: int, n_anomalies: int, seed: int = 7) -> tuple[pd.DataFrame, set[str]]:
     """Normal and anomalous records shuffled together, and the ids of the anomalies."""
     normal = normal_frame(n_normal, seed=seed, start_id=0)
     bad = anomaly_frame(n_anomalies, seed=seed + 1, start_id=0)
@@ -92,6 +91,6 @@ def mixed_stream(
 def to_records(df: pd.DataFrame) -> list[dict[str, object]]:
     """JSON-ready dicts (numpy scalars become Python ones)."""
     return [
-        {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        {str(k): (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
         for row in df.to_dict(orient="records")
     ]
