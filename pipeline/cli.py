@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
@@ -54,17 +55,84 @@ def run(max_batches: int | None, idle_timeout: float | None) -> None:
         _fail(4, str(exc))
     except PipelineError as exc:
         _fail(1, str(exc))
-    click.echo(
-        json.dumps(
-            {
-                "batches": summary.batches,
-                "consumed": summary.consumed,
-                "scored": summary.scored,
-                "anomalies": summary.anomalies,
-                "rejected": summary.rejected,
-            }
-        )
+    click.echo(json.dumps(summary.as_dict()))
+
+
+@cli.command()
+@click.option(
+    "--workdir", type=click.Path(path_type=Path), default=Path(".demo"), show_default=True
+)
+@click.option("--bootstrap", help="Use this Kafka instead of starting the local one.")
+@click.option("--records", type=int, default=5000, show_default=True)
+@click.option("--anomalies", type=int, default=50, show_default=True)
+@click.option("--rate", type=float, default=1000.0, show_default=True, help="Records per second.")
+@click.option("--keep-kafka", is_flag=True, help="Leave the local broker running afterwards.")
+def demo(
+    workdir: Path,
+    bootstrap: str | None,
+    records: int,
+    anomalies: int,
+    rate: float,
+    keep_kafka: bool,
+) -> None:
+    """Run the whole job end to end on this machine and print alerts live."""
+    from pipeline.demo import DemoConfig, run_demo
+    from pipeline.logs import configure_logging
+
+    configure_logging("WARNING", "text")
+    cfg = DemoConfig(
+        workdir=workdir,
+        bootstrap=bootstrap,
+        stream_rows=records,
+        anomalies=anomalies,
+        rate=rate,
+        keep_kafka=keep_kafka,
     )
+    sys.exit(run_demo(cfg))
+
+
+@cli.command("sample-data")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Parquet file.")
+@click.option("--rows", type=int, default=20_000, show_default=True)
+@click.option("--anomalies", type=int, default=0, help="Also write this many anomalies.")
+@click.option("--seed", type=int, default=1, show_default=True)
+def sample_data(out: Path, rows: int, anomalies: int, seed: int) -> None:
+    """Write synthetic sensor records (normal by default) to a Parquet file."""
+    from pipeline.sampledata import mixed_stream, normal_frame
+
+    frame = mixed_stream(rows, anomalies, seed)[0] if anomalies else normal_frame(rows, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out)
+    click.echo(str(out))
+
+
+@cli.command("produce-sample")
+@click.option("--bootstrap", default="127.0.0.1:9092", show_default=True)
+@click.option("--topic", default="records", show_default=True)
+@click.option("--rate", type=float, default=100.0, show_default=True, help="Records per second.")
+@click.option("--count", type=int, default=0, help="Stop after this many records (0: forever).")
+@click.option("--anomaly-rate", type=float, default=0.01, show_default=True)
+def produce_sample(
+    bootstrap: str, topic: str, rate: float, count: int, anomaly_rate: float
+) -> None:
+    """Stream synthetic sensor records with injected anomalies to a topic (for demos)."""
+    from pipeline.sampledata import stream_forever
+
+    sent = stream_forever(bootstrap, topic, rate=rate, count=count, anomaly_rate=anomaly_rate)
+    click.echo(f"sent {sent} records to {topic}")
+
+
+@cli.command("settings-doc")
+def settings_doc() -> None:
+    """Print the Markdown tables of every worker and trainer setting (for README.md)."""
+    from pipeline.settings import WorkerSettings
+    from pipeline.settings_doc import markdown_table
+    from trainer.settings import TrainerSettings
+
+    click.echo("### Worker (`python -m pipeline run`)\n")
+    click.echo(markdown_table(WorkerSettings, "PIPELINE_"))
+    click.echo("\n### Trainer (`python -m trainer fit`; flags override env)\n")
+    click.echo(markdown_table(TrainerSettings, "TRAINER_"))
 
 
 @cli.command()

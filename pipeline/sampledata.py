@@ -94,3 +94,35 @@ def to_records(df: pd.DataFrame) -> list[dict[str, object]]:
         {str(k): (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
         for row in df.to_dict(orient="records")
     ]
+
+
+def stream_forever(
+    bootstrap: str, topic: str, rate: float, count: int = 0, anomaly_rate: float = 0.01
+) -> int:
+    """Produce records at about ``rate`` per second, ``count`` of them (0: until interrupted)."""
+    import time
+
+    import msgspec
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    sent, chunk, started = 0, max(1, int(rate)), time.monotonic()
+    try:
+        while count == 0 or sent < count:
+            n_bad = int(np.random.default_rng(sent).binomial(chunk, anomaly_rate))
+            frame, _ = mixed_stream(chunk - n_bad, n_bad, seed=sent)
+            for rec in to_records(frame):
+                if count and sent >= count:
+                    break
+                key = str(rec["machine_id"]).encode()
+                producer.send(topic, key=key, value=msgspec.json.encode(rec))
+                sent += 1
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        producer.flush()
+        producer.close()
+    return sent

@@ -22,18 +22,30 @@ class KafkaSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bootstrap_servers: str = Field(
-        default="127.0.0.1:9092", min_length=1, description="comma-separated host:port list"
+        default="127.0.0.1:9092", min_length=1, description="Comma-separated host:port list."
     )
-    client_id: str = Field(default="anomaly-pipeline", min_length=1)
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    ssl_password: SecretStr | None = None
-    request_timeout_ms: int = Field(default=30_000, gt=0)
+    client_id: str = Field(
+        default="anomaly-pipeline", min_length=1, description="Client id shown in broker logs."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How to talk to the brokers."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="Required with SASL_* protocols."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user.")
+    sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password (secret: never logged)."
+    )
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle to verify brokers.")
+    ssl_certfile: Path | None = Field(default=None, description="Client certificate (mTLS).")
+    ssl_keyfile: Path | None = Field(default=None, description="Client private key (mTLS).")
+    ssl_password: SecretStr | None = Field(
+        default=None, description="Password of the client key (secret)."
+    )
+    request_timeout_ms: int = Field(
+        default=30_000, gt=0, description="Timeout of one request to a broker."
+    )
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -72,8 +84,15 @@ class BatchSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_size: int = Field(default=1024, gt=0, le=1_000_000)
-    max_wait_ms: int = Field(default=50, ge=0, le=60_000)
+    max_size: int = Field(
+        default=1024, gt=0, le=1_000_000, description="Most records in one micro-batch."
+    )
+    max_wait_ms: int = Field(
+        default=50,
+        ge=0,
+        le=60_000,
+        description="Longest a record waits for its batch to fill, from the batch's first record.",
+    )
 
 
 class WorkerSettings(BaseSettings):
@@ -90,35 +109,84 @@ class WorkerSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     input_topic: str = Field(
-        default="records", min_length=1, description="topic(s) to consume, comma-separated"
+        default="records", min_length=1, description="Topic(s) to consume, comma-separated."
     )
     input_pattern: str | None = Field(
-        default=None, description="regex of topics to consume instead of input_topic"
+        default=None, description="Regex of topics to consume instead of input_topic."
     )
-    alert_topic: str = Field(default="anomalies", min_length=1)
-    dlq_topic: str = Field(default="records-dlq", min_length=1)
-    scores_topic: str | None = Field(default=None, description="optional: every record's score")
-    group_id: str = Field(default="anomaly-worker", min_length=1)
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    model_store: str = Field(default="model-store", min_length=1)
-    model_name: str = Field(default="default", min_length=1)
-    model_version: str | None = Field(default=None, description="pin a version; LATEST if unset")
-    id_field: str | None = Field(default=None, description="record field carried as record_id")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    top_k: int = Field(default=3, ge=0, le=100)
-    include_record: bool = Field(default=False, description="copy the input record into alerts")
-    max_record_bytes: int = Field(default=1_048_576, gt=0)
-    metrics_port: int = Field(default=9108, ge=0, le=65535, description="0 disables the server")
-    metrics_host: str = "0.0.0.0"
-    delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    alert_topic: str = Field(
+        default="anomalies", min_length=1, description="Where anomaly events go."
+    )
+    dlq_topic: str = Field(
+        default="records-dlq", min_length=1, description="Where records that fail decoding go."
+    )
+    scores_topic: str | None = Field(
+        default=None, description="Optional: every record's score event (audit, analytics)."
+    )
+    group_id: str = Field(
+        default="anomaly-worker", min_length=1, description="Consumer group of the workers."
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest", description="Where a new group starts reading."
+    )
+    create_topics: bool = Field(default=True, description="Create missing output topics at start.")
+    topic_partitions: int = Field(default=3, ge=1, description="Partitions of created topics.")
+    topic_replication: int = Field(
+        default=1, ge=1, description="Replication factor of created topics."
+    )
+    model_store: str = Field(
+        default="model-store", min_length=1, description="Directory of the model store."
+    )
+    model_name: str = Field(
+        default="default", min_length=1, description="Model name inside the store."
+    )
+    model_version: str | None = Field(
+        default=None, description="Pin a version (disables hot reload); LATEST when unset."
+    )
+    id_field: str | None = Field(
+        default=None, description="Record field carried into alerts as record_id."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where the model runs; auto = CUDA when present."
+    )
+    top_k: int = Field(
+        default=3, ge=0, le=100, description="Features with the largest error in each alert."
+    )
+    include_record: bool = Field(
+        default=False, description="Copy the input record into each alert."
+    )
+    max_record_bytes: int = Field(
+        default=1_048_576, gt=0, description="Larger records are dead-lettered as oversized."
+    )
+    metrics_port: int = Field(
+        default=9108,
+        ge=0,
+        le=65535,
+        description="Port of /metrics, /healthz, /readyz; 0 disables the server.",
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Interface of the metrics server.")
+    delivery: Literal["at-least-once", "exactly-once"] = Field(
+        default="at-least-once", description="Delivery guarantee (README: Delivery)."
+    )
     transactional_id: str | None = Field(
-        default=None, description="exactly-once: stable per worker; default group_id-client_id"
+        default=None,
+        description="exactly-once: stable id per worker replica; default group_id-client_id.",
     )
-    reload_interval_s: float = Field(default=10.0, ge=0, description="0 disables hot reload")
-    max_batch_retries: int = Field(default=5, ge=0)
-    retry_backoff_s: float = Field(default=0.5, ge=0)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    reload_interval_s: float = Field(
+        default=10.0, ge=0, description="How often to check LATEST for a new model; 0 disables."
+    )
+    max_batch_retries: int = Field(
+        default=5, ge=0, description="Failed attempts of one batch before the worker exits."
+    )
+    retry_backoff_s: float = Field(
+        default=0.5, ge=0, description="First retry delay; doubles per attempt, capped at 30 s."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one object per line; text: for people."
+    )
 
     @property
     def input_topics(self) -> list[str]:

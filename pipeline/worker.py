@@ -28,6 +28,7 @@ from pipeline.processing import BatchProcessor, Topics
 from pipeline.scoring import resolve_device
 from pipeline.serving import ModelHandle, ModelWatcher, check_compatible, open_model
 from pipeline.settings import WorkerSettings
+from pipeline.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,24 @@ class RunSummary:
     scored: int = 0
     anomalies: int = 0
     rejected: int = 0
+    busy_s: float = 0.0  # time spent processing and committing batches
     started_at: float = field(default_factory=time.monotonic)
 
     @property
     def elapsed_s(self) -> float:
         return time.monotonic() - self.started_at
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "consumed": self.consumed,
+            "scored": self.scored,
+            "anomalies": self.anomalies,
+            "rejected": self.rejected,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "busy_s": round(self.busy_s, 3),
+            "records_per_s": round(self.consumed / self.busy_s, 1) if self.busy_s else 0.0,
+        }
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -88,6 +102,7 @@ class Worker:
     ) -> RunSummary:
         """Consume until stopped, ``max_batches`` processed, or idle for ``idle_timeout_s``."""
         summary = RunSummary()
+        self._create_topics()
         with ExitStack() as stack:
             consumer = self._consumer()
             stack.callback(_close_consumer, consumer)
@@ -103,7 +118,7 @@ class Worker:
                 ).start()
                 stack.callback(server.stop)
             self._loop(consumer, sink, summary, max_batches, idle_timeout_s)
-        log.info("worker stopped", extra=_summary_fields(summary))
+        log.info("worker stopped", extra=summary.as_dict())
         return summary
 
     def stop(self) -> None:
@@ -170,6 +185,7 @@ class Worker:
     def _process_once(
         self, records: list[Any], consumer: KafkaConsumer, sink: OutputSink, summary: RunSummary
     ) -> None:
+        started = time.perf_counter()
         sink.begin()
         result = self.processor.process(records, self.model, sink)
         sink.commit(consumer, next_offsets(records))
@@ -184,8 +200,15 @@ class Worker:
         summary.scored += result.scored
         summary.anomalies += result.anomalies
         summary.rejected += result.rejected
+        summary.busy_s += time.perf_counter() - started
 
     # --------------------------------------------------------------- pieces
+    def _create_topics(self) -> None:
+        s = self.settings
+        if s.create_topics:
+            outputs = [s.alert_topic, s.dlq_topic, *([s.scores_topic] if s.scores_topic else [])]
+            ensure_topics(s.kafka, outputs, s.topic_partitions, s.topic_replication)
+
     def _consumer(self) -> KafkaConsumer:
         s = self.settings
         consumer = make_consumer(
@@ -284,14 +307,3 @@ def _fmt_batch(records: list[Any]) -> str:
         f"{len(records)} records from {first.topic}[{first.partition}] offset={first.offset}"
         f" to {last.topic}[{last.partition}] offset={last.offset}"
     )
-
-
-def _summary_fields(summary: RunSummary) -> dict[str, Any]:
-    return {
-        "batches": summary.batches,
-        "consumed": summary.consumed,
-        "scored": summary.scored,
-        "anomalies": summary.anomalies,
-        "rejected": summary.rejected,
-        "elapsed_s": round(summary.elapsed_s, 3),
-    }

@@ -32,40 +32,76 @@ class TrainerSettings(BaseSettings):
     )
 
     # data
-    data: str | None = Field(default=None, description="Parquet file, directory, glob or URL")
-    id_column: str | None = None
-    label_column: str | None = Field(default=None, description="never used for fitting")
-    ignore_columns: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    categorical_columns: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_categories: int = Field(default=50, ge=1, le=100_000)
-    missing: Literal["impute", "reject"] = "impute"
-    read_batch_rows: int = Field(default=65_536, gt=0)
-    # publishing
-    model_store: str = Field(default="model-store", min_length=1)
-    name: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    # architecture
-    model: ModelKind = "ae"
-    hidden_dims: Annotated[list[int], NoDecode] | None = Field(
-        default=None, description="default: sized from the input width"
+    data: str | None = Field(
+        default=None, description="Parquet file, directory, glob or fsspec URL of normal rows."
     )
-    latent_dim: int | None = Field(default=None, gt=0)
-    activation: Activation = "relu"
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    norm: Norm = "none"
-    beta: float = Field(default=1.0, ge=0.0)
-    noise: Literal["gaussian", "mask"] = "gaussian"
-    noise_level: float = Field(default=0.1, ge=0.0)
+    id_column: str | None = Field(default=None, description="Carried through, never a feature.")
+    label_column: str | None = Field(default=None, description="Never used for fitting.")
+    ignore_columns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated columns to leave out."
+    )
+    categorical_columns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated columns forced to categorical."
+    )
+    max_categories: int = Field(
+        default=50, ge=1, le=100_000, description="Most frequent values kept per categorical."
+    )
+    missing: Literal["impute", "reject"] = Field(
+        default="impute", description="Serving policy for JSON nulls (README: Missing values)."
+    )
+    read_batch_rows: int = Field(
+        default=65_536, gt=0, description="Rows per Parquet read batch (bounds memory)."
+    )
+    # publishing
+    model_store: str = Field(
+        default="model-store", min_length=1, description="Directory of the model store."
+    )
+    name: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Model name inside the store.",
+    )
+    # architecture
+    model: ModelKind = Field(default="ae", description="ae, vae or dae (denoising).")
+    hidden_dims: Annotated[list[int], NoDecode] | None = Field(
+        default=None, description="Comma-separated layer sizes; default sized from the input."
+    )
+    latent_dim: int | None = Field(
+        default=None, gt=0, description="Bottleneck width; default sized from the input."
+    )
+    activation: Activation = Field(default="relu", description="Hidden-layer activation.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout between layers.")
+    norm: Norm = Field(default="none", description="none, batch or layer normalisation.")
+    beta: float = Field(default=1.0, ge=0.0, description="VAE: weight of the KL term.")
+    noise: Literal["gaussian", "mask"] = Field(
+        default="gaussian", description="DAE: corruption kind."
+    )
+    noise_level: float = Field(
+        default=0.1, ge=0.0, description="DAE: noise std or masking probability."
+    )
     # optimisation
-    epochs: int = Field(default=50, ge=1)
-    batch_size: int = Field(default=256, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    patience: int = Field(default=5, ge=1, description="early stopping: epochs without gain")
-    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
-    quantile: float = Field(default=0.99, gt=0, lt=1)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    memory_budget_mb: int = Field(default=1024, gt=0, description="cache data in RAM below this")
+    epochs: int = Field(
+        default=50, ge=1, description="Most epochs (early stopping may end sooner)."
+    )
+    batch_size: int = Field(default=256, ge=1, description="Rows per optimisation step.")
+    learning_rate: float = Field(default=1e-3, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay.")
+    patience: int = Field(
+        default=5, ge=1, description="Early stopping: epochs without validation gain."
+    )
+    validation_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of rows held out (never fitted)."
+    )
+    quantile: float = Field(
+        default=0.99, gt=0, lt=1, description="Threshold = this quantile of held-out scores."
+    )
+    seed: int = Field(default=0, description="Seed of the split, initialisation and shuffling.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto = CUDA when present."
+    )
+    memory_budget_mb: int = Field(
+        default=1024, gt=0, description="Encoded data above this is refused (streaming: issue)."
+    )
 
     @field_validator("ignore_columns", "categorical_columns", mode="before")
     @classmethod

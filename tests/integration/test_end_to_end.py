@@ -1,0 +1,163 @@
+"""The whole path once with real parts: Parquet -> trainer -> model store -> Kafka -> worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import msgspec
+import pyarrow as pa
+import pytest
+import torch
+
+from pipeline.artifact import load_artifact
+from pipeline.deadletter import parse_dead_letter
+from pipeline.metrics import PipelineMetrics
+from pipeline.sampledata import mixed_stream, normal_frame, to_records
+from pipeline.scoring import Scorer
+from pipeline.settings import KafkaSettings, WorkerSettings
+from pipeline.worker import Worker
+from tests.kafkautil import committed_and_end, produce, produce_json, read_all
+from trainer.encode import encode_batch
+from trainer.fit import fit
+from trainer.settings import load_trainer_settings
+
+pytestmark = pytest.mark.kafka
+SCHEMA = json.loads(
+    (Path(__file__).parents[2] / "pipeline" / "schemas" / "alert.schema.json").read_text()
+)
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    normal_frame(6000, seed=5).to_parquet(root / "normal.parquet")
+    fit(
+        load_trainer_settings(
+            data=str(root / "normal.parquet"),
+            model_store=str(root / "store"),
+            name="sensors",
+            id_column="machine_id",
+            epochs=60,
+            seed=0,
+            device="cpu",
+        )
+    )
+    return root / "store"
+
+
+def worker_settings(bootstrap, store, **kw) -> WorkerSettings:
+    return WorkerSettings(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap),
+        model_store=str(store),
+        model_name="sensors",
+        id_field="machine_id",
+        metrics_port=0,
+        device="cpu",
+        **kw,
+    )
+
+
+def test_worker_alerts_exactly_the_records_over_the_threshold(
+    kafka_bootstrap, make_topic, model_store
+):
+    source, alerts, dlq = make_topic(partitions=3), make_topic(), make_topic()
+    stream, injected = mixed_stream(800, 25, seed=21)
+    produce_json(kafka_bootstrap, source, to_records(stream), key_field="machine_id")
+    produce(kafka_bootstrap, source, [(b"bad-1", b"{oops"), (b"bad-2", b'{"temperature": "hot"}')])
+
+    # what the published model says offline about every produced record
+    artifact = load_artifact(model_store, "sensors")
+    spec = artifact.manifest.features
+    cont, cat = encode_batch(pa.RecordBatch.from_pandas(stream, preserve_index=False), spec)
+    offline = Scorer(spec, artifact.model, torch.device("cpu")).score(cont, cat).scores
+    expected = set(stream["machine_id"][offline > artifact.manifest.threshold.value])
+
+    settings = worker_settings(
+        kafka_bootstrap,
+        model_store,
+        input_topic=source,
+        alert_topic=alerts,
+        dlq_topic=dlq,
+        group_id=f"g-{source}",
+    )
+    metrics = PipelineMetrics()
+    summary = Worker(settings, metrics).run(idle_timeout_s=3)
+
+    assert summary.consumed == len(stream) + 2
+    events = [msgspec.json.decode(r.value) for r in read_all(kafka_bootstrap, alerts)]
+    for event in events:
+        jsonschema.validate(event, SCHEMA)
+    alerted = {e["record_id"] for e in events}
+    assert alerted == expected
+    assert injected <= alerted
+    assert len(events) == len(alerted)  # one alert per record
+    assert all(e["model"]["version"] == artifact.version for e in events)
+
+    dead = [parse_dead_letter(r.headers) for r in read_all(kafka_bootstrap, dlq)]
+    assert sorted(d.reason for d in dead) == ["bad_json", "wrong_type"]
+    assert {d.topic for d in dead} == {source}
+
+    for partition, (committed, end) in committed_and_end(
+        kafka_bootstrap, settings.group_id, source
+    ).items():
+        assert committed == end, f"partition {partition} not fully committed"
+    reg = metrics.registry
+    assert reg.get_sample_value("pipeline_records_consumed_total") == len(stream) + 2
+    assert reg.get_sample_value("pipeline_anomalies_total") == len(expected)
+    assert reg.get_sample_value("pipeline_records_invalid_total", {"reason": "bad_json"}) == 1
+
+
+def test_cli_run_reads_settings_from_env_and_exits_cleanly(
+    kafka_bootstrap, make_topic, model_store, tmp_path
+):
+    source, alerts = make_topic(partitions=2), make_topic()
+    stream, injected = mixed_stream(200, 5, seed=3)
+    produce_json(kafka_bootstrap, source, to_records(stream), key_field="machine_id")
+    env = {
+        **os.environ,
+        "PIPELINE_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "PIPELINE_INPUT_TOPIC": source,
+        "PIPELINE_ALERT_TOPIC": alerts,
+        "PIPELINE_DLQ_TOPIC": f"{source}-dlq",
+        "PIPELINE_GROUP_ID": f"cli-{source}",
+        "PIPELINE_MODEL_STORE": str(model_store),
+        "PIPELINE_MODEL_NAME": "sensors",
+        "PIPELINE_ID_FIELD": "machine_id",
+        "PIPELINE_METRICS_PORT": "0",
+        "PIPELINE_BATCH__MAX_SIZE": "64",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--idle-timeout", "3"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["consumed"] == 205
+    assert summary["batches"] >= 4  # 205 records in batches of at most 64
+    alerted = {msgspec.json.decode(r.value)["record_id"] for r in read_all(kafka_bootstrap, alerts)}
+    assert injected <= alerted
+
+
+def test_cli_run_fails_at_start_naming_a_bad_setting(tmp_path):
+    env = {**os.environ, "PIPELINE_BATCH__MAX_SIZE": "zero"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "PIPELINE_BATCH__MAX_SIZE" in done.stderr
