@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 from kafka.errors import KafkaError, SaslAuthenticationFailedError
 
 from pipeline import localkafka
+from pipeline import localkafka_setup as kafka_setup
 from pipeline.localkafka import LocalKafka, LocalKafkaError, ScramUser, open_admin, port_is_free
 from tests.conftest import start_or_fail
 from tests.kafka_helpers import consume, create_topic, produce
@@ -104,8 +107,8 @@ def test_second_start_runs_no_maven(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    localkafka.resolve_jars(localkafka.default_version())  # the "first start" (no-op if warm)
-    java = localkafka.find_java()
+    localkafka.resolve_jars(kafka_setup.default_version())  # the "first start" (no-op if warm)
+    java = kafka_setup.find_java()
     only_java = tmp_path / "bin"
     only_java.mkdir()
     (only_java / "java").symlink_to(java)
@@ -118,6 +121,7 @@ def test_second_start_runs_no_maven(
     assert broker.last_start is not None
     assert broker.last_start.downloaded is False
     assert broker.last_start.download_seconds == 0.0
+    assert 0 < broker.last_start.jvm_seconds <= broker.last_start.seconds
     assert (localkafka.cache_root() / broker.version / localkafka.MARKER_NAME).is_file()
     assert "kafka.jars.download " not in caplog.text
     ready = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kafka.ready ")]
@@ -134,9 +138,13 @@ def test_maven_failure_reports_output_tail(tmp_path: Path) -> None:
     assert not (tmp_path / "cache" / "0.0.1" / localkafka.MARKER_NAME).exists()
 
 
-def run_cli(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, state_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "pipeline", "kafka", *args, "--state-dir", str(state_dir)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=180, check=False, env=env
+    )
 
 
 def test_cli_start_status_stop(tmp_path: Path) -> None:
@@ -165,6 +173,23 @@ def test_cli_start_status_stop(tmp_path: Path) -> None:
     assert after.returncode == 3
     assert "not running" in after.stdout
     assert run_cli("stop", state_dir=state_dir).returncode == 0
+
+
+def test_cli_scram_start_takes_password_from_env_and_never_prints_it(tmp_path: Path) -> None:
+    state_dir = tmp_path / "cli-scram"
+    env = os.environ | {"PIPELINE_KAFKA_SCRAM_PASSWORD": PASSWORD}
+    try:
+        started = run_cli("start", "--scram-user", "alice", state_dir=state_dir, env=env)
+        assert started.returncode == 0, started.stderr
+        status = json.loads(run_cli("status", "--json", state_dir=state_dir).stdout)
+        assert status["security_protocol"] == "SASL_PLAINTEXT"
+        assert status["scram_users"] == ["alice"]
+        assert status["bootstrap"] == started.stdout.splitlines()[-1]
+    finally:
+        stopped = run_cli("stop", state_dir=state_dir)
+    assert stopped.returncode == 0
+    for output in (started.stdout, started.stderr, stopped.stdout, stopped.stderr):
+        assert PASSWORD not in output
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import localkafka
+from pipeline import localkafka_setup as kafka_setup
 from pipeline.cli import cli
 from pipeline.localkafka import LocalKafka, LocalKafkaError, Ports, ScramUser
 from pipeline.localkafka_cli import kafka_group
@@ -27,7 +28,7 @@ def parse_properties(text: str) -> dict[str, str]:
 
 def test_plaintext_properties_bind_loopback_and_single_replica(tmp_path: Path) -> None:
     props = parse_properties(
-        localkafka.render_server_properties(Ports(9100, 9101), tmp_path, scram=False)
+        kafka_setup.render_server_properties(Ports(9100, 9101), tmp_path, scram=False)
     )
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:9100,CONTROLLER://127.0.0.1:9101"
     assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9100"
@@ -40,7 +41,7 @@ def test_plaintext_properties_bind_loopback_and_single_replica(tmp_path: Path) -
 
 
 def test_scram_properties_use_sasl_client_listener_and_plaintext_internal(tmp_path: Path) -> None:
-    text = localkafka.render_server_properties(Ports(9100, 9101, 9102), tmp_path, scram=True)
+    text = kafka_setup.render_server_properties(Ports(9100, 9101, 9102), tmp_path, scram=True)
     props = parse_properties(text)
     assert props["listeners"] == (
         "SASL_PLAINTEXT://127.0.0.1:9100,INTERNAL://127.0.0.1:9102,CONTROLLER://127.0.0.1:9101"
@@ -58,12 +59,12 @@ def test_scram_properties_use_sasl_client_listener_and_plaintext_internal(tmp_pa
 
 def test_scram_properties_need_an_internal_port(tmp_path: Path) -> None:
     with pytest.raises(LocalKafkaError, match="internal PLAINTEXT port"):
-        localkafka.render_server_properties(Ports(9100, 9101), tmp_path, scram=True)
+        kafka_setup.render_server_properties(Ports(9100, 9101), tmp_path, scram=True)
 
 
 def test_extra_properties_override_defaults(tmp_path: Path) -> None:
     extra = {"num.partitions": "4", "auto.create.topics.enable": "false"}
-    text = localkafka.render_server_properties(Ports(1, 2), tmp_path, scram=False, extra=extra)
+    text = kafka_setup.render_server_properties(Ports(1, 2), tmp_path, scram=False, extra=extra)
     props = parse_properties(text)
     assert props["num.partitions"] == "4"
     assert props["auto.create.topics.enable"] == "false"
@@ -73,9 +74,9 @@ def test_extra_properties_override_defaults(tmp_path: Path) -> None:
 
 
 def test_property_values_are_escaped_for_latin1_properties_files() -> None:
-    assert localkafka.escape_property("/data/ü\\x") == "/data/\\u00fc\\\\x"
-    assert localkafka.escape_property("a\nb") == "a\\nb"
-    assert localkafka.escape_property("🙂") == "\\ud83d\\ude42"
+    assert kafka_setup.escape_property("/data/ü\\x") == "/data/\\u00fc\\\\x"
+    assert kafka_setup.escape_property("a\nb") == "a\\nb"
+    assert kafka_setup.escape_property("🙂") == "\\ud83d\\ude42"
 
 
 def test_free_ports_are_distinct_and_bindable() -> None:
@@ -94,11 +95,11 @@ def test_listening_port_is_not_free() -> None:
 
 
 def test_cluster_id_is_base64url_of_16_bytes_without_padding() -> None:
-    cluster_id = localkafka.new_cluster_id()
+    cluster_id = kafka_setup.new_cluster_id()
     assert len(cluster_id) == 22
     assert "=" not in cluster_id
     assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
-    assert localkafka.new_cluster_id() != cluster_id
+    assert kafka_setup.new_cluster_id() != cluster_id
 
 
 @pytest.mark.parametrize(
@@ -110,29 +111,29 @@ def test_cluster_id_is_base64url_of_16_bytes_without_padding() -> None:
     ],
 )
 def test_parse_java_major(output: str, major: int) -> None:
-    assert localkafka.parse_java_major(output) == major
+    assert kafka_setup.parse_java_major(output) == major
 
 
 def test_parse_java_major_rejects_garbage() -> None:
     with pytest.raises(LocalKafkaError, match="cannot parse"):
-        localkafka.parse_java_major("command not found")
+        kafka_setup.parse_java_major("command not found")
 
 
 @pytest.mark.parametrize("version", ["4.3.1", "3.9.0", "4.1.0-rc1"])
 def test_valid_versions(version: str) -> None:
-    assert localkafka.validate_version(version) == version
+    assert kafka_setup.validate_version(version) == version
 
 
 @pytest.mark.parametrize("version", ["", "4.3", "latest", "4.3.1</version>", "../4.3.1"])
 def test_invalid_versions_are_rejected(version: str) -> None:
     with pytest.raises(LocalKafkaError, match="not a Kafka release version"):
-        localkafka.validate_version(version)
+        kafka_setup.validate_version(version)
 
 
 def test_pom_pins_kafka_and_logging_versions() -> None:
-    pom = localkafka.render_pom(VERSION)
+    pom = kafka_setup.render_pom(VERSION)
     assert f"<artifactId>kafka_2.13</artifactId><version>{VERSION}</version>" in pom
-    assert f"<artifactId>log4j-core</artifactId><version>{localkafka.LOG4J_VERSION}" in pom
+    assert f"<artifactId>log4j-core</artifactId><version>{kafka_setup.LOG4J_VERSION}" in pom
     assert "<artifactId>slf4j-api</artifactId>" in pom
 
 
@@ -146,9 +147,15 @@ def test_scram_user_hides_password_and_validates() -> None:
     assert "a,b]" not in str(info.value)
 
 
+@pytest.mark.parametrize("heap", ["1g -XX:+Bad", "", "lots"])
+def test_heap_must_be_a_jvm_size(tmp_path: Path, heap: str) -> None:
+    with pytest.raises(LocalKafkaError, match="heap must be a JVM size"):
+        LocalKafka(tmp_path, heap=heap)
+
+
 def test_redact_removes_passwords_and_scram_records() -> None:
     text = "pw=hunter2 UserScramCredentialRecord(name='a', salt=[1, 2]) at version 0 done"
-    assert localkafka.redact(text, ["hunter2"]) == (
+    assert kafka_setup.redact(text, ["hunter2"]) == (
         "pw=<redacted> UserScramCredentialRecord(<redacted>) done"
     )
 
@@ -250,7 +257,7 @@ def test_old_java_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.setenv("PATH", str(fake_java.parent))
     monkeypatch.delenv("JAVA_HOME", raising=False)
     with pytest.raises(LocalKafkaError, match=r"Java 17\+ required, .* is Java 11"):
-        localkafka.find_java()
+        kafka_setup.find_java()
 
 
 # --------------------------------------------------------------------------- state handling
