@@ -1,0 +1,1 @@
+"""Benchmarks (placeholder so the configured mypy paths exist)."""

@@ -1,4 +1,6 @@
-"""Streaming autoencoder anomaly detection: the Kafka worker and the contract shared with
-the trainer."""
+"""Streaming autoencoder anomaly detection.
+
+The Kafka worker and the contract it shares with the trainer.
+"""
 
 __version__ = "0.1.0"

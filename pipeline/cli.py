@@ -18,6 +18,7 @@ from typing import NoReturn
 import click
 
 from pipeline.exceptions import ArtifactError, ConfigError, KafkaIOError, PipelineError
+from pipeline.localkafka_cli import kafka_group
 
 log = logging.getLogger("pipeline")
 
@@ -159,6 +160,9 @@ def _install_signal_handlers(stop: Callable[[], None]) -> None:
 def _fail(code: int, message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+cli.add_command(kafka_group, name="kafka")
 
 
 def main() -> None:
