@@ -189,8 +189,8 @@ def open_admin(bootstrap: str, **config: Any) -> Iterator[Any]:
     constructor raises and leaves that thread and its sockets behind. We capture the network
     client through the ``kafka_client`` factory hook so it can be shut down in that case too.
     """
-    from kafka import KafkaAdminClient  # noqa: PLC0415  (keeps `python -m pipeline` light)
-    from kafka.net.compat import KafkaNetClient  # noqa: PLC0415
+    from kafka import KafkaAdminClient
+    from kafka.net.compat import KafkaNetClient
 
     created: list[Any] = []
 
@@ -625,7 +625,7 @@ def _wait_for_port(proc: subprocess.Popen[bytes], port: int, deadline: float) ->
 
 
 def _wait_for_registration(proc: subprocess.Popen[bytes], address: str, deadline: float) -> None:
-    from kafka.errors import KafkaError  # noqa: PLC0415
+    from kafka.errors import KafkaError
 
     remaining_ms = max(1000, int((deadline - time.monotonic()) * 1000))
     try:

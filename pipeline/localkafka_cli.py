@@ -53,7 +53,7 @@ def kafka_group() -> None:
     multiple=True,
     help=f"Enable SASL/SCRAM and create this user; password from ${ENV_SCRAM_PASSWORD}.",
 )
-def start(  # noqa: PLR0917  (click passes options as positional-or-keyword)
+def start(
     port: int | None,
     state_dir: Path | None,
     kafka_version: str | None,
