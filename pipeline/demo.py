@@ -50,6 +50,7 @@ class DemoConfig:
 class Tally:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 def run_demo(cfg: DemoConfig) -> int:
@@ -77,9 +78,7 @@ def _run(cfg: DemoConfig, bootstrap: str) -> int:
     worker = _start_worker(bootstrap, store, topics, cfg.workdir, port)
     _wait_ready(worker, port)
     tally = Tally()
-    tail = threading.Thread(
-        target=_tail_alerts, args=(bootstrap, topics["anomalies"], tally), daemon=True
-    )
+    tail = threading.Thread(target=_tail_alerts, args=(bootstrap, topics["anomalies"], tally))
     tail.start()
     console.rule(
         f"[bold]streaming {len(stream)} records ({len(injected)} injected anomalies, "
@@ -90,6 +89,8 @@ def _run(cfg: DemoConfig, bootstrap: str) -> int:
     produce_s = time.monotonic() - produced_at
     summary = _stop_worker(worker, bootstrap, topics["records"])
     time.sleep(1.0)  # let the tail catch the last alerts
+    tally.stop.set()
+    tail.join(timeout=10)
     _print_summary(
         cfg,
         version,
@@ -222,13 +223,16 @@ def _tail_alerts(bootstrap: str, topic: str, tally: Tally) -> None:
         group_id=None,
         enable_auto_commit=False,
     )
-    while True:
-        for records in consumer.poll(timeout_ms=200).values():
-            for rec in records:
-                event = msgspec.json.decode(rec.value)
-                with tally.lock:
-                    tally.alerts.append(event)
-                _print_alert(event)
+    try:
+        while not tally.stop.is_set():
+            for records in consumer.poll(timeout_ms=200).values():
+                for rec in records:
+                    event = msgspec.json.decode(rec.value)
+                    with tally.lock:
+                        tally.alerts.append(event)
+                    _print_alert(event)
+    finally:
+        consumer.close()
 
 
 def _print_alert(event: dict[str, Any]) -> None:
