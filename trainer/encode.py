@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.features import CategoricalFeature, FeatureSpec, FloatArray, IndexArray
+from pipeline.features import FeatureSpec, FloatArray, IndexArray
+from pipeline.tabular import encode_record_batch
 from trainer.data import ParquetSource, split_mask
-from trainer.spec import column_values
 
 
 @dataclass(frozen=True)
@@ -26,16 +26,8 @@ class EncodedRows:
 
 
 def encode_batch(rb: pa.RecordBatch, spec: FeatureSpec) -> tuple[FloatArray, IndexArray]:
-    """Encode one Arrow batch exactly as the worker encodes the same rows from JSON."""
-    columns: dict[str, object] = {}
-    for f in spec.features:
-        col = rb.column(f.name)
-        if isinstance(f, CategoricalFeature):
-            columns[f.name] = col.to_pylist()
-        else:
-            values = column_values(col, f.kind, f.name)
-            columns[f.name] = values if f.kind == "vector" else values[:, 0]
-    return spec.encode_columns(columns)
+    """Encode one Arrow batch with the shared encoder (see ``pipeline.tabular``)."""
+    return encode_record_batch(rb, spec)
 
 
 def iter_encoded(

@@ -26,6 +26,7 @@ from pipeline.features import (
     VectorFeature,
     category_key,
 )
+from pipeline.tabular import column_values
 from trainer.data import ParquetSource, split_mask
 
 Kind = str  # "numeric" | "boolean" | "categorical" | "vector"
@@ -153,30 +154,6 @@ def _gather(source: ParquetSource, kinds: dict[str, Kind], opts: SpecOptions) ->
                     raise DataError(f"vector column {name!r} changes length ({width})")
                 mom.add(values)
     return stats
-
-
-def column_values(col: pa.Array, kind: Kind, name: str) -> npt.NDArray[np.float64]:
-    """(rows, width) float64 with NaN for nulls, for numeric/boolean/vector columns."""
-    try:
-        if kind == "vector":
-            return _vector_values(col, name)
-        if kind == "boolean":
-            col = pc.cast(col, pa.float64())
-        arr = col.to_numpy(zero_copy_only=False).astype(np.float64)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:
-        raise DataError(f"column {name!r}: expected numbers ({exc})") from exc
-    return np.asarray(arr, dtype=np.float64).reshape(-1, 1)
-
-
-def _vector_values(col: pa.Array, name: str) -> npt.NDArray[np.float64]:
-    if col.null_count:
-        raise DataError(f"vector column {name!r} has null rows; fill or drop them")
-    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-    if len(lengths) and (lengths.min() != lengths.max() or lengths.min() == 0):
-        raise DataError(f"vector column {name!r} has rows of different or zero length")
-    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
-    width = int(lengths[0]) if len(lengths) else 0
-    return np.asarray(flat, dtype=np.float64).reshape(len(col), width)
 
 
 def _category_counts(col: pa.Array) -> Counter[str]:
