@@ -3,13 +3,18 @@
 The deadline is measured from the first record of the batch, not from the poll call, so an
 isolated record waits at most ``max_wait`` before it is scored. Records of one partition keep
 their order; partitions are concatenated as the consumer returns them.
+
+A consumer-group rebalance runs inside ``poll``; when it takes partitions away, the records of
+those partitions already gathered into the batch being collected are dropped
+(``drop_partitions``, called from the rebalance listener). Processing and committing them would
+duplicate the work of their new owner, which starts from the last committed offset.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,21 +52,42 @@ class BatchCollector:
         self.max_wait_s = max_wait_s
         self.idle_poll_s = idle_poll_s
         self.clock = clock
+        self.dropped = 0  # records dropped from batches because their partition was revoked
+        self._current: Batch | None = None
 
     def collect(self) -> Batch | None:
         """One batch, or None when nothing arrived within ``idle_poll_s`` (lets callers
         check their stop flag between polls)."""
-        records = self._poll(self.idle_poll_s, self.max_size)
-        if not records:
-            return None
-        batch = Batch(records=records, first_record_at=self.clock())
-        deadline = batch.first_record_at + self.max_wait_s
-        while len(batch.records) < self.max_size:
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                break
-            batch.records.extend(self._poll(remaining, self.max_size - len(batch.records)))
-        return batch
+        batch = Batch(records=[], first_record_at=self.clock())
+        self._current = batch
+        try:
+            first = self._poll(self.idle_poll_s, self.max_size)
+            if not first:
+                return None
+            batch.records.extend(first)
+            batch.first_record_at = self.clock()
+            deadline = batch.first_record_at + self.max_wait_s
+            while len(batch.records) < self.max_size:
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    break
+                batch.records.extend(self._poll(remaining, self.max_size - len(batch.records)))
+        finally:
+            self._current = None
+        return batch if batch.records else None
+
+    def drop_partitions(self, partitions: Iterable[Any]) -> int:
+        """Remove the records of ``partitions`` (objects with topic and partition) from the
+        batch being collected; returns how many were removed (0 outside ``collect``)."""
+        batch = self._current
+        if batch is None or not batch.records:
+            return 0
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        kept = [r for r in batch.records if (r.topic, r.partition) not in gone]
+        removed = len(batch.records) - len(kept)
+        batch.records[:] = kept
+        self.dropped += removed
+        return removed
 
     def _poll(self, timeout_s: float, max_records: int) -> list[Any]:
         timeout_ms = max(0, math.ceil(timeout_s * 1000))
