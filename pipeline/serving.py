@@ -8,16 +8,20 @@ and the old model keeps serving.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.artifact import LoadedArtifact, latest_version, load_artifact
 from pipeline.codec import RecordDecoder
-from pipeline.exceptions import ArtifactError, ArtifactInvalid
+from pipeline.exceptions import ArtifactError, ArtifactInvalid, ScoringError
 from pipeline.features import FeatureSpec
+from pipeline.resilient import OomHook, ResilientScorer
 from pipeline.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -28,7 +32,7 @@ class ModelHandle:
     """Everything needed to turn record bytes into scores with one model version."""
 
     artifact: LoadedArtifact
-    scorer: Scorer
+    scorer: ResilientScorer
     decoder: RecordDecoder
 
     @property
@@ -57,13 +61,39 @@ def open_model(
     id_field: str | None,
     top_k: int,
     max_record_bytes: int,
+    on_oom: OomHook | None = None,
 ) -> ModelHandle:
-    """Load and validate a model version and build its scorer and decoder."""
+    """Load and validate a model version (checksum, strict shapes, smoke batch on the CPU),
+    build its scorer on ``device`` and run a smoke batch through that too."""
     artifact = load_artifact(store, name, version)
     spec = artifact.manifest.features
-    scorer = Scorer(spec, artifact.model, device, top_k=top_k)
+    # Scorer moves its model to the device, so the CPU fallback copy is taken first.
+    cpu_copy = copy.deepcopy(artifact.model) if device.type != "cpu" else None
+    primary = Scorer(spec, artifact.model, device, top_k=top_k)
+
+    def cpu_scorer() -> Scorer:
+        if cpu_copy is None:
+            return primary  # already on the CPU
+        log.warning("building a CPU copy of the model for out-of-memory fallback")
+        return Scorer(spec, cpu_copy, torch.device("cpu"), top_k=top_k)
+
+    scorer = ResilientScorer(primary, cpu_scorer, on_oom=on_oom)
+    _smoke_score(scorer, artifact.path)
     decoder = RecordDecoder(spec, id_field=id_field, max_bytes=max_record_bytes)
     return ModelHandle(artifact=artifact, scorer=scorer, decoder=decoder)
+
+
+def _smoke_score(scorer: ResilientScorer, path: Path) -> None:
+    """Two rows of means through the whole scoring path on the serving device."""
+    spec = scorer.spec
+    cont = np.tile(spec.continuous_mean_std()[0], (2, 1)).astype(np.float32)
+    cat = np.zeros((2, spec.n_categorical), dtype=np.int64)
+    try:
+        scores = scorer.score(cont, cat).scores
+    except ScoringError as exc:
+        raise ArtifactInvalid(f"{path}: smoke batch through the scorer failed: {exc}") from exc
+    if scores.shape != (2,) or not np.isfinite(scores).all():
+        raise ArtifactInvalid(f"{path}: smoke batch through the scorer gave {scores!r}")
 
 
 def check_compatible(current: FeatureSpec, candidate: FeatureSpec) -> None:
