@@ -46,18 +46,21 @@ class BatchCollector:
         max_wait_s: float,
         idle_poll_s: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.source = source
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self.idle_poll_s = idle_poll_s
         self.clock = clock
+        self.should_stop = should_stop
         self.dropped = 0  # records dropped from batches because their partition was revoked
         self._current: Batch | None = None
 
     def collect(self) -> Batch | None:
         """One batch, or None when nothing arrived within ``idle_poll_s`` (lets callers
-        check their stop flag between polls)."""
+        check their stop flag between polls). A stop request closes the batch early: what
+        was gathered is returned, to be processed and committed before the worker leaves."""
         batch = Batch(records=[], first_record_at=self.clock())
         self._current = batch
         try:
@@ -67,11 +70,12 @@ class BatchCollector:
             batch.records.extend(first)
             batch.first_record_at = self.clock()
             deadline = batch.first_record_at + self.max_wait_s
-            while len(batch.records) < self.max_size:
+            while len(batch.records) < self.max_size and not self.should_stop():
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     break
-                batch.records.extend(self._poll(remaining, self.max_size - len(batch.records)))
+                wait = min(remaining, self.idle_poll_s)  # so a stop request is seen promptly
+                batch.records.extend(self._poll(wait, self.max_size - len(batch.records)))
         finally:
             self._current = None
         return batch if batch.records else None

@@ -5,26 +5,84 @@ Delivery (README "Delivery guarantees"):
   batch's offsets. A crash before the commit replays the batch (same event ids).
 - exactly-once: the same sends inside a Kafka transaction that also carries the consumer
   offsets (``send_offsets_to_transaction``); readers use ``isolation_level=read_committed``.
+
+Errors are sorted here (``is_fatal``): authentication and authorization failures, a fenced
+transactional producer, an unsupported broker or a bad client configuration cannot be fixed
+by retrying, so the worker stops at once; everything else (timeouts, lost connections,
+leader changes, a record a topic refuses) is retried batch-wise with backoff, a bounded
+number of times. After any failure the sink replaces its producer: an idempotent or
+transactional producer that saw an error refuses every later send.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
+import kafka.errors as kerr
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from pipeline.exceptions import DeliveryError, KafkaIOError
+from pipeline.exceptions import CommitRejected, DeliveryError, KafkaFatalError, KafkaIOError
 from pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 DeliveryMode = Literal["at-least-once", "exactly-once"]
 Headers = list[tuple[str, bytes]]
+
+# kafka-python errors that no retry can fix (AuthorizationError covers topic, group, cluster,
+# transactional-id and delegation-token ACL refusals).
+FATAL_KAFKA_ERRORS: tuple[type[KafkaError], ...] = (
+    kerr.AuthorizationError,
+    kerr.SaslAuthenticationFailedError,
+    kerr.UnsupportedSaslMechanismError,
+    kerr.IllegalSaslStateError,
+    kerr.ProducerFencedError,
+    kerr.TransactionCoordinatorFencedError,
+    kerr.FencedInstanceIdError,
+    kerr.InvalidTxnStateError,
+    kerr.UnsupportedVersionError,
+    kerr.UnsupportedForMessageFormatError,
+    kerr.KafkaConfigurationError,
+    kerr.InvalidTopicError,
+    kerr.InvalidGroupIdError,
+    kerr.SecurityDisabledError,
+)
+_REBALANCED = (kerr.CommitFailedError, kerr.RebalanceInProgressError)
+
+
+def error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, its causes, and exceptions kafka-python tucks into ``args`` (a producer in an
+    error state raises ``KafkaError(message, last_error)``)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo.extend(a for a in current.args if isinstance(a, BaseException))
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                todo.append(linked)
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is a Kafka error that retrying cannot fix."""
+    return any(isinstance(e, KafkaFatalError | FATAL_KAFKA_ERRORS) for e in error_chain(exc))
+
+
+def fatal_reason(exc: BaseException) -> str:
+    """The name of the fatal Kafka error in ``exc``'s chain (for the exit message)."""
+    for e in error_chain(exc):
+        if isinstance(e, FATAL_KAFKA_ERRORS):
+            return type(e).__name__
+    return type(exc).__name__
 
 
 def make_consumer(
@@ -48,8 +106,8 @@ def make_consumer(
             **extra,
         )
     except KafkaError as exc:
-        raise KafkaIOError(
-            f"cannot create consumer for {kafka.bootstrap_servers} group={group_id}: {exc!r}"
+        raise _connect_error(
+            kafka, f"cannot create consumer for {kafka.bootstrap_servers} group={group_id}", exc
         ) from exc
 
 
@@ -71,13 +129,32 @@ def make_producer(
         config["transactional_id"] = transactional_id
     try:
         producer = KafkaProducer(**config)
-        if transactional_id is not None:
-            producer.init_transactions()
-        return producer
     except KafkaError as exc:
-        raise KafkaIOError(
-            f"cannot create producer for {kafka.bootstrap_servers}: {exc!r}"
+        raise _connect_error(
+            kafka, f"cannot create producer for {kafka.bootstrap_servers}", exc
         ) from exc
+    if transactional_id is not None:
+        try:
+            producer.init_transactions()
+        except KafkaError as exc:
+            _close_quietly(producer)
+            raise _connect_error(
+                kafka, f"cannot initialise transactions as {transactional_id!r}", exc
+            ) from exc
+    return producer
+
+
+def _connect_error(kafka: KafkaSettings, what: str, exc: KafkaError) -> KafkaIOError:
+    """Wrap a client construction error; with kafka-python 3.0 a wrong SASL password looks
+    like an unreachable broker ("Unable to bootstrap" after the request timeout), so say so."""
+    cls = KafkaFatalError if is_fatal(exc) else KafkaIOError
+    hint = ""
+    if isinstance(exc, kerr.KafkaTimeoutError) and kafka.security_protocol.startswith("SASL"):
+        hint = (
+            " (with SASL this is also what wrong credentials look like: check"
+            " PIPELINE_KAFKA__SASL_USERNAME / _PASSWORD / _MECHANISM)"
+        )
+    return cls(f"{what}: {exc!r}{hint}")
 
 
 def next_offsets(records: Iterable[Any]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -90,18 +167,38 @@ def next_offsets(records: Iterable[Any]) -> dict[TopicPartition, OffsetAndMetada
 
 
 class OutputSink:
-    """Collects one batch's produced records and commits them together with the offsets."""
+    """Collects one batch's produced records and commits them together with the offsets.
 
-    def __init__(self, producer: KafkaProducer, mode: DeliveryMode, flush_timeout_s: float = 60):
-        self.producer = producer
+    Owns the producer: it is created on first use from ``make``, and ``reset`` replaces it
+    after a failure (the next batch then starts with a fresh, healthy producer; in
+    exactly-once mode the new one's ``init_transactions`` also aborts what the old one left).
+    """
+
+    def __init__(
+        self,
+        make: Callable[[], KafkaProducer],
+        mode: DeliveryMode,
+        flush_timeout_s: float = 60,
+    ) -> None:
+        self._make = make
         self.mode = mode
         self.flush_timeout_s = flush_timeout_s
+        self._producer: KafkaProducer | None = None
         self._pending: list[tuple[str, FutureRecordMetadata]] = []
         self._in_txn = False
 
+    @property
+    def producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = self._make()
+        return self._producer
+
     def begin(self) -> None:
         if self.mode == "exactly-once" and not self._in_txn:
-            self.producer.begin_transaction()
+            try:
+                self.producer.begin_transaction()
+            except KafkaError as exc:
+                raise DeliveryError(f"begin_transaction failed: {exc!r}") from exc
             self._in_txn = True
 
     def send(
@@ -116,18 +213,22 @@ class OutputSink:
     def commit(
         self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
     ) -> None:
-        """Make the batch's output durable, then (atomically, in EOS mode) its offsets."""
+        """Make the batch's output durable, then (atomically, in EOS mode) its offsets.
+
+        Raises CommitRejected when the group rebalanced meanwhile (at-least-once: the output
+        is durable and the new owner replays), DeliveryError / KafkaIOError otherwise."""
         if self.mode == "exactly-once":
             self._commit_transaction(consumer, offsets)
-        else:
-            self._flush_and_check()
-            if offsets:
-                try:
-                    consumer.commit(offsets=offsets)
-                except KafkaError as exc:
-                    raise KafkaIOError(
-                        f"offset commit failed for {_fmt(offsets)}: {exc!r}"
-                    ) from exc
+            return
+        self._flush_and_check()
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=offsets)
+        except _REBALANCED as exc:
+            raise CommitRejected(f"offset commit refused for {_fmt(offsets)}: {exc!r}") from exc
+        except KafkaError as exc:
+            raise KafkaIOError(f"offset commit failed for {_fmt(offsets)}: {exc!r}") from exc
 
     def abort(self) -> None:
         """Drop the batch's output: abort the transaction (EOS) or forget the futures."""
@@ -137,7 +238,18 @@ class OutputSink:
             try:
                 self.producer.abort_transaction()
             except KafkaError as exc:
-                log.warning("abort_transaction failed error=%r", exc)
+                log.warning("abort_transaction failed", extra={"error": repr(exc)})
+
+    def reset(self) -> None:
+        """Close the producer (after a failure); the next batch creates a new one."""
+        self._pending.clear()
+        self._in_txn = False
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            _close_quietly(producer)
+
+    def close(self) -> None:
+        self.reset()
 
     def _commit_transaction(
         self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
@@ -166,7 +278,15 @@ class OutputSink:
             if not future.is_done:
                 raise DeliveryError(f"record to {topic} not acknowledged in time")
             if future.failed():
-                raise DeliveryError(f"record to {topic} was not delivered: {future.exception!r}")
+                error = future.exception
+                raise DeliveryError(f"record to {topic} was not delivered: {error!r}") from error
+
+
+def _close_quietly(producer: KafkaProducer) -> None:
+    try:
+        producer.close(timeout=5)
+    except (KafkaError, OSError, ValueError) as exc:
+        log.warning("closing the old producer failed", extra={"error": repr(exc)})
 
 
 def _fmt(offsets: dict[TopicPartition, OffsetAndMetadata]) -> str:

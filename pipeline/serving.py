@@ -1,9 +1,9 @@
-"""The model being served: a validated artifact with its scorer and decoder, and hot reload.
+"""The model being served: a validated artifact with its scorer and decoder, and LATEST polling.
 
-A reload happens between batches: the watcher notices a new LATEST, loads and validates the
-version (checksum, shapes, smoke batch, a feature spec compatible with the one in service),
-and only then swaps it in. A refused version is remembered so it is not retried every tick,
-and the old model keeps serving.
+``open_model`` loads and validates a version (checksum, shapes, smoke batch on the CPU and
+again through the scorer on the serving device); ``check_compatible`` refuses a candidate
+whose feature columns differ from the served model's. The reload policy built on these
+lives in ``pipeline.reload``.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def check_compatible(current: FeatureSpec, candidate: FeatureSpec) -> None:
 
 
 class ModelWatcher:
-    """Polls the store's LATEST and yields a validated new handle when it changes."""
+    """Polls the store's LATEST every ``interval_s`` (0: never) for a version to load."""
 
     def __init__(self, store: str, name: str, interval_s: float) -> None:
         self.store = store
@@ -115,8 +115,9 @@ class ModelWatcher:
         self._next_check = time.monotonic() + interval_s
         self._refused: str | None = None
 
-    def poll(self, current: ModelHandle) -> str | None:
-        """The LATEST version if it differs from the served one and was not refused before."""
+    def poll(self, current: str | None) -> str | None:
+        """The LATEST version if it differs from the served one (``current``) and was not
+        refused before."""
         now = time.monotonic()
         if self.interval_s <= 0 or now < self._next_check:
             return None
@@ -126,9 +127,12 @@ class ModelWatcher:
         except ArtifactError as exc:
             log.warning("cannot read LATEST", extra={"error": str(exc)})
             return None
-        if version in (current.version, self._refused):
+        if version in (current, self._refused):
             return None
         return version
 
     def refuse(self, version: str) -> None:
         self._refused = version
+
+    def was_refused(self, version: str) -> bool:
+        return version == self._refused

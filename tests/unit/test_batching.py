@@ -110,3 +110,24 @@ def test_a_batch_emptied_by_revocation_is_not_returned():
     collector = BatchCollector(src, max_size=100, max_wait_s=0.05, idle_poll_s=1, clock=clock)
     assert collector.collect() is None
     assert collector.drop_partitions([SimpleNamespace(topic="t", partition=0)]) == 0  # idle
+
+
+def test_a_stop_request_closes_the_batch_early_with_what_was_gathered():
+    clock = Clock()
+    stop = []
+    src = RevokingSource(
+        [(0, [prec(0, 1)]), (0.1, [prec(0, 2)]), (5, [prec(0, 3)])],
+        clock,
+        lambda n: stop.append(True) if n == 2 else None,
+    )
+    collector = BatchCollector(
+        src,
+        max_size=100,
+        max_wait_s=30,
+        idle_poll_s=0.2,
+        clock=clock,
+        should_stop=lambda: bool(stop),
+    )
+    batch = collector.collect()
+    assert [r.offset for r in batch.records] == [1, 2]
+    assert clock.t < 1  # did not wait for the 30 s deadline

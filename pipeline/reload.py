@@ -1,0 +1,234 @@
+"""Hot model reload: where new versions come from and how they replace the served one.
+
+A :class:`ModelSlot` holds one served model (the live one, or the shadow candidate). New
+versions reach it two ways: the store's LATEST, polled every ``reload_interval_s``, and
+announcements on the announce topic (:class:`AnnounceListener`, a background thread, calls
+``offer``). ``maybe_reload`` runs in the worker loop *between* batches: it loads the candidate,
+validates it (checksum, strict shapes and smoke batch in ``open_model``, plus the slot's own
+check, e.g. a feature spec compatible with the live one) and only then swaps it in. A refused
+version is remembered so it is not retried every tick; the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
+
+from kafka import KafkaConsumer
+from kafka.errors import KafkaError
+from kafka.structs import TopicPartition
+
+from pipeline.announce import decode_announcement
+from pipeline.exceptions import ArtifactError, ArtifactNotFound, DataError
+from pipeline.serving import ModelHandle, ModelWatcher
+from pipeline.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+Role = Literal["live", "shadow"]
+Opener = Callable[[str | None], ModelHandle]
+
+
+class ModelSlot:
+    """One served model and its reload policy."""
+
+    def __init__(
+        self,
+        *,
+        role: Role,
+        name: str,
+        pinned: str | None,
+        watcher: ModelWatcher,
+        opener: Opener,
+        validate: Callable[[ModelHandle], None] | None = None,
+        on_loaded: Callable[[ModelHandle, bool], None] | None = None,
+        on_refused: Callable[[str, Exception], None] | None = None,
+    ) -> None:
+        self.role = role
+        self.name = name
+        self.pinned = pinned
+        self.watcher = watcher
+        self._open = opener
+        self._validate = validate
+        self._on_loaded = on_loaded
+        self._on_refused = on_refused
+        self.current: ModelHandle | None = None
+        self._offered: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str | None:
+        return self.current.version if self.current else None
+
+    def start(self) -> ModelHandle:
+        """Load the pinned version or LATEST; errors propagate (the caller decides)."""
+        handle = self._open(self.pinned)
+        self._swap(handle)
+        return handle
+
+    def offer(self, version: str) -> None:
+        """An announced version (thread-safe); picked up by the next ``maybe_reload``."""
+        if self.pinned is None:
+            with self._lock:
+                self._offered = version
+
+    def maybe_reload(self) -> ModelHandle | None:
+        """Between batches: load a new version if one is offered or LATEST moved.
+
+        Returns the new handle when it was swapped in, else None."""
+        if self.pinned is not None:
+            return None
+        with self._lock:
+            offered, self._offered = self._offered, None
+        announced = offered is not None and offered != self.version
+        if announced and offered is not None and not self.watcher.was_refused(offered):
+            version: str | None = offered
+        else:
+            version = self.watcher.poll(self.version)
+        if version is None:
+            return None
+        try:
+            candidate = self._open(version)
+            if self._validate is not None:
+                self._validate(candidate)
+        except ArtifactNotFound as exc:
+            # an announcement can overtake a slow shared volume: LATEST polling catches up
+            log.warning(
+                "announced model version not in the store yet",
+                extra={"role": self.role, "candidate": version, "error": str(exc)},
+            )
+            return None
+        except (ArtifactError, RuntimeError, OSError, ValueError) as exc:
+            # RuntimeError: e.g. CUDA out of memory moving the candidate to the GPU
+            self.watcher.refuse(version)
+            log.error(
+                "new model refused, keeping the current one",
+                extra={
+                    "role": self.role,
+                    "candidate": version,
+                    "serving": self.version,
+                    "error": str(exc),
+                },
+            )
+            if self._on_refused is not None:
+                self._on_refused(version, exc)
+            return None
+        old = self.version
+        self._swap(candidate)
+        log.info(
+            "model reloaded",
+            extra={"role": self.role, "from": old, "to": candidate.version, "announced": announced},
+        )
+        return candidate
+
+    def _swap(self, handle: ModelHandle) -> None:
+        """Replace the served handle; ``on_loaded(handle, reloaded)`` reports it."""
+        reloaded = self.current is not None
+        self.current = handle
+        if self._on_loaded is not None:
+            self._on_loaded(handle, reloaded)
+
+
+class AnnounceListener:
+    """Background consumer of the announce topic, offering announced versions to slots.
+
+    Group-less (every worker sees every announcement) and starting at the end of the topic:
+    what was published before the worker started is covered by loading LATEST at start.
+    Never raises: bad records are counted and skipped, Kafka errors logged and retried.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        slots: list[ModelSlot],
+        on_record: Callable[[str], None] | None = None,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.slots = slots
+        self.on_record = on_record or (lambda result: None)
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self.assigned = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="announce-listener", daemon=True)
+
+    def start(self) -> AnnounceListener:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        consumer: KafkaConsumer | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if consumer is None:
+                        consumer = KafkaConsumer(
+                            **self.kafka.client_kwargs(),
+                            group_id=None,
+                            enable_auto_commit=False,
+                            isolation_level="read_committed",
+                        )
+                    if not self.assigned.is_set() and not self._assign(consumer):
+                        self._stop.wait(1.0)
+                        continue
+                    polled = consumer.poll(timeout_ms=int(self.poll_s * 1000))
+                except KafkaError as exc:
+                    log.warning(
+                        "announce topic unavailable, retrying",
+                        extra={"topic": self.topic, "error": repr(exc)},
+                    )
+                    self._stop.wait(2.0)
+                    continue
+                for records in polled.values():
+                    for rec in records:
+                        self._handle(rec)
+        finally:
+            if consumer is not None:
+                consumer.close()
+
+    def _assign(self, consumer: KafkaConsumer) -> bool:
+        ids = consumer.partitions_for_topic(self.topic)
+        if not ids:
+            return False
+        parts = [TopicPartition(self.topic, p) for p in sorted(ids)]
+        consumer.assign(parts)
+        consumer.seek_to_end(*parts)
+        for tp in parts:
+            consumer.position(tp)  # resolve the end offsets now, not at the first poll
+        self.assigned.set()
+        log.info("listening for model announcements", extra={"topic": self.topic})
+        return True
+
+    def _handle(self, rec: Any) -> None:
+        try:
+            announcement = decode_announcement(rec.value)
+        except DataError as exc:
+            self.on_record("invalid")
+            log.warning(
+                "bad model announcement skipped",
+                extra={
+                    "source": f"{rec.topic}[{rec.partition}] offset={rec.offset}",
+                    "error": str(exc),
+                },
+            )
+            return
+        matched = [s for s in self.slots if s.name == announcement.name and s.pinned is None]
+        for slot in matched:
+            slot.offer(announcement.version)
+        self.on_record("offered" if matched else "ignored")
+        log.info(
+            "model announcement",
+            extra={
+                "name": announcement.name,
+                "version": announcement.version,
+                "roles": [s.role for s in matched],
+            },
+        )
