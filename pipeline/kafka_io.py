@@ -74,7 +74,10 @@ def error_chain(exc: BaseException) -> Iterator[BaseException]:
 
 def is_fatal(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) is a Kafka error that retrying cannot fix."""
-    return any(isinstance(e, KafkaFatalError | FATAL_KAFKA_ERRORS) for e in error_chain(exc))
+    return any(
+        isinstance(e, (KafkaFatalError, FATAL_KAFKA_ERRORS))
+        for e in error_chain(exc)
+    )
 
 
 def fatal_reason(exc: BaseException) -> str:
@@ -269,7 +272,16 @@ class OutputSink:
         try:
             self.producer.flush(timeout=self.flush_timeout_s)
         except KafkaError as exc:
-            raise DeliveryError(f"flush failed: {exc!r}") from exc
+            # the flush error is often generic; the first failed record says what went wrong
+            failed = next(
+                ((t, f.exception) for t, f in self._pending if f.is_done and f.failed()), None
+            )
+            if failed is None:
+                raise DeliveryError(f"flush failed: {exc!r}") from exc
+            topic, error = failed
+            raise DeliveryError(
+                f"flush failed: {exc!r}; record to {topic} was not delivered: {error!r}"
+            ) from error
         self._check_futures()
 
     def _check_futures(self) -> None:
@@ -283,10 +295,21 @@ class OutputSink:
 
 
 def _close_quietly(producer: KafkaProducer) -> None:
+    """Close a producer that may have failed; never raises, never leaves its thread behind.
+
+    kafka-python 3.0.12's close() flushes first, and that flush can fail for good (e.g.
+    ``UnknownError('Future not done')`` once a batch was split after MessageSizeTooLarge),
+    which aborts close() with the sender thread and its sockets still alive. Then the
+    sender is force-closed: pending records are failed, the network client closed."""
     try:
         producer.close(timeout=5)
+        return
     except (KafkaError, OSError, ValueError) as exc:
-        log.warning("closing the old producer failed", extra={"error": repr(exc)})
+        log.warning("producer close failed, forcing it", extra={"error": repr(exc)})
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(5)
 
 
 def _fmt(offsets: dict[TopicPartition, OffsetAndMetadata]) -> str:

@@ -82,7 +82,7 @@ class RevokingSource(ScriptedSource):
 
 def test_revoked_partitions_leave_the_batch_being_collected():
     clock = Clock()
-    collector = None
+    collector: BatchCollector | None = None
 
     def revoke_partition_1_on_second_poll(n):
         if n == 1:
@@ -100,7 +100,7 @@ def test_revoked_partitions_leave_the_batch_being_collected():
 
 def test_a_batch_emptied_by_revocation_is_not_returned():
     clock = Clock()
-    collector = None
+    collector: BatchCollector | None = None
 
     def revoke_all(n):
         if n == 1:
