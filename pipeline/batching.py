@@ -7,7 +7,8 @@ their order; partitions are concatenated as the consumer returns them.
 A consumer-group rebalance runs inside ``poll``; when it takes partitions away, the records of
 those partitions already gathered into the batch being collected are dropped
 (``drop_partitions``, called from the rebalance listener). Processing and committing them would
-duplicate the work of their new owner, which starts from the last committed offset.
+duplicate the work of their new owner, which starts from the last committed offset. If a poll
+raises mid-batch, what was gathered is left in ``abandoned`` for the caller to rewind.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class BatchCollector:
         self.clock = clock
         self.should_stop = should_stop
         self.dropped = 0  # records dropped from batches because their partition was revoked
+        self.abandoned: list[Any] = []  # what a collect() that raised had gathered
         self._current: Batch | None = None
 
     def collect(self) -> Batch | None:
@@ -63,6 +65,7 @@ class BatchCollector:
         was gathered is returned, to be processed and committed before the worker leaves."""
         batch = Batch(records=[], first_record_at=self.clock())
         self._current = batch
+        self.abandoned = []
         try:
             first = self._poll(self.idle_poll_s, self.max_size)
             if not first:
@@ -76,6 +79,9 @@ class BatchCollector:
                     break
                 wait = min(remaining, self.idle_poll_s)  # so a stop request is seen promptly
                 batch.records.extend(self._poll(wait, self.max_size - len(batch.records)))
+        except BaseException:
+            self.abandoned = batch.records  # the caller must rewind: positions moved past them
+            raise
         finally:
             self._current = None
         return batch if batch.records else None

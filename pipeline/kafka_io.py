@@ -74,10 +74,7 @@ def error_chain(exc: BaseException) -> Iterator[BaseException]:
 
 def is_fatal(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) is a Kafka error that retrying cannot fix."""
-    return any(
-        isinstance(e, (KafkaFatalError, FATAL_KAFKA_ERRORS))
-        for e in error_chain(exc)
-    )
+    return any(isinstance(e, (KafkaFatalError, FATAL_KAFKA_ERRORS)) for e in error_chain(exc))
 
 
 def fatal_reason(exc: BaseException) -> str:

@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,20 +102,31 @@ class RunSummary:
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Tracks assigned partitions (readiness, lag) and reports revocations to the worker."""
+    """Tracks assigned partitions (readiness, lag) and tells the worker which ones it lost.
 
-    def __init__(self, on_revoked: Any) -> None:
+    With the eager protocol (kafka-python's default assignors) every rebalance first revokes
+    *all* partitions and then assigns the new set; kafka-python keeps the fetch position of a
+    partition assigned again. So a partition is only lost when it is revoked and not assigned
+    back: those are reported to ``on_lost`` (at assignment time), the others keep their place
+    in the batch being collected.
+    """
+
+    def __init__(self, on_lost: Callable[[set[TopicPartition]], None]) -> None:
         self.partitions: set[TopicPartition] = set()
-        self._on_revoked = on_revoked
+        self._revoked: set[TopicPartition] = set()
+        self._on_lost = on_lost
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         self.partitions -= set(revoked)
-        self._on_revoked(revoked)
+        self._revoked |= set(revoked)
         log.info("partitions revoked", extra={"partitions": _fmt_tps(revoked)})
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.partitions |= set(assigned)
+        lost, self._revoked = self._revoked - set(assigned), set()
         log.info("partitions assigned", extra={"partitions": _fmt_tps(assigned)})
+        if lost:
+            self._on_lost(lost)
 
 
 class Worker:
@@ -133,7 +145,7 @@ class Worker:
             include_record=settings.include_record,
         )
         self.shadow_scorer = ShadowScorer(settings.shadow_topic, self.metrics)
-        self.assignment = _Assignment(self._on_revoked)
+        self.assignment = _Assignment(self._on_lost)
         self.stop_event = threading.Event()
         self._collector: BatchCollector | None = None
         self._failures = 0
@@ -215,6 +227,8 @@ class Worker:
             try:
                 batch = collector.collect()
             except KafkaError as exc:
+                # records gathered before the error were never processed: read them again
+                _rewind(consumer, collector.abandoned)
                 self._failed(exc, "poll", [], sink)
                 continue
             self.metrics.ready.set(1 if self.is_ready() else 0)
@@ -364,16 +378,18 @@ class Worker:
         if self.shadow is not None:
             self.shadow.maybe_reload()
 
-    def _on_revoked(self, revoked: Any) -> None:
+    def _on_lost(self, lost: set[TopicPartition]) -> None:
+        """Partitions now owned by another member: their records in the batch being collected
+        would duplicate the new owner's work (it starts from the last commit)."""
         if self._collector is not None:
-            dropped = self._collector.drop_partitions(revoked)
+            dropped = self._collector.drop_partitions(lost)
             if dropped:
                 self.metrics.records_revoked.inc(dropped)
                 log.info(
-                    "dropped revoked partitions' records from the batch being collected",
-                    extra={"records": dropped, "partitions": _fmt_tps(revoked)},
+                    "dropped lost partitions' records from the batch being collected",
+                    extra={"records": dropped, "partitions": _fmt_tps(lost)},
                 )
-        for tp in revoked:
+        for tp in lost:
             with suppress(KeyError):
                 self.metrics.consumer_lag.remove(f"{tp.topic}-{tp.partition}")
 

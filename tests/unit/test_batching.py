@@ -3,6 +3,8 @@
 from collections import deque
 from types import SimpleNamespace
 
+import pytest
+
 from pipeline.batching import BatchCollector
 
 
@@ -131,3 +133,17 @@ def test_a_stop_request_closes_the_batch_early_with_what_was_gathered():
     batch = collector.collect()
     assert [r.offset for r in batch.records] == [1, 2]
     assert clock.t < 1  # did not wait for the 30 s deadline
+
+
+def test_a_poll_error_mid_batch_leaves_the_gathered_records_for_rewinding():
+    clock = Clock()
+
+    def fail_second_poll(n):
+        if n == 1:
+            raise RuntimeError("broker went away")
+
+    src = RevokingSource([(0, [prec(0, 1), prec(1, 7)])], clock, fail_second_poll)
+    collector = BatchCollector(src, max_size=100, max_wait_s=0.05, idle_poll_s=1, clock=clock)
+    with pytest.raises(RuntimeError):
+        collector.collect()
+    assert [(r.partition, r.offset) for r in collector.abandoned] == [(0, 1), (1, 7)]
