@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -134,8 +135,9 @@ class ModelSlot:
 class AnnounceListener:
     """Background consumer of the announce topic, offering announced versions to slots.
 
-    Group-less (every worker sees every announcement) and starting at the end of the topic:
-    what was published before the worker started is covered by loading LATEST at start.
+    Group-less (every worker sees every announcement). It starts at the first announcement
+    newer than ``since_ms`` (the worker's start, just before it loaded LATEST), so nothing
+    announced while the worker was starting is missed; older ones are covered by LATEST.
     Never raises: bad records are counted and skipped, Kafka errors logged and retried.
     """
 
@@ -146,8 +148,10 @@ class AnnounceListener:
         slots: list[ModelSlot],
         on_record: Callable[[str], None] | None = None,
         poll_s: float = 0.5,
+        since_ms: int | None = None,
     ) -> None:
         self.kafka = kafka
+        self.since_ms = since_ms if since_ms is not None else int(time.time() * 1000)
         self.topic = topic
         self.slots = slots
         self.on_record = on_record or (lambda result: None)
@@ -200,9 +204,11 @@ class AnnounceListener:
             return False
         parts = [TopicPartition(self.topic, p) for p in sorted(ids)]
         consumer.assign(parts)
-        consumer.seek_to_end(*parts)
+        starts = consumer.offsets_for_times(dict.fromkeys(parts, self.since_ms))
+        ends = consumer.end_offsets(parts)
         for tp in parts:
-            consumer.position(tp)  # resolve the end offsets now, not at the first poll
+            found = starts.get(tp)
+            consumer.seek(tp, found.offset if found is not None else ends[tp])
         self.assigned.set()
         log.info("listening for model announcements", extra={"topic": self.topic})
         return True

@@ -136,6 +136,8 @@ class Worker:
         self.settings = settings
         self.metrics = metrics or PipelineMetrics()
         self.device = resolve_device(settings.device)
+        self.started_ms = int(time.time() * 1000)  # announcements from here on are heard
+        self.announcer: AnnounceListener | None = None
         self.live = self._slot("live", settings.model_name, settings.model_version)
         self.live.start()  # ArtifactError here: nothing to serve, the caller exits (code 3)
         self.shadow = self._start_shadow() if settings.shadow_enabled else None
@@ -172,13 +174,14 @@ class Worker:
             _ = sink.producer  # connect now: bad credentials fail at start, not at batch one
             if self.settings.announce_topic:
                 slots = [self.live, *([self.shadow] if self.shadow else [])]
-                listener = AnnounceListener(
+                self.announcer = AnnounceListener(
                     self.settings.kafka,
                     self.settings.announce_topic,
                     slots,
                     on_record=lambda r: self.metrics.announcements.labels(result=r).inc(),
+                    since_ms=self.started_ms,
                 ).start()
-                stack.callback(listener.stop)
+                stack.callback(self.announcer.stop)
             if self.settings.metrics_port:
                 server = MetricsServer(
                     self.metrics.registry,
