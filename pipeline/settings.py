@@ -46,6 +46,12 @@ class KafkaSettings(BaseModel):
     request_timeout_ms: int = Field(
         default=30_000, gt=0, description="Timeout of one request to a broker."
     )
+    bootstrap_timeout_ms: int = Field(
+        default=30_000,
+        gt=0,
+        description="How long a client tries to reach a first broker (wrong SASL credentials"
+        " also end in this timeout).",
+    )
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -63,6 +69,7 @@ class KafkaSettings(BaseModel):
             "client_id": self.client_id,
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
+            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
         }
         if self.sasl_mechanism:
             kwargs["sasl_mechanism"] = self.sasl_mechanism
