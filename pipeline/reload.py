@@ -1,12 +1,13 @@
 """Hot model reload: where new versions come from and how they replace the served one.
 
-A :class:`ModelSlot` holds one served model (the live one, or the shadow candidate). New
-versions reach it two ways: the store's LATEST, polled every ``reload_interval_s``, and
-announcements on the announce topic (:class:`AnnounceListener`, a background thread, calls
-``offer``). ``maybe_reload`` runs in the worker loop *between* batches: it loads the candidate,
-validates it (checksum, strict shapes and smoke batch in ``open_model``, plus the slot's own
-check, e.g. a feature spec compatible with the live one) and only then swaps it in. A refused
-version is remembered so it is not retried every tick; the old model keeps serving.
+A :class:`ModelSlot` holds one served model (the live one, or the shadow candidate). LATEST in
+the store names the version to serve; it is read every ``reload_interval_s`` and at once when
+an announcement for the slot's model arrives on the announce topic (:class:`AnnounceListener`,
+a background thread, calls ``offer``). ``maybe_reload`` runs in the worker loop *between*
+batches: it loads the candidate, validates it (checksum, strict shapes and smoke batch in
+``open_model``, plus the slot's own check, e.g. a feature spec compatible with the live one)
+and only then swaps it in. A refused version is remembered so it is not retried every tick;
+the old model keeps serving.
 """
 
 from __future__ import annotations
@@ -83,11 +84,17 @@ class ModelSlot:
             return None
         with self._lock:
             offered, self._offered = self._offered, None
-        announced = offered is not None and offered != self.version
-        if announced and offered is not None and not self.watcher.was_refused(offered):
-            version: str | None = offered
-        else:
+        if offered is None:
             version = self.watcher.poll(self.version)
+        else:
+            # LATEST stays the source of truth: an announcement only makes us look at once.
+            # (A replayed or overtaken announcement thus never rolls the model back.)
+            version = self.watcher.check_now(self.version)
+            if offered not in (version, self.version):
+                log.info(
+                    "announced version is not LATEST (yet); following LATEST",
+                    extra={"role": self.role, "announced": offered, "latest": version},
+                )
         if version is None:
             return None
         try:
@@ -95,9 +102,10 @@ class ModelSlot:
             if self._validate is not None:
                 self._validate(candidate)
         except ArtifactNotFound as exc:
-            # an announcement can overtake a slow shared volume: LATEST polling catches up
+            # LATEST can name a version whose directory a slow shared volume does not show
+            # yet: not refused, the next poll tries again
             log.warning(
-                "announced model version not in the store yet",
+                "model version named by LATEST not readable yet",
                 extra={"role": self.role, "candidate": version, "error": str(exc)},
             )
             return None
@@ -120,7 +128,7 @@ class ModelSlot:
         self._swap(candidate)
         log.info(
             "model reloaded",
-            extra={"role": self.role, "from": old, "to": candidate.version, "announced": announced},
+            extra={"role": self.role, "from": old, "to": candidate.version, "announced": offered},
         )
         return candidate
 

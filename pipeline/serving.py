@@ -117,15 +117,19 @@ class ModelWatcher:
 
     def poll(self, current: str | None) -> str | None:
         """The LATEST version if it differs from the served one (``current``) and was not
-        refused before."""
+        refused before; reads LATEST at most every ``interval_s``."""
         now = time.monotonic()
         if self.interval_s <= 0 or now < self._next_check:
             return None
         self._next_check = now + self.interval_s
+        return self.check_now(current)
+
+    def check_now(self, current: str | None) -> str | None:
+        """Like ``poll`` but reads LATEST at once (an announcement arrived)."""
         try:
             version = latest_version(self.store, self.name)
         except ArtifactError as exc:
-            log.warning("cannot read LATEST", extra={"error": str(exc)})
+            log.warning("cannot read LATEST", extra={"name": self.name, "error": str(exc)})
             return None
         if version in (current, self._refused):
             return None
@@ -133,6 +137,3 @@ class ModelWatcher:
 
     def refuse(self, version: str) -> None:
         self._refused = version
-
-    def was_refused(self, version: str) -> bool:
-        return version == self._refused

@@ -4,6 +4,7 @@ announce topic, refused versions, shadow scoring, and records of the wrong kind.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import msgspec
@@ -123,12 +124,19 @@ def test_an_announcement_reloads_at_once_without_polling(kafka_bootstrap, make_t
     wait_for(lambda: info(bg, v2) == 1, 15, "announced version served")
     produce_records(kafka_bootstrap, source, numeric_records(50, start=50))
     wait_for(lambda: consumed(bg, 100), 30, "later records")
+    # an old announcement (replayed, or overtaken by a rollback) does not beat LATEST
+    produce(
+        kafka_bootstrap, announce, [encode_announcement(ModelAnnouncement(name=NAME, version=v1))]
+    )
+    wait_for(lambda: bg.value("pipeline_announcements_total", {"result": "offered"}) == 2, 15, "2")
+    time.sleep(0.5)  # several loop iterations
+    assert info(bg, v2) == 1
     bg.stop()
 
     versions = alert_versions(kafka_bootstrap, s.alert_topic)
     assert {v for rid, v in versions.items() if rid >= "r-000050"} == {v2}
     assert {v for rid, v in versions.items() if rid < "r-000050"} == {v1}
-    for result, n in (("offered", 1), ("ignored", 1), ("invalid", 1)):
+    for result, n in (("offered", 2), ("ignored", 1), ("invalid", 1)):
         assert bg.value("pipeline_announcements_total", {"result": result}) == n
 
 
