@@ -187,7 +187,7 @@ class WorkerSettings(BaseSettings):
     )
     announce_topic: str | None = Field(
         default=None,
-        description="Optional: topic where the trainer announces new versions; LATEST is read at once.",
+        description="Optional: topic where the trainer announces versions; LATEST is read at once.",
     )
     shadow_model_name: str | None = Field(
         default=None,
