@@ -165,8 +165,19 @@ class Worker:
     ) -> RunSummary:
         """Consume until stopped, ``max_batches`` processed, or idle for ``idle_timeout_s``."""
         summary = RunSummary()
-        self._create_topics()
         with ExitStack() as stack:
+            if self.settings.metrics_port:
+                # first, so /healthz answers while Kafka clients bootstrap (/readyz: not yet)
+                server = MetricsServer(
+                    self.metrics.registry,
+                    self.settings.metrics_host,
+                    self.settings.metrics_port,
+                    is_ready=self.is_ready,
+                    is_alive=self.is_alive,
+                ).start()
+                stack.callback(server.stop)
+            self._beat()
+            self._create_topics()
             consumer = self._consumer()
             stack.callback(_close_consumer, consumer)
             sink = OutputSink(self._make_producer, self.settings.delivery)
@@ -182,15 +193,6 @@ class Worker:
                     since_ms=self.started_ms,
                 ).start()
                 stack.callback(self.announcer.stop)
-            if self.settings.metrics_port:
-                server = MetricsServer(
-                    self.metrics.registry,
-                    self.settings.metrics_host,
-                    self.settings.metrics_port,
-                    is_ready=self.is_ready,
-                    is_alive=self.is_alive,
-                ).start()
-                stack.callback(server.stop)
             self._loop(consumer, sink, summary, max_batches, idle_timeout_s)
         log.info("worker stopped", extra=summary.as_dict())
         return summary
@@ -255,6 +257,7 @@ class Worker:
             self._process_once(records, consumer, sink, summary)
             self._failures = 0
         except CommitRejected as exc:
+            self._failures = 0  # the output is durable: nothing to retry
             self.metrics.commits_rejected.inc()
             log.warning(
                 "offset commit refused after a rebalance; the new owner replays the batch",
