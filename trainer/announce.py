@@ -16,7 +16,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from pipeline.announce import CONTENT_TYPE, ModelAnnouncement
+from pipeline.announce import CONTENT_TYPE, ModelAnnouncement, encode_announcement
 from pipeline.artifact import Manifest
 from pipeline.exceptions import AnnounceError
 from pipeline.settings import KafkaSettings
@@ -29,14 +29,14 @@ def announce(kafka: KafkaSettings, topic: str, manifest: Manifest, store: str | 
 
     Bounded by ``kafka.request_timeout_ms`` for bootstrapping, metadata and the ack.
     """
-    message = ModelAnnouncement.from_manifest(manifest, store)
+    key, value = encode_announcement(ModelAnnouncement.from_manifest(manifest, store))
     timeout_ms = kafka.request_timeout_ms
     try:
         with _producer(kafka, timeout_ms) as producer:
             meta = producer.send(
                 topic,
-                value=message.to_bytes(),
-                key=message.key,
+                value=value,
+                key=key,
                 headers=[("content-type", CONTENT_TYPE.encode())],
             ).get(timeout=timeout_ms / 1000 + 1)
     except KafkaError as exc:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.announce import ModelAnnouncement
+from pipeline.announce import decode_announcement
 from pipeline.artifact import latest_version
 from pipeline.exceptions import AnnounceError
 from pipeline.settings import KafkaSettings
@@ -34,7 +34,7 @@ def test_each_publish_is_announced_keyed_by_model_name(data, tmp_path, kafka_boo
     records = read_all(kafka_bootstrap, topic)
     assert [r.key for r in records] == [b"sensors", b"sensors"]
     assert all(dict(r.headers)["content-type"] == b"application/json" for r in records)
-    messages = [ModelAnnouncement.from_bytes(r.value) for r in records]
+    messages = [decode_announcement(r.value) for r in records]
     assert [m.version for m in messages] == [first.version, second.version]
     last = messages[-1]
     assert last.version == latest_version(tmp_path / "store", "sensors")
@@ -50,7 +50,7 @@ def test_env_settings_reach_the_announcer(data, tmp_path, kafka_bootstrap, make_
     monkeypatch.setenv("TRAINER_KAFKA__CLIENT_ID", "trainer-test")
     manifest = fit(load_trainer_settings(data=data, model_store=str(tmp_path), **QUICK))
     (record,) = read_all(kafka_bootstrap, topic)
-    assert ModelAnnouncement.from_bytes(record.value).version == manifest.version
+    assert decode_announcement(record.value).version == manifest.version
 
 
 def test_an_unreachable_broker_keeps_the_published_model_and_says_so(data, tmp_path):
