@@ -120,28 +120,63 @@ def shuffled_batches(
 ) -> Iterator[Chunk]:
     """Minibatches of ``batch_size`` rows (the last may be smaller) in a shuffled order.
 
-    Rows collect in a buffer; whenever it holds ``buffer_rows`` rows it is permuted and
-    minibatches are taken from it until half remain, so at most about ``buffer_rows`` plus one
-    chunk are held. When all rows fit the buffer this is a full permutation.
+    Rows are copied into a buffer of ``buffer_rows`` slots, allocated once. Whenever it is
+    full, a random half of its slots is emitted as minibatches and refilled from the input,
+    so memory is the buffer plus one minibatch and one input chunk. At the end the remaining
+    rows are emitted in a random order; data that fits the buffer gets a full permutation.
     """
     capacity = max(buffer_rows, 2 * batch_size)
-    pending: list[Chunk] = []
-    held = 0
+    buffer: _Buffer | None = None
     for chunk in chunks:
-        if not len(chunk):
-            continue
-        pending.append(chunk)
-        held += len(chunk)
-        if held < capacity:
-            continue
-        buffer = Chunk.concat(pending)
-        buffer = buffer.take(rng.permutation(held))
-        emit = (held - capacity // 2) // batch_size * batch_size
-        for start in range(0, emit, batch_size):
-            yield buffer.take(slice(start, start + batch_size))
-        pending, held = [buffer.take(slice(emit, None))], held - emit
-    if held:
-        buffer = Chunk.concat(pending)
-        buffer = buffer.take(rng.permutation(held))
-        for start in range(0, held, batch_size):
-            yield buffer.take(slice(start, start + batch_size))
+        done = 0
+        while done < len(chunk):
+            if buffer is None:
+                buffer = _Buffer(chunk, capacity)
+            done += buffer.fill(chunk, done)
+            if buffer.full:
+                half = (capacity // 2) // batch_size * batch_size
+                slots = rng.permutation(capacity)[:half]
+                for start in range(0, half, batch_size):
+                    yield buffer.rows.take(slots[start : start + batch_size])
+                buffer.release(slots)
+    if buffer is not None:
+        slots = buffer.occupied()
+        slots = slots[rng.permutation(len(slots))]
+        for start in range(0, len(slots), batch_size):
+            yield buffer.rows.take(slots[start : start + batch_size])
+
+
+class _Buffer:
+    """Fixed slots for rows; ``free`` lists the slots to write next, in order."""
+
+    def __init__(self, like: Chunk, capacity: int) -> None:
+        self.rows = Chunk(
+            np.empty((capacity, like.cont.shape[1]), dtype=like.cont.dtype),
+            np.empty((capacity, like.cat.shape[1]), dtype=like.cat.dtype),
+            np.empty(capacity, dtype=like.positions.dtype),
+        )
+        self.free = np.arange(capacity)
+        self.next = 0  # free[next:] are still free
+
+    @property
+    def full(self) -> bool:
+        return self.next == len(self.free)
+
+    def fill(self, chunk: Chunk, offset: int) -> int:
+        """Copy rows of ``chunk`` from ``offset`` into free slots; returns how many."""
+        n = min(len(chunk) - offset, len(self.free) - self.next)
+        slots = self.free[self.next : self.next + n]
+        self.rows.cont[slots] = chunk.cont[offset : offset + n]
+        self.rows.cat[slots] = chunk.cat[offset : offset + n]
+        self.rows.positions[slots] = chunk.positions[offset : offset + n]
+        self.next += n
+        return n
+
+    def release(self, slots: npt.NDArray[np.int64]) -> None:
+        self.free, self.next = slots, 0
+
+    def occupied(self) -> npt.NDArray[np.int64]:
+        """Slots holding rows not yet emitted, in slot order."""
+        mask = np.ones(len(self.rows), dtype=bool)
+        mask[self.free[self.next :]] = False
+        return np.flatnonzero(mask)

@@ -17,13 +17,15 @@ from safetensors.torch import load_file
 
 from pipeline.artifact import latest_version, load_artifact
 from pipeline.exceptions import ArtifactNotFound, ConfigError
-from pipeline.models import VariationalAutoEncoder
-from pipeline.scoring import Scorer
+from pipeline.models import ModelConfig, VariationalAutoEncoder, build_model
+from pipeline.scoring import ReconstructionScorer, Scorer
 from pipeline.tabular import encode_record_batch
 from tests.trainer_helpers import held_out_count, trainer_cmd, trainer_env, write_sensors
 from trainer.data import ParquetSource, split_mask
 from trainer.fit import fit
+from trainer.loop import TrainStep, _train_epoch, autocast_dtype
 from trainer.progress import BarReporter, LogReporter, NullReporter, make_reporter
+from trainer.rows import Chunk
 from trainer.settings import load_trainer_settings
 from trainer.spec import SpecOptions, infer_spec
 
@@ -229,3 +231,36 @@ def test_categorical_and_id_columns_survive_streaming_spec_inference(sensors):
     assert kinds["mode"] == "categorical" and kinds["door_open"] == "boolean"
     assert "machine_id" not in kinds
     assert rows == 3000 - held_out_count(3000)
+
+
+def test_the_autocast_step_trains_in_bfloat16_on_the_cpu_too(sensors):
+    """The CUDA path wraps each step in torch.autocast; the same code runs here under CPU
+    bfloat16 autocast, so a dtype mistake in the model or loss shows without a GPU."""
+    spec, _ = infer_spec(ParquetSource(str(sensors)), SpecOptions(id_column="machine_id"))
+    cfg = ModelConfig(kind="vae", input_dim=spec.input_dim, output_dim=spec.input_dim)
+    model = build_model(cfg)
+    step = TrainStep(ReconstructionScorer(spec, model))
+    optimizer = torch.optim.Adam(model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    rows = next(ParquetSource(str(sensors)).batches(spec.column_names)).table  # 700 rows
+    cont, cat = encode_record_batch(rows, spec)
+    batches = [Chunk(cont[i : i + 64], cat[i : i + 64], np.zeros(64, np.uint64)) for i in (0, 64)]
+    loss, seen = _train_epoch(
+        step, optimizer, torch.amp.GradScaler("cuda", enabled=False), iter(batches), 2,
+        torch.device("cpu"), torch.bfloat16, NullReporter(), skip_single=False,
+    )  # fmt: skip
+    assert seen == 128
+    assert np.isfinite(loss) and loss > 0
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert autocast_dtype(torch.device("cpu"), enabled=True) is None  # CPU trains in float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fit_on_cuda_uses_mixed_precision_and_a_float32_threshold(sensors, tmp_path):
+    manifest = _fit(sensors, tmp_path, "gpu", device="cuda")
+    assert manifest.training.device.startswith("cuda")
+    assert manifest.training.mixed_precision in {"bfloat16", "float16"}
+    loaded = load_artifact(tmp_path, "gpu")
+    cont, cat = _held_out_rows(sensors, loaded.manifest.features)
+    scores = Scorer(loaded.manifest.features, loaded.model, torch.device("cpu")).score(cont, cat)
+    assert manifest.threshold.value == pytest.approx(np.quantile(scores.scores, 0.99), rel=1e-4)
