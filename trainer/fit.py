@@ -74,16 +74,20 @@ def fit(settings: TrainerSettings) -> Manifest:
     try:
         manifest = _fit(settings, d)
         d.barrier()  # nobody tears the group down while a peer still talks to it
-        return manifest
     finally:
         shutdown(d)
+    if d.is_main and settings.announce_topic:
+        from trainer.announce import announce  # kafka-python only when announcing
+
+        announce(settings.kafka, settings.announce_topic, manifest, settings.model_store)
+    return manifest
 
 
 def _fit(s: TrainerSettings, d: Dist) -> Manifest:
     started = time.monotonic()
+    device = device_for(d, resolve_device(s.device))
     data = prepare(s, d)
     spec = data.spec
-    device = device_for(d, resolve_device(s.device))
     config = model_config(spec, s)
     spans = data.source.shard(d.rank, d.world)
     cache = (data.local_train + data.local_validation) * bytes_per_row(spec) <= (
@@ -128,10 +132,6 @@ def _fit(s: TrainerSettings, d: Dist) -> Manifest:
     manifest = _publish_on_rank0(s, d, spec, config, result, held, summary, data)
     if checkpointer is not None:
         checkpointer.remove()
-    if d.is_main and s.announce_topic:
-        from trainer.announce import announce  # kafka-python only when announcing
-
-        announce(s.kafka, s.announce_topic, manifest, s.model_store)
     return manifest
 
 
