@@ -11,7 +11,8 @@
     └── KafkaIOError           talking to Kafka failed
         ├── DeliveryError      a produced record was not acknowledged
         ├── CommitRejected     the group moved on (rebalance): offsets not committed
-        └── KafkaFatalError    retrying cannot help (auth, fenced producer, ...): stop
+        ├── KafkaFatalError    retrying cannot help (auth, fenced producer, ...): stop
+        └── AnnounceError      a model was published but its announcement was not sent
 
 Library errors (kafka-python, torch, pyarrow) are wrapped at the boundary with
 ``raise X(...) from exc`` so the message carries our context (file, topic, field).
@@ -69,3 +70,12 @@ class CommitRejected(KafkaIOError):
 class KafkaFatalError(KafkaIOError):
     """Kafka refused in a way retries cannot fix: authentication or authorization, a fenced
     transactional producer, an unsupported broker, a bad client configuration."""
+
+
+class AnnounceError(KafkaIOError):
+    """The model was published, but announcing it on Kafka failed; workers still find it
+    at their next poll of LATEST. Carries the published version."""
+
+    def __init__(self, message: str, version: str) -> None:
+        super().__init__(message)
+        self.version = version
