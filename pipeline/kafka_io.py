@@ -23,6 +23,7 @@ from typing import Any, Literal
 import kafka.errors as kerr
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
+from kafka.net.compat import KafkaNetClient
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -96,7 +97,7 @@ def make_consumer(
 ) -> KafkaConsumer:
     """A consumer that never auto-commits: offsets move only after output is durable."""
     try:
-        return KafkaConsumer(
+        return new_consumer(
             **kafka.client_kwargs(),
             group_id=group_id,
             enable_auto_commit=False,
@@ -109,6 +110,36 @@ def make_consumer(
         raise _connect_error(
             kafka, f"cannot create consumer for {kafka.bootstrap_servers} group={group_id}", exc
         ) from exc
+
+
+def new_consumer(**config: Any) -> KafkaConsumer:
+    """``KafkaConsumer(**config)`` that leaves nothing behind when its constructor fails.
+
+    kafka-python 3.0.12 starts the consumer's IO thread before bootstrapping and, when the
+    bootstrap fails, raises with that thread and its sockets still alive (one more per retry
+    while a broker is down). The ``kafka_client`` hook hands us the client to shut down."""
+    created: list[Any] = []
+
+    def factory(**kwargs: Any) -> Any:
+        client = KafkaNetClient(**kwargs)
+        created.append(client)
+        return client
+
+    try:
+        return KafkaConsumer(kafka_client=factory, **config)
+    except BaseException:
+        for client in created:
+            _shutdown_net_client(client)
+        raise
+
+
+def _shutdown_net_client(client: Any) -> None:
+    """What KafkaConsumer.close() does to its network client (no public handle on the loop)."""
+    for step in (client.close, lambda: client._net.stop(timeout_ms=5000)):
+        try:
+            step()
+        except Exception as exc:  # already half torn down: nothing more to free
+            log.debug("network client shutdown step failed", extra={"error": repr(exc)})
 
 
 def make_producer(

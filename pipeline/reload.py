@@ -24,6 +24,7 @@ from kafka.structs import TopicPartition
 
 from pipeline.announce import decode_announcement
 from pipeline.exceptions import ArtifactError, ArtifactNotFound, DataError
+from pipeline.kafka_io import new_consumer
 from pipeline.serving import ModelHandle, ModelWatcher
 from pipeline.settings import KafkaSettings
 
@@ -182,7 +183,7 @@ class AnnounceListener:
             while not self._stop.is_set():
                 try:
                     if consumer is None:
-                        consumer = KafkaConsumer(
+                        consumer = new_consumer(
                             **self.kafka.client_kwargs(),
                             group_id=None,
                             enable_auto_commit=False,
