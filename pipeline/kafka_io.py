@@ -17,6 +17,7 @@ transactional producer that saw an error refuses every later send.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DeliveryMode = Literal["at-least-once", "exactly-once"]
 Headers = list[tuple[str, bytes]]
+_FLUSH_SLICE_S = 1.0
 
 # kafka-python errors that no retry can fix (AuthorizationError covers topic, group, cluster,
 # transactional-id and delegation-token ACL refusals).
@@ -297,20 +299,36 @@ class OutputSink:
         self._check_futures()
 
     def _flush_and_check(self) -> None:
-        try:
-            self.producer.flush(timeout=self.flush_timeout_s)
-        except KafkaError as exc:
-            # the flush error is often generic; the first failed record says what went wrong
-            failed = next(
-                ((t, f.exception) for t, f in self._pending if f.is_done and f.failed()), None
-            )
-            if failed is None:
-                raise DeliveryError(f"flush failed: {exc!r}") from exc
-            topic, error = failed
-            raise DeliveryError(
-                f"flush failed: {exc!r}; record to {topic} was not delivered: {error!r}"
-            ) from error
+        """Wait for every send of the batch, but stop as soon as one of them failed.
+
+        The flush goes in one-second slices: kafka-python 3.0.12 can leave a batch it split
+        after MessageSizeTooLarge incomplete forever, so a plain flush would sit out its whole
+        timeout although the batch is known to have failed."""
+        deadline = time.monotonic() + self.flush_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                self.producer.flush(timeout=max(0.0, min(_FLUSH_SLICE_S, remaining)))
+                break
+            except KafkaError as exc:
+                failed = self._first_failure()
+                if failed is not None:
+                    topic, error = failed
+                    raise DeliveryError(
+                        f"record to {topic} was not delivered: {error!r} (flush: {exc!r})"
+                    ) from error
+                timed_out = isinstance(exc, kerr.KafkaTimeoutError)
+                if not timed_out or remaining <= _FLUSH_SLICE_S:
+                    raise DeliveryError(
+                        f"flush failed after {self.flush_timeout_s - remaining:.1f}s: {exc!r}"
+                    ) from exc
         self._check_futures()
+
+    def _first_failure(self) -> tuple[str, BaseException] | None:
+        for topic, future in self._pending:
+            if future.is_done and future.failed():
+                return topic, future.exception
+        return None
 
     def _check_futures(self) -> None:
         pending, self._pending = self._pending, []
