@@ -1,0 +1,101 @@
+"""A hypothesis-generated corpus of hostile records through a real worker and broker: the worker
+never stops, and every record is scored or dead-lettered (with its reason and original bytes)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
+from kafka import KafkaProducer
+
+from pipeline.audit import audit
+from pipeline.codec import BINARY_CONTENT_TYPE, Reason
+from pipeline.deadletter import parse_dead_letter
+from pipeline.metrics import PipelineMetrics
+from pipeline.settings import KafkaSettings
+from pipeline.worker import Worker
+from tests.factories import mixed_spec, publish_model
+from tests.faults import scaled
+from tests.fuzzing import MAX_BYTES, hostile_values
+from tests.kafkautil import read_all
+from tests.workerutil import NAME
+from tests.workerutil import settings as worker_settings
+
+pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("torch_one_thread")]
+REASONS = {r.value for r in Reason}
+SPEC = mixed_spec()
+_HEADERS = st.lists(
+    st.tuples(st.text(max_size=8), st.binary(max_size=8))
+    | st.just(("content-type", BINARY_CONTENT_TYPE.encode())),
+    max_size=2,
+)
+_RECORD = st.tuples(st.none() | st.binary(max_size=12), hostile_values(SPEC, "txn"), _HEADERS) | (
+    st.tuples(st.binary(min_size=1, max_size=4), st.none(), _HEADERS)  # tombstones
+)
+
+
+def generate(strategy: st.SearchStrategy[Any], n: int, seed: int) -> list[Any]:
+    """``n`` distinct examples of ``strategy`` (reproducible through ``seed``)."""
+    out: list[Any] = []
+
+    @hypothesis_seed(seed)
+    @settings(max_examples=n, database=None, phases=[Phase.generate], deadline=None)
+    @given(strategy)
+    def collect(example: Any) -> None:
+        out.append(example)
+
+    collect()
+    return out
+
+
+def test_a_hostile_corpus_is_scored_or_dead_lettered_record_by_record(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    seed = int(os.environ.get("FUZZ_SEED", "20261124"))
+    corpus = generate(_RECORD, scaled(400), seed)
+    publish_model(tmp_path, SPEC, name=NAME, threshold=0.5)
+    source, scores = make_topic(1), make_topic(1)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+    try:
+        for key, value, headers in corpus:
+            producer.send(source, key=key, value=value, headers=headers)
+        producer.flush(60)
+    finally:
+        producer.close()
+    s = worker_settings(
+        kafka_bootstrap,
+        tmp_path,
+        source,
+        scores_topic=scores,
+        id_field="txn",
+        max_record_bytes=MAX_BYTES,
+        batch={"max_size": 32},
+        max_batch_retries=0,  # a record that fails its batch must show, not be retried away
+    )
+    metrics = PipelineMetrics()
+    summary = Worker(s, metrics).run(idle_timeout_s=2)  # raises if the worker gives up
+    assert summary.consumed == len(corpus)
+
+    report = audit(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap), [source], scores, s.dlq_topic,
+        group_id=s.group_id,
+    )  # fmt: skip
+    assert (report.records, report.due, report.lost, report.duplicates) == (
+        len(corpus), len(corpus), 0, 0,
+    )  # fmt: skip
+    assert report.scored + report.dead_lettered == len(corpus)
+    assert report.dead_letters_without_reason == report.foreign_dead_letters == 0
+    assert set(report.dlq_reasons) <= REASONS
+    assert report.scored > 0 and report.dead_lettered > 0
+    for dead in read_all(kafka_bootstrap, s.dlq_topic):
+        letter = parse_dead_letter(dead.headers)
+        key, value, headers = corpus[letter.offset]
+        assert (dead.key, dead.value) == (key, value or b"")
+        assert letter.detail
+        assert [h for h in dead.headers if not h[0].startswith("dlq.")] == [
+            (k, v) for k, v in headers if not k.startswith("dlq.")
+        ]
