@@ -174,14 +174,14 @@ class RecordDecoder:
         try:
             objs = [decode(values[i]) for i in idx]  # type: ignore[arg-type]
             good = idx
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except _DECODE_ERRORS:
             good, objs = [], []
             for i in idx:
                 try:
                     objs.append(decode(values[i]))  # type: ignore[arg-type]
                     good.append(i)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    rejected[i] = Rejection(i, _reason_of(exc), str(exc))
+                except _DECODE_ERRORS as exc:
+                    rejected[i] = Rejection(i, _reason_of(exc), _detail_of(exc))
         if not objs:
             return
         self._fill(objs, good, cont, cat, ids, rejected)
@@ -233,8 +233,25 @@ def _vector_block(objs: list[Any], attr: str, width: int) -> np.ndarray[Any, Any
     return np.asarray(values, dtype=np.float64)
 
 
+# What msgspec raises on a record: besides its own errors, invalid UTF-8 inside a JSON string
+# surfaces as UnicodeDecodeError and nesting deeper than its limit (~1000 levels, even in a
+# field the spec ignores) as RecursionError. Any of them must reject the one record, never
+# escape: one such record would otherwise stop the worker on every restart.
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
+
+
+def _detail_of(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"invalid UTF-8 in a JSON string: {exc}"
+    if isinstance(exc, RecursionError):
+        return "JSON nested deeper than the decoder allows"
+    return str(exc)
+
+
 def _reason_of(exc: Exception) -> Reason:
     text = str(exc)
+    if isinstance(exc, UnicodeDecodeError | RecursionError):
+        return Reason.BAD_JSON
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
         return Reason.BAD_JSON
     if "missing required field" in text:

@@ -157,9 +157,11 @@ def _content_type(headers: Any) -> str | None:
 
 
 def _record_copy(value: bytes | None) -> dict[str, Any] | None:
-    """The input record for an alert; None when it is not a JSON object (binary path)."""
+    """The input record for an alert; None when it is not a JSON object (binary path) or
+    cannot be copied (the decoder skips ignored fields unchecked, so a scored record can hold
+    invalid UTF-8 or deep nesting there)."""
     try:
         obj = msgspec.json.decode(value or b"")
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None

@@ -48,6 +48,8 @@ def test_json_batch_decodes_in_order_with_ids_and_ignores_extra_fields():
         (enc(good_mixed(0) | {"amount": 1e300}), Reason.NON_FINITE),
         (b'{"amount": NaN}', Reason.BAD_JSON),
         (b"x" * 2000, Reason.OVERSIZED),
+        # found by fuzzing: both used to escape decode() and stop the worker
+        (enc(good_mixed(0) | {"channel": "@"}).replace(b"@", b"\xff"), Reason.BAD_JSON),
     ],
 )
 def test_bad_records_are_rejected_with_a_reason_and_neighbours_survive(value, reason):
@@ -57,6 +59,16 @@ def test_bad_records_are_rejected_with_a_reason_and_neighbours_survive(value, re
     assert [(r.index, r.reason) for r in out.rejected] == [(1, reason)]
     assert out.rejected[0].detail
     np.testing.assert_allclose(out.cont[:, 0], [11, 12])
+
+
+def test_nesting_deeper_than_the_parser_allows_is_rejected_not_raised():
+    """Found by fuzzing: msgspec raises RecursionError past ~1000 levels, even in an ignored
+    field, and that used to escape decode() and stop the worker."""
+    deep = enc(good_mixed(0))[:-1] + b', "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    out = RecordDecoder(mixed_spec()).decode([enc(good_mixed(1)), deep])
+    assert out.accepted == [0]
+    assert [(r.index, r.reason) for r in out.rejected] == [(1, Reason.BAD_JSON)]
+    assert "nested deeper" in out.rejected[0].detail
 
 
 def test_null_is_imputed_or_rejected_by_policy():
