@@ -99,3 +99,36 @@ def test_a_hostile_corpus_is_scored_or_dead_lettered_record_by_record(
         assert [h for h in dead.headers if not h[0].startswith("dlq.")] == [
             (k, v) for k, v in headers if not k.startswith("dlq.")
         ]
+
+
+def test_records_too_big_for_the_dead_letter_topic_are_dead_lettered_truncated(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    """A malformed record just under the broker's default 1 MiB limit, and an oversized one
+    from an input topic that allows 3 MB: neither fits in a dead letter with its headers."""
+    publish_model(tmp_path, SPEC, name=NAME, threshold=0.5)
+    source = make_topic(1, config={"max.message.bytes": str(3 << 20)})
+    near_limit = b"{" + b"x" * 1_048_399  # bad JSON, fits a default topic as a record
+    big = b'{"amount": 1.0, "pad": "' + b"y" * 1_500_000 + b'"}'  # valid JSON, oversized
+    good = b'{"amount": 1.0, "channel": "web", "foreign": true, "emb": [1, 2, 3], "txn": "ok"}'
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=3 << 20
+    )
+    try:
+        for value in (good, near_limit, big, good):
+            producer.send(source, key=b"k", value=value).get(60)
+    finally:
+        producer.close()
+    s = worker_settings(
+        kafka_bootstrap, tmp_path, source, id_field="txn", max_batch_retries=0,
+        batch={"max_size": 2},
+    )  # fmt: skip
+    summary = Worker(s).run(idle_timeout_s=2)
+    assert (summary.consumed, summary.scored, summary.rejected) == (4, 2, 2)
+    dead = {parse_dead_letter(d.headers).offset: d for d in read_all(kafka_bootstrap, s.dlq_topic)}
+    assert sorted(dead) == [1, 2]
+    for offset, original, reason in ((1, near_limit, "bad_json"), (2, big, "oversized")):
+        letter, headers = dead[offset], dict(dead[offset].headers)
+        assert parse_dead_letter(letter.headers).reason == reason
+        assert headers["dlq.truncated"] == str(len(original)).encode()
+        assert original.startswith(letter.value) and len(letter.value) < 1_000_000
