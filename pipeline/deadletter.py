@@ -4,6 +4,12 @@ Header names (all values UTF-8): ``dlq.reason``, ``dlq.detail``, ``dlq.source.to
 ``dlq.source.partition``, ``dlq.source.offset``, ``dlq.source.timestamp``, ``dlq.model``.
 The input record's own headers are kept after ours, so a repaired record can be replayed
 as it was.
+
+A value longer than ``MAX_VALUE_BYTES`` is cut to that length and ``dlq.truncated`` holds its
+original size: the record with its headers would not fit the producer's 1 MiB request limit
+(nor a dead-letter topic with the broker's default ``max.message.bytes``), and a dead letter
+that cannot be written would fail its batch on every retry and stop the worker. The whole
+record stays in the input topic at ``dlq.source.*``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 
 PREFIX = "dlq."
 MAX_DETAIL = 1024
+MAX_VALUE_BYTES = 1_000_000  # leaves ~48 KB of the 1 MiB request for the key and headers
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,15 @@ class DeadLetter:
     offset: int
     timestamp: int | None
     model: str
+    truncated: int | None = None  # original size when the value was cut
+
+
+def dead_letter_value(value: bytes | None) -> tuple[bytes, int | None]:
+    """The value to dead-letter and, when it had to be cut, the original size."""
+    value = value or b""
+    if len(value) <= MAX_VALUE_BYTES:
+        return value, None
+    return value[:MAX_VALUE_BYTES], len(value)
 
 
 def dead_letter_headers(
@@ -38,6 +54,7 @@ def dead_letter_headers(
     timestamp: int | None,
     model: str,
     original: Sequence[tuple[str, bytes]] = (),
+    truncated: int | None = None,
 ) -> list[tuple[str, bytes]]:
     ours = [
         ("dlq.reason", reason),
@@ -48,6 +65,8 @@ def dead_letter_headers(
         ("dlq.source.timestamp", "" if timestamp is None else str(timestamp)),
         ("dlq.model", model),
     ]
+    if truncated is not None:
+        ours.append(("dlq.truncated", str(truncated)))
     kept = [(k, v) for k, v in original if not k.startswith(PREFIX)]
     return [(k, v.encode("utf-8", "replace")) for k, v in ours] + kept
 
@@ -64,4 +83,5 @@ def parse_dead_letter(headers: Sequence[tuple[str, bytes]]) -> DeadLetter:
         offset=int(h["dlq.source.offset"]),
         timestamp=int(ts) if ts else None,
         model=h["dlq.model"],
+        truncated=int(h["dlq.truncated"]) if "dlq.truncated" in h else None,
     )

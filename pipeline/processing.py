@@ -14,12 +14,13 @@ import numpy as np
 
 from pipeline.alerts import build_event, encode_event, utc_now_iso
 from pipeline.codec import CONTENT_TYPE_HEADER, DecodedBatch, Rejection
-from pipeline.deadletter import dead_letter_headers
+from pipeline.deadletter import dead_letter_headers, dead_letter_value
 from pipeline.metrics import PipelineMetrics
 from pipeline.scoring import BatchScores
 from pipeline.serving import ModelHandle
 
 Headers = list[tuple[str, bytes]]
+MAX_RECORD_COPY_BYTES = 900_000  # include_record: larger records are not copied into alerts
 
 
 class Sink(Protocol):
@@ -118,6 +119,7 @@ class BatchProcessor:
         return int(over.sum())
 
     def _dead_letter(self, rec: Any, rejection: Rejection, model: ModelHandle, sink: Sink) -> None:
+        value, truncated = dead_letter_value(rec.value)
         headers = dead_letter_headers(
             reason=rejection.reason.value,
             detail=rejection.detail,
@@ -127,8 +129,9 @@ class BatchProcessor:
             timestamp=rec.timestamp,
             model=f"{model.name}/{model.version}",
             original=rec.headers or [],
+            truncated=truncated,
         )
-        sink.send(self.topics.dead_letter, rec.value or b"", key=rec.key, headers=headers)
+        sink.send(self.topics.dead_letter, value, key=rec.key, headers=headers)
         self.metrics.records_invalid.labels(reason=rejection.reason.value).inc()
 
     def _observe(
@@ -157,9 +160,11 @@ def _content_type(headers: Any) -> str | None:
 
 
 def _record_copy(value: bytes | None) -> dict[str, Any] | None:
-    """The input record for an alert; None when it is not a JSON object (binary path) or
-    cannot be copied (the decoder skips ignored fields unchecked, so a scored record can hold
-    invalid UTF-8 or deep nesting there)."""
+    """The input record for an alert; None when it is not a JSON object (binary path), is
+    larger than MAX_RECORD_COPY_BYTES, or cannot be copied (the decoder skips ignored fields
+    unchecked, so a scored record can hold invalid UTF-8 or deep nesting there)."""
+    if value is not None and len(value) > MAX_RECORD_COPY_BYTES:
+        return None  # the alert would not fit a 1 MiB request
     try:
         obj = msgspec.json.decode(value or b"")
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
