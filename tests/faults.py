@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,14 +189,6 @@ class Workers:
             worker.ensure_dead()
 
 
-def started_workers(workdir: Path) -> Iterator[Workers]:
-    workers = Workers(workdir)
-    try:
-        yield workers
-    finally:
-        workers.cleanup()
-
-
 # --------------------------------------------------------------------------- producing
 
 
@@ -354,3 +346,14 @@ def account(
             assert report.settled, f"transactions still open: {report.open_transactions}"
             return report
         time.sleep(1)
+
+
+def record_result(scenario: str, **numbers: Any) -> None:
+    """Append a scenario's numbers to ``$RELIABILITY_REPORT`` (JSON lines), if set: the
+    source of the table in docs/reliability.md."""
+    path = os.environ.get("RELIABILITY_REPORT")
+    if not path:
+        return
+    line = {"scenario": scenario, "scale": SCALE, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    with open(path, "a") as out:
+        out.write(json.dumps(line | numbers) + "\n")
