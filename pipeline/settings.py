@@ -133,6 +133,13 @@ class WorkerSettings(BaseSettings):
     group_id: str = Field(
         default="anomaly-worker", min_length=1, description="Consumer group of the workers."
     )
+    session_timeout_ms: int = Field(
+        default=45_000,
+        ge=6_000,
+        le=1_800_000,
+        description="How long the group waits for a silent member (a crashed worker) before"
+        " its partitions move to the others.",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         default="earliest", description="Where a new group starts reading."
     )
@@ -178,8 +185,9 @@ class WorkerSettings(BaseSettings):
     transactional_id: str | None = Field(
         default=None,
         description=(
-            "exactly-once: id unique to this replica and stable across its restarts (e.g. the"
-            " pod name); default group_id-hostname-pid."
+            "exactly-once: id unique to this replica and stable across its restarts (e.g. a"
+            " StatefulSet pod name); default group_id-hostname-N, N the lowest slot no live"
+            " worker on this host holds (a restart gets its predecessor's id back)."
         ),
     )
     reload_interval_s: float = Field(

@@ -19,8 +19,6 @@ Failures (README "Delivery guarantees"):
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +58,7 @@ from pipeline.serving import ModelHandle, ModelWatcher, check_compatible, open_m
 from pipeline.settings import WorkerSettings
 from pipeline.shadow import ShadowScorer
 from pipeline.topics import ensure_topics
+from pipeline.txnid import TransactionalIdSlot, claim_transactional_id
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +151,7 @@ class Worker:
         self._collector: BatchCollector | None = None
         self._failures = 0
         self._last_beat = time.monotonic()
+        self._txn_slot: TransactionalIdSlot | None = None
 
     @property
     def model(self) -> ModelHandle:
@@ -180,6 +180,7 @@ class Worker:
             self._create_topics()
             consumer = self._consumer()
             stack.callback(_close_consumer, consumer)
+            stack.callback(self._release_txn_id)  # after the producer is closed
             sink = OutputSink(self._make_producer, self.settings.delivery)
             stack.callback(sink.close)
             _ = sink.producer  # connect now: bad credentials fail at start, not at batch one
@@ -431,6 +432,8 @@ class Worker:
             s.group_id,
             max_poll_records=s.batch.max_size,
             auto_offset_reset=s.auto_offset_reset,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=min(3_000, s.session_timeout_ms // 3),
         )
         if s.input_pattern:
             consumer.subscribe(pattern=s.input_pattern, listener=self.assignment)
@@ -457,7 +460,19 @@ class Worker:
         s = self.settings
         if s.delivery != "exactly-once":
             return None
-        return s.transactional_id or f"{s.group_id}-{socket.gethostname()}-{os.getpid()}"
+        if s.transactional_id:
+            return s.transactional_id
+        if self._txn_slot is None:  # held until run() ends: see pipeline.txnid
+            self._txn_slot = claim_transactional_id(s.group_id)
+            log.info(
+                "transactional id", extra={"transactional_id": self._txn_slot.transactional_id}
+            )
+        return self._txn_slot.transactional_id
+
+    def _release_txn_id(self) -> None:
+        if self._txn_slot is not None:
+            self._txn_slot.release()
+            self._txn_slot = None
 
     def _open(self, name: str, version: str | None) -> ModelHandle:
         s = self.settings
