@@ -76,6 +76,7 @@ def worker_env(
         "PIPELINE_BATCH__MAX_SIZE": "64",
         "PIPELINE_BATCH__MAX_WAIT_MS": "100",
         "PIPELINE_RETRY_BACKOFF_S": "0.2",
+        "PIPELINE_SESSION_TIMEOUT_MS": "6000",  # a killed member is noticed in seconds
     }
     return env | extra
 
