@@ -208,7 +208,7 @@ class SteadyProducer:
         values: Callable[[int], tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.topic, self.total, self.rate = topic, total, rate
-        self.values = values or _numeric_value
+        self.values = values or numeric_value
         self.sent = self.acked = self.failed = 0
         self.errors: list[str] = []
         self._lock = threading.Lock()
@@ -266,7 +266,7 @@ class SteadyProducer:
         self._producer.close(timeout=5)
 
 
-def _numeric_value(i: int) -> tuple[bytes, bytes]:
+def numeric_value(i: int) -> tuple[bytes, bytes]:
     rec = numeric_records(1, start=i, seed=i % 1000)[0]
     return rec["id"].encode(), msgspec.json.encode(rec)
 

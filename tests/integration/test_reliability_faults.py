@@ -10,26 +10,33 @@ Sizes scale with RELIABILITY_SCALE (docs/reliability.md)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from pipeline.localkafka import free_ports
+from pipeline.localkafka import free_ports, open_admin
 from pipeline.settings import KafkaSettings
 from tests.faults import (
+    SCALE,
     OffsetProbe,
     SteadyProducer,
     WorkerProcess,
     Workers,
     account,
     freeze_when,
+    numeric_value,
     record_result,
     scaled,
     worker_env,
 )
+from tests.kafka_helpers import create_topic
+from tests.kafkautil import produce
 from tests.workerutil import publish, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -173,6 +180,10 @@ def test_two_workers_one_killed_its_partitions_move_to_the_survivor(
     )  # fmt: skip
 
 
+def scored_at_least(worker: WorkerProcess, n: float) -> bool:
+    return worker.consumed() >= n
+
+
 def assigned(worker: WorkerProcess) -> set[str]:
     """The partitions the worker owns now, from its "partitions assigned/revoked" log lines."""
     owned: set[str] = set()
@@ -183,3 +194,91 @@ def assigned(worker: WorkerProcess) -> set[str]:
         elif entry.get("msg") == "partitions revoked":
             owned -= parts
     return owned
+
+
+@pytest.mark.slow
+def test_the_broker_restarting_mid_stream_loses_nothing(private_kafka, tmp_path, workers):
+    """One broker, stopped for ``outage_s`` and started again (same port and data) while a
+    producer streams and two workers score, one per delivery mode. The workers start behind
+    (a backlog in six partitions, so their consumers hold fetched records), the broker goes
+    away while the at-least-once worker holds a batch whose output is written and whose
+    offsets are not committed, and client timeouts are short: the outage costs the workers
+    more failed attempts than PIPELINE_MAX_BATCH_RETRIES."""
+    broker = private_kafka()
+    bootstrap = broker.bootstrap
+    publish(tmp_path)
+    with open_admin(bootstrap) as admin:
+        source = create_topic(admin, 6)
+    restarts = scaled(1)
+    outage_s = float(os.environ.get("RELIABILITY_OUTAGE_S", 15.0 * min(SCALE, 4.0)))
+    backlog, streamed = scaled(1500), scaled(2500)
+    total = backlog + streamed
+    produce(bootstrap, source, (numeric_value(i) for i in range(backlog)))
+    short_timeouts = {
+        "PIPELINE_KAFKA__REQUEST_TIMEOUT_MS": "5000",
+        "PIPELINE_KAFKA__BOOTSTRAP_TIMEOUT_MS": "3000",
+        "PIPELINE_MAX_BATCH_RETRIES": "3",
+        "PIPELINE_BATCH__MAX_SIZE": "32",
+        "PIPELINE_LIVENESS_TIMEOUT_S": "5",  # the outage lasts longer than this
+    }
+    groups = {mode: f"{mode}-{source}" for mode in MODES}
+    envs = {
+        mode: worker_env(bootstrap, tmp_path, source, group=group, delivery=mode, **short_timeouts)
+        for mode, group in groups.items()
+    }
+    config = {"bootstrap_servers": bootstrap}
+    producer = SteadyProducer(config, source, streamed, rate=streamed / (restarts * outage_s + 15))
+    probes = {mode: OffsetProbe(config, group) for mode, group in groups.items()}
+    alo_probe = probes["at-least-once"]
+    try:
+        procs = {mode: workers.start(env, mode) for mode, env in envs.items()}
+        alo = procs["at-least-once"]
+        for proc in procs.values():
+            wait_for(partial(scored_at_least, proc, 100), 120, f"{proc.name} scoring")
+        health: dict[str, Counter[int | None]] = {mode: Counter() for mode in MODES}
+        resume_s: list[float] = []
+        for _ in range(restarts):
+            freeze_when(alo, partial(uncommitted_output, alo_probe, source, groups[alo.name]))
+            broker.stop()
+            alo.signal(signal.SIGCONT)
+            outage_ends = time.monotonic() + outage_s
+            while time.monotonic() < outage_ends:
+                for mode, proc in procs.items():
+                    health[mode][proc.http_status("/healthz")] += 1
+                time.sleep(0.5)
+            for mode, proc in procs.items():
+                assert proc.proc.poll() is None, f"{mode} exited during the outage: {proc.tail()}"
+            broker.start()
+            back = time.monotonic()
+            for mode, proc in procs.items():
+                resumed = partial(scored_at_least, proc, proc.consumed() + 1)
+                wait_for(resumed, 120, f"{mode} resumes")
+            resume_s.append(time.monotonic() - back)
+        sent = producer.finish()
+        for mode, probe in probes.items():
+            wait_for(partial(probe.all_committed, source), 240, f"{mode}: all committed")
+        for proc in procs.values():
+            assert proc.stop() == 0, proc.tail()
+    finally:
+        producer.abort()
+        for probe in probes.values():
+            probe.close()
+    assert sent == streamed and producer.failed == 0
+    # alive throughout: a worker waiting for the broker is not stuck, and a restart would
+    # not bring the broker back
+    assert health == {mode: {200: sum(h.values())} for mode, h in health.items()}, health
+    # both score again within seconds of the broker being back (kafka-python's own reconnect
+    # backoff grows to 30 s during an outage)
+    assert max(resume_s) < 20, resume_s
+    for mode, group in groups.items():
+        report = account(KafkaSettings(bootstrap_servers=bootstrap), source, group, group=group)
+        assert (report.records, report.due, report.lost) == (total, total, 0), report.as_dict()
+        if mode == "exactly-once":
+            assert report.duplicates == 0, report.as_dict()
+        failures = sum(1 for e in procs[mode].logs() if e.get("msg") == "batch failed, will retry")
+        record_result(
+            f"broker restart mid-stream ({mode})",
+            sent=total, faults=f"{restarts} broker stop/start, {outage_s:.0f} s down each",
+            lost=report.lost, duplicates=report.duplicates, failed_attempts=failures,
+            resumed_after_s=[round(r, 1) for r in resume_s],
+        )  # fmt: skip
