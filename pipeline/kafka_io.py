@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import kafka.errors as kerr
@@ -219,17 +220,40 @@ class OutputSink:
         self._producer: KafkaProducer | None = None
         self._pending: list[tuple[str, FutureRecordMetadata]] = []
         self._in_txn = False
+        self.waiting_since: float | None = None  # monotonic start of a wait for the broker
 
     @property
     def producer(self) -> KafkaProducer:
         if self._producer is None:
-            self._producer = self._make()
+            with self._waiting():  # bootstrap, and init_transactions in exactly-once mode
+                self._producer = self._make()
         return self._producer
+
+    def waited_s(self) -> float:
+        """How long the current call has been waiting for Kafka (0 outside such calls)."""
+        since = self.waiting_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    @contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """Mark a call that waits for the broker. While the broker is away these calls block
+        (kafka-python waits for a transaction commit without a timeout, a flush for up to
+        ``flush_timeout_s``); the worker reports itself alive meanwhile, since restarting it
+        would not bring the broker back (``pipeline_kafka_wait_seconds``)."""
+        outer = self.waiting_since is None
+        if outer:
+            self.waiting_since = time.monotonic()
+        try:
+            yield
+        finally:
+            if outer:
+                self.waiting_since = None
 
     def begin(self) -> None:
         if self.mode == "exactly-once" and not self._in_txn:
+            producer = self.producer
             try:
-                self.producer.begin_transaction()
+                producer.begin_transaction()
             except KafkaError as exc:
                 raise DeliveryError(f"begin_transaction failed: {exc!r}") from exc
             self._in_txn = True
@@ -251,13 +275,16 @@ class OutputSink:
         Raises CommitRejected when the group rebalanced meanwhile (at-least-once: the output
         is durable and the new owner replays), DeliveryError / KafkaIOError otherwise."""
         if self.mode == "exactly-once":
-            self._commit_transaction(consumer, offsets)
+            with self._waiting():
+                self._commit_transaction(consumer, offsets)
             return
-        self._flush_and_check()
+        with self._waiting():
+            self._flush_and_check()
         if not offsets:
             return
         try:
-            consumer.commit(offsets=offsets)
+            with self._waiting():
+                consumer.commit(offsets=offsets)
         except _REBALANCED as exc:
             raise CommitRejected(f"offset commit refused for {_fmt(offsets)}: {exc!r}") from exc
         except KafkaError as exc:
@@ -269,7 +296,8 @@ class OutputSink:
         if self._in_txn:
             self._in_txn = False
             try:
-                self.producer.abort_transaction()
+                with self._waiting():
+                    self.producer.abort_transaction()
             except KafkaError as exc:
                 log.warning("abort_transaction failed", extra={"error": repr(exc)})
 
@@ -279,7 +307,8 @@ class OutputSink:
         self._in_txn = False
         producer, self._producer = self._producer, None
         if producer is not None:
-            _close_quietly(producer)
+            with self._waiting():
+                _close_quietly(producer)
 
     def close(self) -> None:
         self.reset()

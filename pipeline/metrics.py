@@ -162,6 +162,12 @@ class PipelineMetrics:
             ["result"],
             registry=r,
         )
+        self.kafka_wait = Gauge(
+            "pipeline_kafka_wait_seconds",
+            "How long the worker loop has been waiting for Kafka (flush, commit, transaction,"
+            " new producer); 0 when it is not. Long waits mean the brokers are unreachable",
+            registry=r,
+        )
         self.shadow_reloads = Counter(
             "pipeline_shadow_reloads",
             "Shadow model load attempts, by result",
@@ -191,8 +197,9 @@ class MetricsServer:
         port: int,
         is_ready: Callable[[], bool],
         is_alive: Callable[[], bool] = lambda: True,
+        health_note: Callable[[], str] = lambda: "",
     ) -> None:
-        handler = _make_handler(registry, is_ready, is_alive)
+        handler = _make_handler(registry, is_ready, is_alive, health_note)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -215,7 +222,10 @@ class MetricsServer:
 
 
 def _make_handler(
-    registry: CollectorRegistry, is_ready: Callable[[], bool], is_alive: Callable[[], bool]
+    registry: CollectorRegistry,
+    is_ready: Callable[[], bool],
+    is_alive: Callable[[], bool],
+    health_note: Callable[[], str],
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -223,8 +233,9 @@ def _make_handler(
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                ok = is_alive()
-                self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
+                ok, note = is_alive(), health_note()
+                body = ("ok" if ok else "unhealthy") + (f": {note}" if note else "") + "\n"
+                self._send(200 if ok else 503, body.encode())
             elif path == "/readyz":
                 ok = is_ready()
                 self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")

@@ -152,6 +152,8 @@ class Worker:
         self._failures = 0
         self._last_beat = time.monotonic()
         self._txn_slot: TransactionalIdSlot | None = None
+        self._sink: OutputSink | None = None
+        self.metrics.kafka_wait.set_function(self.kafka_wait_s)
 
     @property
     def model(self) -> ModelHandle:
@@ -174,6 +176,7 @@ class Worker:
                     self.settings.metrics_port,
                     is_ready=self.is_ready,
                     is_alive=self.is_alive,
+                    health_note=self.health_note,
                 ).start()
                 stack.callback(server.stop)
             self._beat()
@@ -182,6 +185,7 @@ class Worker:
             stack.callback(_close_consumer, consumer)
             stack.callback(self._release_txn_id)  # after the producer is closed
             sink = OutputSink(self._make_producer, self.settings.delivery)
+            self._sink = sink
             stack.callback(sink.close)
             _ = sink.producer  # connect now: bad credentials fail at start, not at batch one
             if self.settings.announce_topic:
@@ -206,8 +210,20 @@ class Worker:
         return bool(self.assignment.partitions) and self.live.current is not None
 
     def is_alive(self) -> bool:
-        """The loop went round recently (a hung flush or poll makes this false)."""
+        """The loop went round recently, or it is waiting for the broker: a broker outage
+        blocks flushes and transaction commits, and restarting the worker would not end it
+        (it would only fail to bootstrap). Anything else stuck makes this false."""
+        if self.kafka_wait_s() > 0:
+            return True
         return time.monotonic() - self._last_beat < self.settings.liveness_timeout_s
+
+    def kafka_wait_s(self) -> float:
+        """How long the loop has been waiting for Kafka (``pipeline_kafka_wait_seconds``)."""
+        return self._sink.waited_s() if self._sink is not None else 0.0
+
+    def health_note(self) -> str:
+        waited = self.kafka_wait_s()
+        return f"waiting for Kafka for {waited:.0f} s" if waited >= 1 else ""
 
     # ----------------------------------------------------------------- loop
     def _loop(
