@@ -53,6 +53,13 @@ class KafkaSettings(BaseModel):
         " also end in this timeout).",
     )
 
+    reconnect_backoff_max_ms: int = Field(
+        default=1_000,
+        gt=0,
+        description="Longest pause between attempts to reach a broker that is down (the Java"
+        " client's default; kafka-python's own 30 s delays recovery after a broker restart).",
+    )
+
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
         if self.security_protocol.startswith("SASL"):
@@ -70,6 +77,7 @@ class KafkaSettings(BaseModel):
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
             "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
+            "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
         }
         if self.sasl_mechanism:
             kwargs["sasl_mechanism"] = self.sasl_mechanism
