@@ -62,6 +62,9 @@ def make_producer(
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
+        # kafka-python wakes its sender thread for every new batch; with the default 16 KiB
+        # batches that happened every few score events and cost ~40 us per send (BENCHMARKS.md)
+        "batch_size": 1 << 20,
         "retries": 2**31 - 1,
         "delivery_timeout_ms": 120_000,
         "max_in_flight_requests_per_connection": 5,

@@ -83,39 +83,49 @@ class BatchProcessor:
         model: ModelHandle,
         sink: Sink,
     ) -> int:
+        """Send an alert per record over the threshold and, if configured, a score event per
+        record. Per-record work is kept to building one dict and one send: arrays are turned
+        into Python lists once per batch, not indexed element by element."""
         threshold = model.threshold
         over = scores.scores > threshold
-        rows = range(len(scores)) if self.topics.scores else np.flatnonzero(over).tolist()
-        if not len(rows):
+        n_over = int(over.sum())
+        rows = np.arange(len(scores)) if self.topics.scores else np.flatnonzero(over)
+        if not rows.size:
             return 0
         detected_at = utc_now_iso()
         names = model.spec.unit_names
         n_units = model.spec.n_units
         ref = (model.name, model.version)
-        for j in rows:
-            rec = records[decoded.accepted[j]]
-            score = float(scores.scores[j])
+        alerts_topic, scores_topic = self.topics.alerts, self.topics.scores
+        accepted, record_ids = decoded.accepted, decoded.record_ids
+        send = sink.send
+        for j, score, anomalous, top_idx, top_err in zip(
+            rows.tolist(),
+            scores.scores[rows].tolist(),
+            over[rows].tolist(),
+            scores.top_index[rows].tolist(),
+            scores.top_error[rows].tolist(),
+            strict=True,
+        ):
+            rec = records[accepted[j]]
             event = build_event(
                 source=(rec.topic, rec.partition, rec.offset, rec.timestamp),
                 key=rec.key,
-                record_id=decoded.record_ids[j],
+                record_id=record_ids[j],
                 score=score,
                 threshold=threshold,
                 model=ref,
-                top_features=[
-                    (names[int(u)], float(e))
-                    for u, e in zip(scores.top_index[j], scores.top_error[j], strict=True)
-                ],
+                top_features=[(names[u], e) for u, e in zip(top_idx, top_err, strict=True)],
                 total_error=score * n_units,
                 detected_at=detected_at,
-                record=_record_copy(rec.value) if self.include_record and over[j] else None,
+                record=_record_copy(rec.value) if self.include_record and anomalous else None,
             )
             payload = encode_event(event)
-            if over[j]:
-                sink.send(self.topics.alerts, payload, key=rec.key)
-            if self.topics.scores:
-                sink.send(self.topics.scores, payload, key=rec.key)
-        return int(over.sum())
+            if anomalous:
+                send(alerts_topic, payload, key=rec.key)
+            if scores_topic:
+                send(scores_topic, payload, key=rec.key)
+        return n_over
 
     def _dead_letter(self, rec: Any, rejection: Rejection, model: ModelHandle, sink: Sink) -> None:
         headers = dead_letter_headers(
@@ -145,8 +155,21 @@ class BatchProcessor:
         m.anomalies.inc(anomalies)
         m.batch_size.observe(consumed)
         m.inference_seconds.observe(inference_s)
-        for s in scores.scores.tolist():
-            m.score.observe(s)
+        m.score.observe_many(scores.scores)
+
+
+def observe_end_to_end(metrics: PipelineMetrics, records: list[Any], now_ms: float) -> None:
+    """Record each record's latency from its timestamp to ``now_ms``, in one histogram call.
+
+    Records without a timestamp (None, or <= 0 from old producers) are left out.
+    """
+    stamps = np.fromiter(
+        (-1 if r.timestamp is None else r.timestamp for r in records),
+        dtype=np.float64,
+        count=len(records),
+    )
+    stamps = stamps[stamps > 0]
+    metrics.end_to_end_latency.observe_many(np.maximum(0.0, (now_ms - stamps) / 1000))
 
 
 def _content_type(headers: Any) -> str | None:

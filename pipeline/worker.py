@@ -24,7 +24,7 @@ from pipeline.batching import BatchCollector
 from pipeline.exceptions import ArtifactError, KafkaIOError, PipelineError
 from pipeline.kafka_io import OutputSink, make_consumer, make_producer, next_offsets
 from pipeline.metrics import MetricsServer, PipelineMetrics
-from pipeline.processing import BatchProcessor, Topics
+from pipeline.processing import BatchProcessor, Topics, observe_end_to_end
 from pipeline.scoring import resolve_device
 from pipeline.serving import ModelHandle, ModelWatcher, check_compatible, open_model
 from pipeline.settings import WorkerSettings
@@ -189,10 +189,7 @@ class Worker:
         sink.begin()
         result = self.processor.process(records, self.model, sink)
         sink.commit(consumer, next_offsets(records))
-        now_ms = time.time() * 1000
-        for rec in records:
-            if rec.timestamp is not None and rec.timestamp > 0:
-                self.metrics.end_to_end_latency.observe(max(0.0, (now_ms - rec.timestamp) / 1000))
+        observe_end_to_end(self.metrics, records, time.time() * 1000)
         self.metrics.batches.inc()
         self.metrics.commits.inc()
         summary.batches += 1
