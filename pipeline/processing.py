@@ -5,7 +5,8 @@ Kept free of the consume/commit loop so it can be reused by batch scoring and te
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,10 +17,16 @@ from pipeline.alerts import build_event, encode_event, utc_now_iso
 from pipeline.codec import CONTENT_TYPE_HEADER, DecodedBatch, Rejection
 from pipeline.deadletter import dead_letter_headers
 from pipeline.metrics import PipelineMetrics
+from pipeline.overlap import timed
 from pipeline.scoring import BatchScores
 from pipeline.serving import ModelHandle
 
 Headers = list[tuple[str, bytes]]
+WhileScoring = Callable[[Callable[[], bool]], None]
+
+# Below this model time per batch, handing the batch to the scoring thread costs more than
+# the overlap wins (tiny tabular models take well under a millisecond per batch).
+OVERLAP_MIN_INFERENCE_S = 0.002
 
 
 class Sink(Protocol):
@@ -56,15 +63,28 @@ class BatchProcessor:
         self.topics = topics
         self.metrics = metrics
         self.include_record = include_record
+        self._scoring_thread: ThreadPoolExecutor | None = None
+        self._last_inference_s = 0.0
 
-    def process(self, records: list[Any], model: ModelHandle, sink: Sink) -> BatchResult:
+    def process(
+        self,
+        records: list[Any],
+        model: ModelHandle,
+        sink: Sink,
+        while_scoring: WhileScoring | None = None,
+    ) -> BatchResult:
+        """Decode, score, and send the batch's alerts / dead letters / scores to ``sink``.
+
+        ``while_scoring(done)``, if given, runs in this thread while the model scores the
+        batch in a helper thread (torch releases the GIL), until ``done()`` is true: the
+        worker polls its next batch there (``pipeline.overlap``). It is used only once a
+        batch's model time is large enough for the overlap to pay.
+        """
         values = [r.value for r in records]
         decoded = model.decoder.decode(values, [_content_type(r.headers) for r in records])
         for rejection in decoded.rejected:
             self._dead_letter(records[rejection.index], rejection, model, sink)
-        started = time.perf_counter()
-        scores = model.scorer.score(decoded.cont, decoded.cat)
-        inference_s = time.perf_counter() - started
+        scores, inference_s = self._score(decoded, model, while_scoring)
         anomalies = self._emit(records, decoded, scores, model, sink)
         self._observe(len(records), decoded, scores, anomalies, inference_s)
         return BatchResult(
@@ -74,6 +94,27 @@ class BatchProcessor:
             rejected=len(decoded.rejected),
             inference_s=inference_s,
         )
+
+    def _score(
+        self, decoded: DecodedBatch, model: ModelHandle, while_scoring: WhileScoring | None
+    ) -> tuple[BatchScores, float]:
+        run = timed(lambda: model.scorer.score(decoded.cont, decoded.cat))
+        if while_scoring is None or self._last_inference_s < OVERLAP_MIN_INFERENCE_S:
+            scores, seconds = run()
+        else:
+            if self._scoring_thread is None:
+                self._scoring_thread = ThreadPoolExecutor(1, thread_name_prefix="scoring")
+            future = self._scoring_thread.submit(run)
+            while_scoring(future.done)
+            scores, seconds = future.result()
+        self._last_inference_s = seconds
+        return scores, seconds
+
+    def close(self) -> None:
+        """Stop the scoring thread, if one was started."""
+        if self._scoring_thread is not None:
+            self._scoring_thread.shutdown(wait=True)
+            self._scoring_thread = None
 
     def _emit(
         self,

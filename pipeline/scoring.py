@@ -6,6 +6,8 @@ training, batch scoring and the streaming worker.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,6 +34,24 @@ def resolve_device(choice: str) -> torch.device:
         return torch.device(choice)
     except RuntimeError as exc:
         raise ConfigError(f"device={choice!r} is not a valid torch device") from exc
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` intra-op CPU threads (0: leave torch's choice), then restore the count.
+
+    The worker defaults to 1: its other threads (Kafka I/O, decoding, the loop) need the
+    remaining cores, and on a busy machine torch's thread pool spins against them; on two
+    shared cores two threads made a 784-wide model 5x slower per batch (BENCHMARKS.md).
+    """
+    previous = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n > 0:
+            torch.set_num_threads(previous)
 
 
 class ReconstructionScorer(nn.Module):

@@ -149,6 +149,13 @@ class WorkerSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where the model runs; auto = CUDA when present."
     )
+    torch_threads: int = Field(
+        default=1,
+        ge=0,
+        le=1024,
+        description="CPU threads per model call; 0 = torch's default. 1 leaves the other "
+        "cores to Kafka I/O and decoding, which overlap with the model (BENCHMARKS.md).",
+    )
     top_k: int = Field(
         default=3, ge=0, le=100, description="Features with the largest error in each alert."
     )

@@ -24,8 +24,9 @@ from pipeline.batching import BatchCollector
 from pipeline.exceptions import ArtifactError, KafkaIOError, PipelineError
 from pipeline.kafka_io import OutputSink, make_consumer, make_producer, next_offsets
 from pipeline.metrics import MetricsServer, PipelineMetrics
+from pipeline.overlap import PrefetchingSource
 from pipeline.processing import BatchProcessor, Topics, observe_end_to_end
-from pipeline.scoring import resolve_device
+from pipeline.scoring import resolve_device, torch_threads
 from pipeline.serving import ModelHandle, ModelWatcher, check_compatible, open_model
 from pipeline.settings import WorkerSettings
 from pipeline.topics import ensure_topics
@@ -95,6 +96,7 @@ class Worker:
         self.assignment = _Assignment()
         self.stop_event = threading.Event()
         self._failures = 0
+        self._source: PrefetchingSource | None = None  # polls ahead while the model runs
 
     # --------------------------------------------------------------- public
     def run(
@@ -104,6 +106,8 @@ class Worker:
         summary = RunSummary()
         self._create_topics()
         with ExitStack() as stack:
+            stack.enter_context(torch_threads(self.settings.torch_threads))
+            stack.callback(self.processor.close)
             consumer = self._consumer()
             stack.callback(_close_consumer, consumer)
             producer = make_producer(self.settings.kafka, transactional_id=self._txn_id())
@@ -138,7 +142,8 @@ class Worker:
         idle_timeout_s: float | None,
     ) -> None:
         s = self.settings
-        collector = BatchCollector(consumer, s.batch.max_size, s.batch.max_wait_ms / 1000)
+        self._source = PrefetchingSource(consumer, s.batch.max_size)
+        collector = BatchCollector(self._source, s.batch.max_size, s.batch.max_wait_ms / 1000)
         last_activity = time.monotonic()
         while not self.stop_event.is_set():
             self._maybe_reload()
@@ -178,7 +183,7 @@ class Worker:
                 raise KafkaIOError(
                     f"batch {_fmt_batch(records)} failed {self._failures} times: {exc}"
                 ) from exc
-            _rewind(consumer, records)
+            _rewind(consumer, records + (self._source.drain() if self._source else []))
             delay = self.settings.retry_backoff_s * 2 ** (self._failures - 1)
             self.stop_event.wait(min(30.0, delay))
 
@@ -187,7 +192,9 @@ class Worker:
     ) -> None:
         started = time.perf_counter()
         sink.begin()
-        result = self.processor.process(records, self.model, sink)
+        result = self.processor.process(
+            records, self.model, sink, self._source.prefetch if self._source else None
+        )
         sink.commit(consumer, next_offsets(records))
         observe_end_to_end(self.metrics, records, time.time() * 1000)
         self.metrics.batches.inc()
