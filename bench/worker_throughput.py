@@ -230,7 +230,7 @@ class _Monitor(threading.Thread):
         last = 0
         while not self.done.is_set():
             c = int(counter._value.get())
-            if c != last:
+            if c != last and self.counts:
                 self.counts.append((time.perf_counter(), c))
                 last = c
             if self.n is not None and c >= self.n:
@@ -239,9 +239,23 @@ class _Monitor(threading.Thread):
             time.sleep(self.poll_s)
 
 
+def _stamp_first_batch(worker: Worker, monitor: _Monitor) -> None:
+    """Start the clock when the worker starts processing its first batch (as the ceiling
+    loop does after its first poll), so even a one-batch run has a duration."""
+    process = worker.processor.process
+
+    def stamped(*args: Any, **kwargs: Any) -> Any:
+        if not monitor.counts:
+            monitor.counts.append((time.perf_counter(), 0))
+        return process(*args, **kwargs)
+
+    worker.processor.process = stamped  # type: ignore[method-assign]
+
+
 def run_worker(settings: WorkerSettings, n: int) -> float:
     worker = Worker(settings, PipelineMetrics())
     monitor = _Monitor(worker, n)
+    _stamp_first_batch(worker, monitor)
     monitor.start()
     try:
         worker.run(idle_timeout_s=30)
@@ -340,6 +354,7 @@ def run_latency(
     worker.metrics.end_to_end_latency = raw  # type: ignore[assignment]
     n = int(rate * seconds)
     monitor = _Monitor(worker, n)
+    _stamp_first_batch(worker, monitor)
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
     proc = ctx.Process(
