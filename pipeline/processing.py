@@ -81,7 +81,9 @@ class BatchProcessor:
         batch's model time is large enough for the overlap to pay.
         """
         values = [r.value for r in records]
-        decoded = model.decoder.decode(values, [_content_type(r.headers) for r in records])
+        decoded = model.decoder.decode(
+            values, [_content_type(r.headers) for r in records], [r.key for r in records]
+        )
         for rejection in decoded.rejected:
             self._dead_letter(records[rejection.index], rejection, model, sink)
         scores, inference_s = self._score(decoded, model, while_scoring)
