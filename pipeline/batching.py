@@ -1,7 +1,11 @@
 """Micro-batch collection: close a batch at max_size records or max_wait after its first record.
 
 The deadline is measured from the first record of the batch, not from the poll call, so an
-isolated record waits at most ``max_wait`` before it is scored. Records of one partition keep
+isolated record waits at most ``max_wait`` before it is scored. A record that already queued
+in Kafka while the previous batch was being processed counts that time (from its Kafka
+timestamp, capped at ``max_wait``): otherwise it would wait the processing time *plus* a full
+``max_wait``. An overdue batch still takes what is available at once (polls without waiting),
+so a backlog is read in full-size batches. Records of one partition keep
 their order; partitions are concatenated as the consumer returns them.
 """
 
@@ -41,12 +45,14 @@ class BatchCollector:
         max_wait_s: float,
         idle_poll_s: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.source = source
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self.idle_poll_s = idle_poll_s
         self.clock = clock
+        self.wall_clock = wall_clock
 
     def collect(self) -> Batch | None:
         """One batch, or None when nothing arrived within ``idle_poll_s`` (lets callers
@@ -54,14 +60,23 @@ class BatchCollector:
         records = self._poll(self.idle_poll_s, self.max_size)
         if not records:
             return None
-        batch = Batch(records=records, first_record_at=self.clock())
+        batch = Batch(records=records, first_record_at=self.clock() - self._waited(records))
         deadline = batch.first_record_at + self.max_wait_s
         while len(batch.records) < self.max_size:
             remaining = deadline - self.clock()
-            if remaining <= 0:
+            more = self._poll(max(0.0, remaining), self.max_size - len(batch.records))
+            if not more and remaining <= 0:
                 break
-            batch.records.extend(self._poll(remaining, self.max_size - len(batch.records)))
+            batch.records.extend(more)
         return batch
+
+    def _waited(self, records: list[Any]) -> float:
+        """How long the oldest record has been in Kafka, from 0 to max_wait (clock skew and
+        records without a timestamp count as 0)."""
+        stamps = [t for t in (getattr(r, "timestamp", None) for r in records) if t and t > 0]
+        if not stamps:
+            return 0.0
+        return min(self.max_wait_s, max(0.0, self.wall_clock() - float(min(stamps)) / 1000))
 
     def _poll(self, timeout_s: float, max_records: int) -> list[Any]:
         timeout_ms = max(0, math.ceil(timeout_s * 1000))
