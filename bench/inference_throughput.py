@@ -17,10 +17,13 @@ import argparse
 import os
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import msgspec
 import numpy as np
 import torch
 
+from pipeline.codec import RecordDecoder
 from pipeline.features import FeatureSpec, NumericFeature, VectorFeature
 from pipeline.models import ModelConfig, build_model, default_hidden_dims
 from pipeline.scoring import Scorer, torch_threads
@@ -63,6 +66,43 @@ def rows_per_s(scorer: Scorer, cont: np.ndarray, cat: np.ndarray, repeats: int) 
     return len(cont) / statistics.median(times)
 
 
+def overlap_ms(repeats: int, batch: int = 1024) -> dict[str, float]:
+    """ms per batch of 784-value JSON records: decode alone, model alone (one thread), both
+    one after the other, and the model in a helper thread while the next batch decodes."""
+    spec = specs()["img784"]
+    scorer = make_scorer(spec, torch.device("cpu"))
+    rng = np.random.default_rng(1)
+    values = [
+        msgspec.json.encode({"pixels": r.tolist()})
+        for r in rng.random((batch, 784), dtype=np.float32)
+    ]
+    decoder = RecordDecoder(spec)
+    decoded = decoder.decode(values)
+    cat = np.zeros((batch, 0), np.int64)
+    pool = ThreadPoolExecutor(1)
+
+    def overlapped() -> None:
+        future = pool.submit(scorer.score, decoded.cont, cat)
+        decoder.decode(values)
+        future.result()
+
+    steps = {
+        "decode": lambda: decoder.decode(values),
+        "model": lambda: scorer.score(decoded.cont, cat),
+        "one after the other": lambda: (scorer.score(decoded.cont, cat), decoder.decode(values)),
+        "overlapped": overlapped,
+    }
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    with torch_threads(1):
+        for _ in range(repeats):
+            for name, step in steps.items():  # interleaved
+                started = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - started)
+    pool.shutdown()
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
@@ -93,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
             cpu = make_scorer(spec, torch.device("cpu")).score(data, cat).scores
             gpu = make_scorer(spec, torch.device("cuda")).score(data, cat).scores
             parity[name] = float(np.max(np.abs(gpu - cpu) / np.maximum(np.abs(cpu), 1e-12)))
+    ms = overlap_ms(args.repeats)
+    print()
+    print("Decode of 1024 JSON records of 784 values and the img784 model (1 thread), ms:")
+    print()
+    print("| " + " | ".join(ms) + " |")
+    print("| " + " | ".join("---:" for _ in ms) + " |")
+    print("| " + " | ".join(f"{v:.1f}" for v in ms.values()) + " |")
     if parity:
         print()
         for name, diff in parity.items():

@@ -97,6 +97,9 @@ class Worker:
         self.stop_event = threading.Event()
         self._failures = 0
         self._source: PrefetchingSource | None = None  # polls ahead while the model runs
+        self._overlap = settings.overlap_compute == "on" or (
+            settings.overlap_compute == "auto" and self.device.type == "cuda"
+        )
 
     # --------------------------------------------------------------- public
     def run(
@@ -192,8 +195,9 @@ class Worker:
     ) -> None:
         started = time.perf_counter()
         sink.begin()
+        source = self._source if self._overlap else None
         result = self.processor.process(
-            records, self.model, sink, self._source.prefetch if self._source else None
+            records, self.model, sink, source.prefetch if source is not None else None
         )
         sink.commit(consumer, next_offsets(records))
         observe_end_to_end(self.metrics, records, time.time() * 1000)

@@ -9,7 +9,7 @@ import pytest
 from pipeline.codec import BINARY_CONTENT_TYPE, CONTENT_TYPE_HEADER
 from pipeline.deadletter import parse_dead_letter
 from pipeline.metrics import PipelineMetrics
-from pipeline.settings import KafkaSettings, WorkerSettings
+from pipeline.settings import BatchSettings, KafkaSettings, WorkerSettings
 from pipeline.worker import Worker
 from tests.factories import numeric_spec, publish_model
 from tests.kafkautil import produce, read_all
@@ -70,3 +70,44 @@ def test_binary_and_json_records_score_the_same(kafka_bootstrap, make_topic, tmp
         )
         == 1
     )
+
+
+def test_worker_with_compute_overlap_processes_every_record_once(
+    kafka_bootstrap, make_topic, tmp_path, monkeypatch
+):
+    from pipeline import processing
+    from tests.kafkautil import committed_and_end
+
+    monkeypatch.setattr(processing, "OVERLAP_MIN_INFERENCE_S", 0.0)  # tiny model: force it
+    publish_model(tmp_path, numeric_spec(4), name="num", threshold=0.8)
+    rows = np.random.default_rng(5).standard_normal((600, 4)).astype("<f4")
+    source, scores = make_topic(partitions=3), make_topic()
+    produce(
+        kafka_bootstrap,
+        source,
+        [(f"b-{i}".encode(), r.tobytes()) for i, r in enumerate(rows)],
+        headers=[(CONTENT_TYPE_HEADER, BINARY_CONTENT_TYPE.encode())],
+    )
+    settings = WorkerSettings(
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
+        model_store=str(tmp_path),
+        model_name="num",
+        id_field="id",
+        metrics_port=0,
+        device="cpu",
+        input_topic=source,
+        alert_topic=f"{source}-alerts",
+        dlq_topic=f"{source}-dlq",
+        scores_topic=scores,
+        group_id=f"g-{source}",
+        overlap_compute="on",
+        batch=BatchSettings(max_size=50, max_wait_ms=20),
+    )
+    worker = Worker(settings)
+    summary = worker.run(idle_timeout_s=2)
+    assert summary.consumed == 600 and summary.batches >= 12
+    assert worker._source is not None and worker._source.prefetched > 0  # the overlap ran
+    keys = sorted(r.key for r in read_all(kafka_bootstrap, scores))
+    assert keys == sorted(f"b-{i}".encode() for i in range(600))  # each exactly once
+    for committed, end in committed_and_end(kafka_bootstrap, settings.group_id, source).values():
+        assert committed == end
