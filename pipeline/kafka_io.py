@@ -85,11 +85,14 @@ def make_producer(
 
 def next_offsets(records: Iterable[Any]) -> dict[TopicPartition, OffsetAndMetadata]:
     """Offsets to commit after a batch: one past the last record of each partition."""
-    last: dict[TopicPartition, int] = {}
+    last: dict[tuple[str, int], int] = {}  # plain tuples: this runs for every record
+    get = last.get
     for rec in records:
-        tp = TopicPartition(rec.topic, rec.partition)
-        last[tp] = max(last.get(tp, -1), rec.offset)
-    return {tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in last.items()}
+        key = (rec.topic, rec.partition)
+        offset = rec.offset
+        if offset > get(key, -1):
+            last[key] = offset
+    return {TopicPartition(*key): OffsetAndMetadata(off + 1, "", -1) for key, off in last.items()}
 
 
 class OutputSink:

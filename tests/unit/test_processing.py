@@ -85,3 +85,16 @@ def test_score_histogram_counts_every_scored_record(model):
     metrics = PipelineMetrics()
     BatchProcessor(Topics("alerts", "dlq"), metrics).process(batch(50), model, ListSink())
     assert metrics.registry.get_sample_value("pipeline_score_count") == 50
+
+
+def test_next_offsets_are_one_past_the_last_record_of_each_partition():
+    from kafka.structs import TopicPartition
+
+    from pipeline.kafka_io import next_offsets
+
+    records = [Rec(o, b"", partition=p) for p, o in [(0, 5), (1, 9), (0, 7), (0, 6), (1, 3)]]
+    offsets = next_offsets(records)
+    assert {tp: om.offset for tp, om in offsets.items()} == {
+        TopicPartition("in", 0): 8,
+        TopicPartition("in", 1): 10,
+    }
