@@ -204,9 +204,9 @@ def run_ceiling(kafka: KafkaSettings, topic: str, w: Workload, n: int) -> float:
 
 
 def worker_settings(kafka: KafkaSettings, store: Path, topic: str, **kw: Any) -> WorkerSettings:
+    kw.setdefault("batch", BatchSettings(max_size=1024, max_wait_ms=MAX_WAIT_MS))
     return WorkerSettings(
         kafka=kafka,
-        batch=BatchSettings(max_size=1024, max_wait_ms=MAX_WAIT_MS),
         input_topic=topic,
         alert_topic=f"{topic}-alerts",
         dlq_topic=f"{topic}-dlq",
