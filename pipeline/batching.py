@@ -7,13 +7,19 @@ timestamp, capped at ``max_wait``): otherwise it would wait the processing time 
 ``max_wait``. An overdue batch still takes what is available at once (polls without waiting),
 so a backlog is read in full-size batches. Records of one partition keep
 their order; partitions are concatenated as the consumer returns them.
+
+A consumer-group rebalance runs inside ``poll``; when it takes partitions away, the records of
+those partitions already gathered into the batch being collected are dropped
+(``drop_partitions``, called from the rebalance listener). Processing and committing them would
+duplicate the work of their new owner, which starts from the last committed offset. If a poll
+raises mid-batch, what was gathered is left in ``abandoned`` for the caller to rewind.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,6 +52,7 @@ class BatchCollector:
         idle_poll_s: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.source = source
         self.max_size = max_size
@@ -53,22 +60,52 @@ class BatchCollector:
         self.idle_poll_s = idle_poll_s
         self.clock = clock
         self.wall_clock = wall_clock
+        self.should_stop = should_stop
+        self.dropped = 0  # records dropped from batches because their partition was revoked
+        self.abandoned: list[Any] = []  # what a collect() that raised had gathered
+        self._current: Batch | None = None
 
     def collect(self) -> Batch | None:
         """One batch, or None when nothing arrived within ``idle_poll_s`` (lets callers
-        check their stop flag between polls)."""
-        records = self._poll(self.idle_poll_s, self.max_size)
-        if not records:
-            return None
-        batch = Batch(records=records, first_record_at=self.clock() - self._waited(records))
-        deadline = batch.first_record_at + self.max_wait_s
-        while len(batch.records) < self.max_size:
-            remaining = deadline - self.clock()
-            more = self._poll(max(0.0, remaining), self.max_size - len(batch.records))
-            if not more and remaining <= 0:
-                break
-            batch.records.extend(more)
-        return batch
+        check their stop flag between polls). A stop request closes the batch early: what
+        was gathered is returned, to be processed and committed before the worker leaves."""
+        batch = Batch(records=[], first_record_at=self.clock())
+        self._current = batch
+        self.abandoned = []
+        try:
+            first = self._poll(self.idle_poll_s, self.max_size)
+            if not first:
+                return None
+            batch.records.extend(first)
+            batch.first_record_at = self.clock() - self._waited(first)
+            deadline = batch.first_record_at + self.max_wait_s
+            while len(batch.records) < self.max_size and not self.should_stop():
+                remaining = deadline - self.clock()
+                # overdue: still take what is there at once; a stop request is seen promptly
+                wait = min(max(0.0, remaining), self.idle_poll_s)
+                more = self._poll(wait, self.max_size - len(batch.records))
+                if not more and remaining <= 0:
+                    break
+                batch.records.extend(more)
+        except BaseException:
+            self.abandoned = batch.records  # the caller must rewind: positions moved past them
+            raise
+        finally:
+            self._current = None
+        return batch if batch.records else None
+
+    def drop_partitions(self, partitions: Iterable[Any]) -> int:
+        """Remove the records of ``partitions`` (objects with topic and partition) from the
+        batch being collected; returns how many were removed (0 outside ``collect``)."""
+        batch = self._current
+        if batch is None or not batch.records:
+            return 0
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        kept = [r for r in batch.records if (r.topic, r.partition) not in gone]
+        removed = len(batch.records) - len(kept)
+        batch.records[:] = kept
+        self.dropped += removed
+        return removed
 
     def _waited(self, records: list[Any]) -> float:
         """How long the oldest record has been in Kafka, from 0 to max_wait (clock skew and
