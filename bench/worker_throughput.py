@@ -15,8 +15,8 @@ Variants, interleaved within each run so machine load hits them alike:
 - ``ceiling``: a bare kafka-python consume loop plus the worker's decoder, no model work;
 - ``worker``: ``pipeline.worker.Worker`` as deployed (batches, model, alerts, commits);
 - ``worker+scores``: the same with the per-record scores topic on (json32);
-- ``worker, overlap on``: ``PIPELINE_OVERLAP_COMPUTE=on`` (the model scores in a helper
-  thread while the next batch is polled; off by default on the CPU), for the 784 models;
+- ``worker, overlap on``: ``PIPELINE_OVERLAP_COMPUTE=true`` (the model scores in a helper
+  thread while the next batch is polled; off by default), for the 784 models;
 - ``naive``: the same consumer and producer, but the model called once per record (run on
   a slice: it is slow).
 
@@ -277,8 +277,7 @@ def run_naive(kafka: KafkaSettings, store: Path, topic: str, w: Workload, n: int
     scorer = Scorer(spec, loaded.model, torch.device("cpu"))
     threshold = loaded.manifest.threshold.value
     consumer = make_consumer(kafka, f"naive-{uuid.uuid4().hex}", max_poll_records=1024)
-    producer = make_producer(kafka)
-    sink = OutputSink(producer, "at-least-once")
+    sink = OutputSink(lambda: make_producer(kafka), "at-least-once")
     consumer.subscribe([topic])
     counts: list[tuple[float, int]] = []
     got = 0
@@ -312,7 +311,7 @@ def run_naive(kafka: KafkaSettings, store: Path, topic: str, w: Workload, n: int
                 counts.append((time.perf_counter(), got))
     finally:
         consumer.close(autocommit=False)
-        producer.close()
+        sink.close()
     return _rate(counts, n)
 
 
@@ -444,7 +443,7 @@ def run_variant(
     if variant == "worker+scores":
         return run_worker(worker_settings(kafka, store, topic, scores_topic=f"{topic}-scores"), n)
     if variant == "worker, overlap on":
-        return run_worker(worker_settings(kafka, store, topic, overlap_compute="on"), n)
+        return run_worker(worker_settings(kafka, store, topic, overlap_compute=True), n)
     if variant == "naive":
         return run_naive(kafka, store, topic, w, min(n, naive))
     raise ValueError(variant)

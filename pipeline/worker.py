@@ -153,9 +153,7 @@ class Worker:
         self._collector: BatchCollector | None = None
         self._failures = 0
         self._source: PrefetchingSource | None = None  # polls ahead while the model runs
-        self._overlap = settings.overlap_compute == "on" or (
-            settings.overlap_compute == "auto" and self.device.type == "cuda"
-        )
+        self._overlap = settings.overlap_compute
         self._last_beat = time.monotonic()
 
     @property
