@@ -4,8 +4,9 @@ The deadline is measured from the first record of the batch, not from the poll c
 isolated record waits at most ``max_wait`` before it is scored. A record that already queued
 in Kafka while the previous batch was being processed counts that time (from its Kafka
 timestamp, capped at ``max_wait``): otherwise it would wait the processing time *plus* a full
-``max_wait``. An overdue batch still takes what is available at once (polls without waiting),
-so a backlog is read in full-size batches. Records of one partition keep
+``max_wait``. An overdue batch closes with what its first poll returned (up to ``max_size``).
+The collector never polls with a zero timeout: kafka-python 3.0.12 then does not advance a
+consumer-group rejoin, and the worker stalls without partitions. Records of one partition keep
 their order; partitions are concatenated as the consumer returns them.
 
 A consumer-group rebalance runs inside ``poll``; when it takes partitions away, the records of
@@ -81,12 +82,10 @@ class BatchCollector:
             deadline = batch.first_record_at + self.max_wait_s
             while len(batch.records) < self.max_size and not self.should_stop():
                 remaining = deadline - self.clock()
-                # overdue: still take what is there at once; a stop request is seen promptly
-                wait = min(max(0.0, remaining), self.idle_poll_s)
-                more = self._poll(wait, self.max_size - len(batch.records))
-                if not more and remaining <= 0:
+                if remaining <= 0:
                     break
-                batch.records.extend(more)
+                wait = min(remaining, self.idle_poll_s)  # so a stop request is seen promptly
+                batch.records.extend(self._poll(wait, self.max_size - len(batch.records)))
         except BaseException:
             self.abandoned = batch.records  # the caller must rewind: positions moved past them
             raise
