@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -37,14 +38,17 @@ def cli() -> None:
 def run(max_batches: int | None, idle_timeout: float | None) -> None:
     """Run the streaming worker (settings from PIPELINE_* env vars and .env)."""
     from pipeline.logs import configure_logging
-    from pipeline.settings import load_worker_settings
-    from pipeline.worker import Worker
+    from pipeline.settings import WorkerSettings, load_worker_settings, unknown_env
 
     try:
         settings = load_worker_settings()
     except ConfigError as exc:
-        _fail(2, str(exc))
+        _fail(2, str(exc))  # before torch is even imported: a bad setting fails in a blink
     configure_logging(settings.log_level, settings.log_format)
+    for problem in unknown_env(os.environ, "PIPELINE_", WorkerSettings):
+        log.warning(problem)
+    from pipeline.worker import Worker
+
     try:
         worker = Worker(settings)
     except ConfigError as exc:

@@ -7,13 +7,86 @@ An invalid value fails at start with the field named (``load_worker_settings``).
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+import difflib
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.exceptions import ConfigError
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$"
+)
+
+
+def _topic(name: str) -> str:
+    """Kafka's own rule; a bad name would otherwise fail only at the first batch."""
+    if not _TOPIC_RE.match(name) or name in (".", ".."):
+        raise ValueError(f"{name!r} is not a Kafka topic name (1-249 of A-Z a-z 0-9 . _ -)")
+    return name
+
+
+def _topics(value: str) -> str:
+    names = [t.strip() for t in value.split(",") if t.strip()]
+    if not names:
+        raise ValueError("no topic named")
+    for name in names:
+        _topic(name)
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return value
+
+
+def _store_name(value: str) -> str:
+    """A model name or version is a directory in the store: no path tricks."""
+    if not _NAME_RE.match(value):
+        raise ValueError(f"{value!r} must be 1-128 of A-Z a-z 0-9 . _ - (not starting with . - _)")
+    return value
+
+
+def _host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOSTNAME_RE.match(value):
+            raise ValueError(f"{value!r} is neither an IP address nor a host name") from None
+    return value
+
+
+def _bootstrap(value: str) -> str:
+    for server in (s.strip() for s in value.split(",")):
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{server!r} is not host:port")
+        _host(host.strip("[]"))
+    return value
+
+
+Topic = Annotated[str, AfterValidator(_topic)]
+Topics = Annotated[str, AfterValidator(_topics)]
+StoreName = Annotated[str, AfterValidator(_store_name)]
+Host = Annotated[str, AfterValidator(_host)]
 
 
 class KafkaSettings(BaseModel):
@@ -21,7 +94,7 @@ class KafkaSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    bootstrap_servers: str = Field(
+    bootstrap_servers: Annotated[str, AfterValidator(_bootstrap)] = Field(
         default="127.0.0.1:9092", min_length=1, description="Comma-separated host:port list."
     )
     client_id: str = Field(
@@ -37,9 +110,9 @@ class KafkaSettings(BaseModel):
     sasl_password: SecretStr | None = Field(
         default=None, description="SASL password (secret: never logged)."
     )
-    ssl_cafile: Path | None = Field(default=None, description="CA bundle to verify brokers.")
-    ssl_certfile: Path | None = Field(default=None, description="Client certificate (mTLS).")
-    ssl_keyfile: Path | None = Field(default=None, description="Client private key (mTLS).")
+    ssl_cafile: FilePath | None = Field(default=None, description="CA bundle to verify brokers.")
+    ssl_certfile: FilePath | None = Field(default=None, description="Client certificate (mTLS).")
+    ssl_keyfile: FilePath | None = Field(default=None, description="Client private key (mTLS).")
     ssl_password: SecretStr | None = Field(
         default=None, description="Password of the client key (secret)."
     )
@@ -123,19 +196,19 @@ class WorkerSettings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
-    input_topic: str = Field(
+    input_topic: Topics = Field(
         default="records", min_length=1, description="Topic(s) to consume, comma-separated."
     )
-    input_pattern: str | None = Field(
+    input_pattern: Annotated[str, AfterValidator(_regex)] | None = Field(
         default=None, description="Regex of topics to consume instead of input_topic."
     )
-    alert_topic: str = Field(
+    alert_topic: Topic = Field(
         default="anomalies", min_length=1, description="Where anomaly events go."
     )
-    dlq_topic: str = Field(
+    dlq_topic: Topic = Field(
         default="records-dlq", min_length=1, description="Where records that fail decoding go."
     )
-    scores_topic: str | None = Field(
+    scores_topic: Topic | None = Field(
         default=None, description="Optional: every record's score event (audit, analytics)."
     )
     group_id: str = Field(
@@ -159,10 +232,10 @@ class WorkerSettings(BaseSettings):
     model_store: str = Field(
         default="model-store", min_length=1, description="Directory of the model store."
     )
-    model_name: str = Field(
+    model_name: StoreName = Field(
         default="default", min_length=1, description="Model name inside the store."
     )
-    model_version: str | None = Field(
+    model_version: StoreName | None = Field(
         default=None, description="Pin a version (disables hot reload); LATEST when unset."
     )
     id_field: str | None = Field(
@@ -199,7 +272,7 @@ class WorkerSettings(BaseSettings):
         le=65535,
         description="Port of /metrics, /healthz, /readyz; 0 disables the server.",
     )
-    metrics_host: str = Field(default="0.0.0.0", description="Interface of the metrics server.")
+    metrics_host: Host = Field(default="0.0.0.0", description="Interface of the metrics server.")
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         default="at-least-once", description="Delivery guarantee (README: Delivery)."
     )
@@ -214,19 +287,19 @@ class WorkerSettings(BaseSettings):
     reload_interval_s: float = Field(
         default=10.0, ge=0, description="How often to check LATEST for a new model; 0 disables."
     )
-    announce_topic: str | None = Field(
+    announce_topic: Topic | None = Field(
         default=None,
         description="Optional: topic where the trainer announces versions; LATEST is read at once.",
     )
-    shadow_model_name: str | None = Field(
+    shadow_model_name: StoreName | None = Field(
         default=None,
         description="Shadow scoring: candidate model scored beside the live one (metrics only).",
     )
-    shadow_model_version: str | None = Field(
+    shadow_model_version: StoreName | None = Field(
         default=None,
         description="Pin the shadow version; LATEST of the shadow name (hot reload) when unset.",
     )
-    shadow_topic: str | None = Field(
+    shadow_topic: Topic | None = Field(
         default=None, description="Optional: the shadow model's score event for every record."
     )
     liveness_timeout_s: float = Field(
@@ -278,18 +351,72 @@ def load_worker_settings(**overrides: Any) -> WorkerSettings:
     try:
         return WorkerSettings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, prefix="PIPELINE_")) from exc
+        raise ConfigError(describe_validation_error(exc, "PIPELINE_", WorkerSettings)) from exc
 
 
-def describe_validation_error(exc: ValidationError, prefix: str) -> str:
+def describe_validation_error(
+    exc: ValidationError, prefix: str, settings_cls: type[BaseModel] | None = None
+) -> str:
     """One line per bad field, named as the env var an operator would set."""
     lines = []
     for err in exc.errors():
         path = [str(p) for p in err["loc"]]
+        if path and path[0].upper().startswith(prefix):  # a dotenv key is reported raw
+            path[0] = path[0][len(prefix) :]
         env = prefix + "__".join(p.upper() for p in path)
+        if err["type"] == "extra_forbidden":
+            hint = _suggest(env, settings_cls, prefix) if settings_cls else ""
+            lines.append(f"{env}: not a setting{hint}")
+            continue
         shown = _shown(path, err.get("input"))
-        lines.append(f"{env} ({'.'.join(path)}): {err['msg']} (got {shown})")
+        lines.append(f"{env} ({'.'.join(path).lower()}): {err['msg']} (got {shown})")
     return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+# Kubernetes injects <SERVICE>_SERVICE_HOST, <SERVICE>_PORT_9108_TCP, ... for every Service in
+# the namespace (a Service named "pipeline" gives PIPELINE_PORT): never our settings.
+_SERVICE_LINK = re.compile(
+    r"_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT|PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)$"
+)
+
+
+def env_names(settings_cls: type[BaseModel], prefix: str) -> list[str]:
+    """Every env var a settings class reads, nested groups joined with ``__``."""
+    names: list[str] = []
+    for name, info in settings_cls.model_fields.items():
+        env = prefix + name.upper()
+        nested = info.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            names += env_names(nested, env + "__")
+        else:
+            names.append(env)
+    return names
+
+
+def unknown_env(
+    environ: Mapping[str, str], prefix: str, settings_cls: type[BaseModel]
+) -> list[str]:
+    """Env vars with our prefix that name no setting (typos), each with a suggestion.
+
+    They are warned about, not refused: the environment is shared (Kubernetes service links,
+    CI systems that use PIPELINE_* themselves). Misspelt nested names (PIPELINE_KAFKA__...)
+    and unknown keys in .env do fail: those namespaces are ours alone."""
+    known = set(env_names(settings_cls, prefix))
+    out = []
+    for name in sorted(environ):
+        if not name.startswith(prefix) or name in known or "__" in name:
+            continue
+        if _SERVICE_LINK.search(name) and not name.endswith(("_MS", "_S")):
+            continue
+        out.append(f"{name} is not a setting{_suggest(name, settings_cls, prefix)}; ignored")
+    return out
+
+
+def _suggest(name: str, settings_cls: type[BaseModel] | None, prefix: str) -> str:
+    if settings_cls is None:
+        return ""
+    close = difflib.get_close_matches(name, env_names(settings_cls, prefix), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _shown(path: list[str], value: Any) -> str:

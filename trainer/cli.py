@@ -8,6 +8,7 @@ is still printed), 1 anything else; on failure (other than 4) nothing is publish
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any, NoReturn
 
@@ -22,7 +23,8 @@ from pipeline.exceptions import (
     PipelineError,
 )
 from pipeline.logs import configure_logging
-from trainer.settings import load_trainer_settings
+from pipeline.settings import unknown_env
+from trainer.settings import TrainerSettings, load_trainer_settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,6 +85,8 @@ def fit(**flags: Any) -> None:
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
         settings = load_trainer_settings(**flags)
+        for problem in unknown_env(os.environ, "TRAINER_", TrainerSettings):
+            logging.getLogger("trainer").warning(problem)
         manifest = run_fit(settings)
     except ConfigError as exc:
         _fail(2, str(exc))

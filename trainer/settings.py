@@ -168,4 +168,4 @@ def load_trainer_settings(**overrides: Any) -> TrainerSettings:
     try:
         return TrainerSettings(**clean)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, prefix="TRAINER_")) from exc
+        raise ConfigError(describe_validation_error(exc, "TRAINER_", TrainerSettings)) from exc
