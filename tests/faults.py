@@ -266,9 +266,15 @@ class SteadyProducer:
         self._producer.close(timeout=5)
 
 
+_BODIES: list[bytes] = []
+
+
 def numeric_value(i: int) -> tuple[bytes, bytes]:
-    rec = numeric_records(1, start=i, seed=i % 1000)[0]
-    return rec["id"].encode(), msgspec.json.encode(rec)
+    """Record ``i``: key ``r-000000i``, value one of 1000 precomputed numeric records (so a
+    producer thread can outpace a worker)."""
+    if not _BODIES:
+        _BODIES.extend(msgspec.json.encode(r) for r in numeric_records(1000, seed=7))
+    return f"r-{i:07d}".encode(), _BODIES[i % 1000]
 
 
 # --------------------------------------------------------------------------- observing
