@@ -185,13 +185,17 @@ def _connect_error(kafka: KafkaSettings, what: str, exc: KafkaError) -> KafkaIOE
     """Wrap a client construction error; with kafka-python 3.0 a wrong SASL password looks
     like an unreachable broker ("Unable to bootstrap" after the request timeout), so say so."""
     cls = KafkaFatalError if is_fatal(exc) else KafkaIOError
-    hint = ""
+    return cls(f"{what}: {exc!r}{credentials_hint(kafka, exc)}")
+
+
+def credentials_hint(kafka: KafkaSettings, exc: BaseException, prefix: str = "PIPELINE_") -> str:
+    """kafka-python 3.0 reports a refused SASL login as a bootstrap timeout; say so."""
     if isinstance(exc, kerr.KafkaTimeoutError) and kafka.security_protocol.startswith("SASL"):
-        hint = (
+        return (
             " (with SASL this is also what wrong credentials look like: check"
-            " PIPELINE_KAFKA__SASL_USERNAME / _PASSWORD / _MECHANISM)"
+            f" {prefix}KAFKA__SASL_USERNAME / _PASSWORD / _MECHANISM)"
         )
-    return cls(f"{what}: {exc!r}{hint}")
+    return ""
 
 
 def next_offsets(records: Iterable[Any]) -> dict[TopicPartition, OffsetAndMetadata]:

@@ -1,7 +1,11 @@
 """Structured logging: one JSON object per line (or plain text for people at a terminal).
 
 Call sites pass context with ``extra={...}``; every extra key becomes a JSON field. Secrets
-never reach here: settings hold them as SecretStr and only ``client_kwargs`` reveals them.
+should never reach here: settings hold them as SecretStr and only ``client_kwargs`` reveals
+them, to kafka-python. That library can log its whole configuration at DEBUG (the admin client
+does, password included), so as a second line of defence every secret value the settings hold
+is registered here (``register_secret``) and masked as ``***`` in every formatted line, as are
+extra fields whose name contains "password" or "secret".
 """
 
 from __future__ import annotations
@@ -15,6 +19,37 @@ import msgspec
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _encoder = msgspec.json.Encoder(enc_hook=repr)
+_SECRETS: set[str] = set()
+_SECRET_KEYS = ("password", "secret")
+MASK = "***"
+
+
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` wherever it would appear in a log line (settings call this): as is, as
+    Python's repr shows it inside a dict, and JSON-escaped (our JSON lines)."""
+    if not value or len(value) < 3:  # masking "a" would garble every line
+        return
+    as_repr = repr(value)[1:-1]
+    for form in (value, as_repr):
+        _SECRETS.add(form)
+        _SECRETS.add(_encoder.encode(form).decode()[1:-1])
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret masked (longest forms first)."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    out = {}
+    for key, value in vars(record).items():
+        if key not in _STANDARD and not key.startswith("_"):
+            secret = any(word in key.lower() for word in _SECRET_KEYS)
+            out[key] = MASK if secret and value is not None else value
+    return out
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,12 +60,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+        out.update(_extras(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return _encoder.encode(out).decode()
+        return redact(_encoder.encode(out).decode())
 
 
 class TextFormatter(logging.Formatter):
@@ -41,12 +74,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = [
-            f"{k}={v}"
-            for k, v in vars(record).items()
-            if k not in _STANDARD and not k.startswith("_")
-        ]
-        return f"{line} {' '.join(extras)}" if extras else line
+        extras = [f"{k}={v}" for k, v in _extras(record).items()]
+        return redact(f"{line} {' '.join(extras)}" if extras else line)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

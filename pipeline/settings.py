@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.exceptions import ConfigError
+from pipeline.logs import register_secret
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -132,6 +133,14 @@ class KafkaSettings(BaseModel):
         description="Longest pause between attempts to reach a broker that is down (the Java"
         " client's default; kafka-python's own 30 s delays recovery after a broker restart).",
     )
+
+    @model_validator(mode="after")
+    def _register_secrets(self) -> KafkaSettings:
+        """Log lines mask these values wherever a library prints them (pipeline.logs)."""
+        for secret in (self.sasl_password, self.ssl_password):
+            if secret is not None:
+                register_secret(secret.get_secret_value())
+        return self
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:

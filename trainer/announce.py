@@ -19,6 +19,7 @@ from kafka.errors import KafkaError
 from pipeline.announce import CONTENT_TYPE, ModelAnnouncement, encode_announcement
 from pipeline.artifact import Manifest
 from pipeline.exceptions import AnnounceError
+from pipeline.kafka_io import credentials_hint
 from pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def announce(kafka: KafkaSettings, topic: str, manifest: Manifest, store: str | 
     except KafkaError as exc:
         raise AnnounceError(
             f"published {manifest.name}/{manifest.version} but could not announce it on topic "
-            f"{topic!r} ({kafka.bootstrap_servers}): {exc!r}; workers still load it at their "
+            f"{topic!r} ({kafka.bootstrap_servers}): {exc!r}"
+            f"{credentials_hint(kafka, exc, 'TRAINER_')}; workers still load it at their "
             "next LATEST poll",
             version=manifest.version,
         ) from exc

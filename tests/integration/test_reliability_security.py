@@ -56,6 +56,7 @@ def kafka_settings(broker: LocalKafka, password: str = PASSWORD) -> KafkaSetting
         sasl_username="svc",
         sasl_password=SecretStr(password),
         bootstrap_timeout_ms=5_000,
+        request_timeout_ms=5_000,  # bounds the trainer's announcement
     )
 
 
