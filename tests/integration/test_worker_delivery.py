@@ -143,6 +143,11 @@ def test_a_failed_batch_is_retried_with_a_new_producer_until_it_goes_through(
     set_max_message_bytes(kafka_admin, scores, 1_000_000)  # the operator fixes the topic
     summary = bg.join(60)
     assert summary.consumed == 150  # counted once: failed attempts are not in the summary
+    # nor in the metrics: a record counts once it is committed, however many attempts it took
+    assert bg.value("pipeline_records_consumed_total") == 150
+    assert bg.value("pipeline_records_scored_total") == 150
+    assert bg.value("pipeline_batch_size_sum") == 150
+    assert bg.value("pipeline_anomalies_total") == summary.anomalies
     assert fully_committed(kafka_bootstrap, s.group_id, source)
     assert {e["record_id"] for e in events(kafka_bootstrap, scores)} == {r["id"] for r in records}
 
