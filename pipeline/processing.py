@@ -5,9 +5,10 @@ Kept free of the consume/commit loop so it can be reused by batch scoring and te
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
@@ -45,11 +46,16 @@ class Topics:
 
 @dataclass(frozen=True)
 class BatchResult:
+    """What one attempt at a batch produced. Its metrics are applied by ``observe`` once the
+    batch is committed, so a retried batch counts once, not once per attempt."""
+
     consumed: int
     scored: int
     anomalies: int
     rejected: int
     inference_s: float
+    scores: np.ndarray[Any, Any] = field(default_factory=lambda: np.zeros(0))
+    reasons: tuple[str, ...] = ()  # dead-letter reason of each rejected record
 
 
 class BatchProcessor:
@@ -89,13 +95,14 @@ class BatchProcessor:
             self._dead_letter(records[rejection.index], rejection, model, sink)
         scores, inference_s = self._score(decoded, model, while_scoring)
         anomalies = self._emit(records, decoded, scores, model, sink)
-        self._observe(len(records), decoded, scores, anomalies, inference_s)
         return BatchResult(
             consumed=len(records),
             scored=len(scores),
             anomalies=anomalies,
             rejected=len(decoded.rejected),
             inference_s=inference_s,
+            scores=scores.scores,
+            reasons=tuple(r.reason.value for r in decoded.rejected),
         )
 
     def _score(
@@ -185,23 +192,18 @@ class BatchProcessor:
             truncated=truncated,
         )
         sink.send(self.topics.dead_letter, value, key=rec.key, headers=headers)
-        self.metrics.records_invalid.labels(reason=rejection.reason.value).inc()
 
-    def _observe(
-        self,
-        consumed: int,
-        decoded: DecodedBatch,
-        scores: BatchScores,
-        anomalies: int,
-        inference_s: float,
-    ) -> None:
+    def observe(self, result: BatchResult) -> None:
+        """Count a batch in the metrics; the worker calls this after the batch's commit."""
         m = self.metrics
-        m.records_consumed.inc(consumed)
-        m.records_scored.inc(len(scores))
-        m.anomalies.inc(anomalies)
-        m.batch_size.observe(consumed)
-        m.inference_seconds.observe(inference_s)
-        m.score.observe_many(scores.scores)
+        m.records_consumed.inc(result.consumed)
+        m.records_scored.inc(result.scored)
+        m.anomalies.inc(result.anomalies)
+        m.batch_size.observe(result.consumed)
+        m.inference_seconds.observe(result.inference_s)
+        m.score.observe_many(result.scores)
+        for reason, n in Counter(result.reasons).items():
+            m.records_invalid.labels(reason=reason).inc(n)
 
 
 def observe_end_to_end(metrics: PipelineMetrics, records: list[Any], now_ms: float) -> None:

@@ -303,6 +303,7 @@ class Worker:
         )
         self._score_shadow(records, sink)
         sink.commit(consumer, next_offsets(records))
+        self.processor.observe(result)  # only now: a failed attempt must not count
         m = self.metrics
         observe_end_to_end(m, records, time.time() * 1000)
         m.batches.inc()

@@ -83,7 +83,10 @@ def _without_time(sent):
 
 def test_score_histogram_counts_every_scored_record(model):
     metrics = PipelineMetrics()
-    BatchProcessor(Topics("alerts", "dlq"), metrics).process(batch(50), model, ListSink())
+    processor = BatchProcessor(Topics("alerts", "dlq"), metrics)
+    result = processor.process(batch(50), model, ListSink())
+    assert metrics.registry.get_sample_value("pipeline_score_count") == 0  # not committed yet
+    processor.observe(result)
     assert metrics.registry.get_sample_value("pipeline_score_count") == 50
 
 
