@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,6 +34,7 @@ from pipeline.settings import KafkaSettings
 from tests.workerutil import NAME, numeric_records, wait_for
 
 SCALE = float(os.environ.get("RELIABILITY_SCALE", "1"))
+SCALED_TIMEOUT = pytest.mark.timeout(int(300 * max(1.0, SCALE)))  # pytest-timeout's 300 s
 
 
 def scaled(n: float) -> int:

@@ -24,6 +24,7 @@ from pipeline.localkafka import free_ports, open_admin
 from pipeline.settings import KafkaSettings
 from tests.faults import (
     SCALE,
+    SCALED_TIMEOUT,
     OffsetProbe,
     SteadyProducer,
     WorkerProcess,
@@ -39,8 +40,9 @@ from tests.kafka_helpers import create_topic
 from tests.kafkautil import produce
 from tests.workerutil import publish, wait_for
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, SCALED_TIMEOUT]
 MODES = ["at-least-once", "exactly-once"]
+STREAM_S = 12.0  # the input keeps arriving this long, so the fault lands mid-stream
 
 
 @pytest.fixture
@@ -69,7 +71,7 @@ def test_a_worker_killed_mid_batch_and_restarted_loses_nothing(
     config = {"bootstrap_servers": kafka_bootstrap}
     env = worker_env(kafka_bootstrap, tmp_path, source, group=group, delivery=delivery)
     total = scaled(3000)
-    producer = SteadyProducer(config, source, total, rate=600)
+    producer = SteadyProducer(config, source, total, rate=total / STREAM_S)
     probe = OffsetProbe(config, group)
     try:
         first = workers.start(env, "first")
@@ -115,8 +117,8 @@ def test_a_worker_sigtermed_mid_batch_finishes_it_and_leaves_no_duplicates(
     group = f"g-{source}"
     config = {"bootstrap_servers": kafka_bootstrap}
     env = worker_env(kafka_bootstrap, tmp_path, source, group=group)
-    total = scaled(2000)
-    producer = SteadyProducer(config, source, total, rate=600)
+    total = scaled(3000)
+    producer = SteadyProducer(config, source, total, rate=total / STREAM_S)
     probe = OffsetProbe(config, group)
     try:
         first = workers.start(env, "first")
@@ -154,7 +156,7 @@ def test_two_workers_one_killed_its_partitions_move_to_the_survivor(
         kafka_bootstrap, tmp_path, source, group=group, PIPELINE_SESSION_TIMEOUT_MS="6000"
     )
     total = scaled(3000)
-    producer = SteadyProducer(config, source, total, rate=500)
+    producer = SteadyProducer(config, source, total, rate=total / STREAM_S)
     probe = OffsetProbe(config, group)
     try:
         a = workers.start(env, "a")

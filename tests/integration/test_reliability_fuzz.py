@@ -19,13 +19,13 @@ from pipeline.metrics import PipelineMetrics
 from pipeline.settings import KafkaSettings
 from pipeline.worker import Worker
 from tests.factories import mixed_spec, publish_model
-from tests.faults import scaled
+from tests.faults import SCALED_TIMEOUT, scaled
 from tests.fuzzing import MAX_BYTES, hostile_values
 from tests.kafkautil import read_all
 from tests.workerutil import NAME
 from tests.workerutil import settings as worker_settings
 
-pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("torch_one_thread")]
+pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("torch_one_thread"), SCALED_TIMEOUT]
 REASONS = {r.value for r in Reason}
 SPEC = mixed_spec()
 _HEADERS = st.lists(

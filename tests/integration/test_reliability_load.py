@@ -29,7 +29,8 @@ from tests.faults import (
 )
 from tests.workerutil import publish, wait_for
 
-pytestmark = pytest.mark.kafka
+BURST_S = float(os.environ.get("RELIABILITY_SOAK_S", 10 * SCALE))
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(int(300 + 4 * BURST_S))]
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ class RssSampler:
 def test_a_producer_faster_than_the_worker_keeps_its_memory_flat_and_the_lag_drains(
     kafka_bootstrap, make_topic, tmp_path, workers
 ):
-    burst_s = float(os.environ.get("RELIABILITY_SOAK_S", 10 * SCALE))
+    burst_s = BURST_S
     publish(tmp_path)
     source = make_topic(3)
     group = f"g-{source}"
