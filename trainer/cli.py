@@ -1,7 +1,8 @@
 """Command line of the trainer: `python -m trainer --help`.
 
-Flags override ``TRAINER_*`` env vars, which override ``.env``. Exit codes: 0 published,
-2 bad configuration, 3 bad data, 1 anything else; on failure nothing is published.
+Flags override ``TRAINER_*`` env vars, which override ``.env``. Exit codes of ``fit``: 0
+published, 2 bad configuration, 3 bad data, 1 anything else; on failure nothing is published.
+``evaluate`` lives in ``trainer.evaluate_cli`` (its exit codes are documented there).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 from pipeline.artifact import manifest_summary
 from pipeline.exceptions import ConfigError, DataError, FeatureSpecError, PipelineError
 from pipeline.logs import configure_logging
+from trainer.evaluate_cli import evaluate
 from trainer.settings import load_trainer_settings
 
 
@@ -64,6 +66,9 @@ def fit(**flags: Any) -> None:
 def _fail(code: int, message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+cli.add_command(evaluate)
 
 
 def main() -> None:
