@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _ANOMALY_TEXT = frozenset({"1", "true"})
 _NORMAL_TEXT = frozenset({"0", "false"})
+_LOGGED = ("roc_auc", "pr_auc", "precision", "recall", "f1", "rows", "anomalies", "data")
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def evaluate(request: EvaluationRequest) -> Evaluation:
         pr_auc=metrics.average_precision(scores, labels),
         at_threshold=metrics.at_threshold(scores, labels, threshold),
     )
-    log.info("evaluated", extra=result.summary())
+    summary = result.summary()
+    log.info("evaluated", extra={k: summary[k] for k in _LOGGED})
     return result
 
 

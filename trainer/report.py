@@ -144,7 +144,7 @@ def _pr(ax: Any, r: Evaluation) -> None:
     curve = metrics.precision_recall_curve(r.scores, r.labels)
     t = r.at_threshold
     prevalence = float(r.labels.mean())
-    ax.step(curve.x, curve.y, where="post", color=ANOMALY_COLOR, label=f"PR-AUC {r.pr_auc:.3f}")
+    ax.step(curve.x, curve.y, where="pre", color=ANOMALY_COLOR, label=f"PR-AUC {r.pr_auc:.3f}")
     ax.axhline(prevalence, color="#999999", linestyle=":", label=f"chance ({prevalence:.3f})")
     ax.plot(t.recall, t.precision, "o", color=THRESHOLD_COLOR, label="published threshold")
     ax.set_xlabel("recall")
