@@ -2,8 +2,9 @@
 
 Charts (matplotlib, Agg backend, no display needed):
 
-- ``scores.png``: histograms of the scores of normal and anomalous rows on a log axis
-  (reconstruction errors span orders of magnitude), with the published threshold;
+- ``scores.png``: histograms of the scores of normal and anomalous rows, each as shares of
+  its own class (so a rare class stays visible), on a log axis (reconstruction errors span
+  orders of magnitude; equal-width bins there), with the published threshold;
 - ``roc.png`` and ``pr.png``: the curves with their areas and the threshold's operating point;
 - ``loss.png``: training and validation loss per epoch from the manifest, best epoch marked.
 
@@ -94,13 +95,14 @@ def _score_histograms(ax: Any, r: Evaluation) -> None:
         (~r.labels, "normal", NORMAL_COLOR),
         (r.labels, "anomalous", ANOMALY_COLOR),
     ):
+        n = int(mask.sum())
         ax.hist(
             r.scores[mask],
             bins=bins,
+            weights=np.full(n, 1.0 / max(1, n)),  # share of the class: both classes visible
             alpha=0.55,
             color=color,
-            label=f"{label} ({int(mask.sum())})",
-            density=True,
+            label=f"{label} ({n})",
         )
     ax.axvline(
         threshold,
@@ -111,7 +113,7 @@ def _score_histograms(ax: Any, r: Evaluation) -> None:
     if log_axis:
         ax.set_xscale("log")
     ax.set_xlabel("anomaly score (reconstruction error)" + (", log scale" if log_axis else ""))
-    ax.set_ylabel("density")
+    ax.set_ylabel("share of the class's rows per bin")
     ax.set_title("Scores of normal vs anomalous rows")
     ax.legend(frameon=False)
 

@@ -67,9 +67,7 @@ def test_metrics_agree_with_scikit_learn_on_the_same_scores(store):
     result = evaluate(_request(store))
     assert result.labels.sum() == 60 and result.labels.size == 660
     assert result.roc_auc == pytest.approx(skm.roc_auc_score(result.labels, result.scores))
-    assert result.pr_auc == pytest.approx(
-        skm.average_precision_score(result.labels, result.scores)
-    )
+    assert result.pr_auc == pytest.approx(skm.average_precision_score(result.labels, result.scores))
     assert result.roc_auc > 0.9  # the trained model does separate the injected anomalies
     flagged = result.scores > result.manifest.threshold.value
     assert result.at_threshold.recall == pytest.approx(skm.recall_score(result.labels, flagged))

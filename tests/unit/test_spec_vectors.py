@@ -48,9 +48,7 @@ def test_a_stray_value_in_a_near_constant_element_does_not_dominate_the_score(tm
     probe = np.zeros((2, 4))
     probe[1, 3] = 1.0  # a stroke where training rows were blank
     cont, cat = encode_record_batch(
-        pa.record_batch(
-            {"pixels": pa.FixedSizeListArray.from_arrays(pa.array(probe.ravel()), 4)}
-        ),
+        pa.record_batch({"pixels": pa.FixedSizeListArray.from_arrays(pa.array(probe.ravel()), 4)}),
         spec,
     )
     scores = scorer.score(cont, cat).scores
