@@ -36,6 +36,7 @@ class Record:
     task: str
     seed: int
     outcome: Outcome
+    anomaly_share: float  # of the test rows: the chance level of PR-AUC
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -65,7 +66,8 @@ def run(
                 data = split(task, seed, max_rows=max_rows)
                 for method in methods:
                     outcome = run_method(method, task, data, seed, overrides)
-                    records.append(Record(name, task.name, seed, outcome))
+                    share = float(data.y_test.mean())
+                    records.append(Record(name, task.name, seed, outcome, share))
                     if progress:
                         print(
                             f"  {name:13s} {task.name:10s} seed {seed} {method:8s} "
@@ -108,6 +110,11 @@ def quality_table(records: list[Record], datasets: list[str], methods: list[str]
                 f"{_fmt(list(pr[(d, m)].values()))} | "
                 f"{statistics.median(fit[(d, m)].values()):.2f} |"
             )
+    chance = ", ".join(
+        f"{d} {statistics.fmean(r.anomaly_share for r in records if r.dataset == d):.2f}"
+        for d in datasets
+    )
+    lines.append(f"\nPR-AUC chance level (share of anomalies among the test rows): {chance}")
     return "\n".join(lines)
 
 
