@@ -2,6 +2,7 @@
 
     python -m bench.training_speed                   # both workloads, 5 runs
     python -m bench.training_speed --workloads sensors --runs 3 --rows 20000
+    python -m bench.training_speed --threads 1 --our-batch-size 32   # same steps as PyOD
 
 Same architecture: the trainer's default layer sizes for the input width
 (``pipeline.models.default_hidden_dims``: 784 -> 512-128-32-128-512 -> 784, 8 -> 16-8-4-8-16
@@ -224,7 +225,7 @@ def table(results: dict[str, Timing]) -> str:
         lines.append(
             f"| {name} | {statistics.median(t.ours_s):.2f} | {statistics.median(t.pyod_s):.2f} | "
             f"{statistics.median(t.ratios):.2f}x ({min(t.ratios):.2f}-{max(t.ratios):.2f}) | "
-            f"{statistics.fmean(t.ours_roc):.3f} | {statistics.fmean(t.pyod_roc):.3f} |"
+            f"{statistics.fmean(t.ours_roc):.4f} | {statistics.fmean(t.pyod_roc):.4f} |"
         )
     return "\n".join(lines)
 
@@ -237,11 +238,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--batch-size", type=int, default=PYOD_BATCH, help="PyOD's")
     parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads for both sides"
+    )
+    parser.add_argument(
         "--our-batch-size", type=int, default=None, help="ours; default: the trainer's default"
     )
     args = parser.parse_args(argv)
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.monotonic()
     names = [n for n in args.workloads.split(",") if n]
     our_batch = args.our_batch_size
