@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.alerts import build_event, encode_event, utc_now_iso
 from pipeline.codec import CONTENT_TYPE_HEADER, DecodedBatch, Rejection
 from pipeline.deadletter import dead_letter_headers
+from pipeline.drift import DriftMonitor
 from pipeline.metrics import PipelineMetrics
 from pipeline.scoring import BatchScores
 from pipeline.serving import ModelHandle
@@ -52,10 +53,12 @@ class BatchProcessor:
         topics: Topics,
         metrics: PipelineMetrics,
         include_record: bool = False,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.topics = topics
         self.metrics = metrics
         self.include_record = include_record
+        self.drift = drift if drift is not None else DriftMonitor(metrics)
 
     def process(self, records: list[Any], model: ModelHandle, sink: Sink) -> BatchResult:
         values = [r.value for r in records]
@@ -65,6 +68,7 @@ class BatchProcessor:
         started = time.perf_counter()
         scores = model.scorer.score(decoded.cont, decoded.cat)
         inference_s = time.perf_counter() - started
+        self.drift.observe(model.artifact.manifest, scores.scores)
         anomalies = self._emit(records, decoded, scores, model, sink)
         self._observe(len(records), decoded, scores, anomalies, inference_s)
         return BatchResult(

@@ -175,6 +175,11 @@ class WorkerSettings(BaseSettings):
     reload_interval_s: float = Field(
         default=10.0, ge=0, description="How often to check LATEST for a new model; 0 disables."
     )
+    drift_half_life_records: int = Field(
+        default=20_000,
+        gt=0,
+        description="Drift window: a record's weight halves after this many newer records.",
+    )
     max_batch_retries: int = Field(
         default=5, ge=0, description="Failed attempts of one batch before the worker exits."
     )

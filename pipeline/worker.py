@@ -21,6 +21,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import TopicPartition
 
 from pipeline.batching import BatchCollector
+from pipeline.drift import DriftMonitor
 from pipeline.exceptions import ArtifactError, KafkaIOError, PipelineError
 from pipeline.kafka_io import OutputSink, make_consumer, make_producer, next_offsets
 from pipeline.metrics import MetricsServer, PipelineMetrics
@@ -91,7 +92,9 @@ class Worker:
             Topics(settings.alert_topic, settings.dlq_topic, settings.scores_topic),
             self.metrics,
             include_record=settings.include_record,
+            drift=DriftMonitor(self.metrics, settings.drift_half_life_records),
         )
+        self.processor.drift.use_model(self.model.artifact.manifest)
         self.assignment = _Assignment()
         self.stop_event = threading.Event()
         self._failures = 0
