@@ -4,6 +4,8 @@
 #                          real server scraping a real worker in an integration test)
 #   kustomize              built from the Go module proxy into .venv/bin (renders the
 #                          Kubernetes overlays exactly as `kubectl apply -k` would)
+#   composecheck           our Go program (deploy/tools/composecheck) that loads
+#                          docker-compose.yml with compose-go, as `docker compose config` does
 # Runs from the Makefile's test target; CI runs as root. Tests fail (never skip) without them.
 set -euo pipefail
 
@@ -28,12 +30,25 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   fi
 fi
 
-if ! "$BIN_DIR/kustomize" version 2>/dev/null | grep -qx "$KUSTOMIZE_VERSION"; then
+need_go() {
   if ! command -v go >/dev/null; then
-    echo "install-test-tools: kustomize is built with Go; install Go 1.22+ first" >&2
+    echo "install-test-tools: kustomize and composecheck are built with Go; install Go 1.24+" >&2
     exit 1
   fi
+}
+
+if ! "$BIN_DIR/kustomize" version 2>/dev/null | grep -qx "$KUSTOMIZE_VERSION"; then
+  need_go
   echo "install-test-tools: building kustomize $KUSTOMIZE_VERSION into $BIN_DIR"
   mkdir -p "$BIN_DIR"
   GOBIN="$(cd "$BIN_DIR" && pwd)" go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+fi
+
+CHECKER_SRC="$(dirname "$0")/composecheck"
+CHECKER_BIN="$(cd "$BIN_DIR" && pwd)/composecheck"
+if [ ! -x "$CHECKER_BIN" ] || [ "$CHECKER_SRC/main.go" -nt "$CHECKER_BIN" ] \
+    || [ "$CHECKER_SRC/go.sum" -nt "$CHECKER_BIN" ]; then
+  need_go
+  echo "install-test-tools: building composecheck into $BIN_DIR"
+  (cd "$CHECKER_SRC" && go build -o "$CHECKER_BIN" .)
 fi
