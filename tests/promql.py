@@ -23,6 +23,11 @@ _SUFFIXES = {
 _NAME = re.compile(r"\b(pipeline(?:_|:)[a-zA-Z0-9_:]+)")
 
 
+def grafana_to_promql(expr: str, rate_interval: str = "1m") -> str:
+    """A dashboard query as Prometheus sees it once Grafana has filled in its variables."""
+    return expr.replace("$__rate_interval", rate_interval)
+
+
 def exported_names(registry: CollectorRegistry) -> set[str]:
     """Every series name the registry can export: samples seen so far plus, for each family,
     the names its type produces (a labelled counter has no sample before its first use)."""

@@ -32,7 +32,14 @@ from pipeline.settings import BatchSettings, KafkaSettings, WorkerSettings
 from pipeline.worker import Worker
 from tests.factories import manifest_fields, numeric_spec, tiny_model
 from tests.kafka_helpers import create_topic
-from tests.promql import RULES, exported_names, recorded_names, referenced_names, rule_exprs
+from tests.promql import (
+    RULES,
+    exported_names,
+    grafana_to_promql,
+    recorded_names,
+    referenced_names,
+    rule_exprs,
+)
 from tests.tools import require_tool
 
 pytestmark = pytest.mark.kafka
@@ -200,11 +207,13 @@ def test_dashboard_queries_return_data_and_name_exported_metrics(live: LiveRun):
     exported = exported_names(live.metrics.registry) | recorded_names()
     dashboard = json.loads(DASHBOARD.read_text())
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
-    exprs = [t["expr"] for p in panels for t in p["targets"]]
+    exprs = [grafana_to_promql(t["expr"]) for p in panels for t in p["targets"]]
     assert referenced_names(exprs) <= exported
     assert referenced_names(rule_exprs()) <= exported
     empty = [
-        p["title"] for p in panels if not any(live.prom.query(t["expr"]) for t in p["targets"])
+        p["title"]
+        for p in panels
+        if not any(live.prom.query(grafana_to_promql(t["expr"])) for t in p["targets"])
     ]
     assert not empty, f"panels with no data from a live worker: {empty}"
 

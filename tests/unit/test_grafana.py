@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from pipeline.metrics import PipelineMetrics
-from tests.promql import exported_names, recorded_names, referenced_names
+from tests.promql import exported_names, grafana_to_promql, recorded_names, referenced_names
 from tests.tools import ROOT, require_tool
 
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -26,7 +26,7 @@ def graph_panels() -> list[dict[str, Any]]:
 
 
 def dashboard_exprs() -> list[str]:
-    return [t["expr"] for p in graph_panels() for t in p["targets"]]
+    return [grafana_to_promql(t["expr"]) for p in graph_panels() for t in p["targets"]]
 
 
 def test_layout_ids_and_datasource():
