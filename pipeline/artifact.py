@@ -71,6 +71,17 @@ class TrainingSummary(BaseModel):
     device: str = "cpu"
     duration_s: float = 0.0
     torch_version: str = ""
+    world_size: int = Field(default=1, ge=1, description="training processes (DDP ranks)")
+    data_mode: Literal["memory", "stream"] = Field(
+        default="memory", description="rows cached in RAM, or streamed from Parquet each epoch"
+    )
+    mixed_precision: str | None = Field(
+        default=None, description="autocast dtype on CUDA (bfloat16/float16), None for float32"
+    )
+    rows_per_s: float = Field(default=0.0, ge=0, description="training rows per second")
+    resumed_from_epoch: int = Field(
+        default=0, ge=0, description="epochs restored from a checkpoint (0: fresh run)"
+    )
 
 
 class Manifest(BaseModel):
@@ -90,6 +101,11 @@ class Manifest(BaseModel):
     )
     unit_error_mean: list[float] = Field(
         default_factory=list, description="mean validation error per unit (feature explanations)"
+    )
+    unit_error_p99: list[float] = Field(
+        default_factory=list,
+        description="99th percentile of the validation error per unit, over a bounded sample "
+        "of held-out rows (a unit's error far above it is unusual for that feature)",
     )
     training: TrainingSummary
     data_fingerprint: str = ""

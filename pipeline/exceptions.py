@@ -9,7 +9,8 @@
     ├── DataError              training / scoring input cannot be read or is unusable
     ├── ScoringError           the model failed on a batch
     └── KafkaIOError           talking to Kafka failed
-        └── DeliveryError      a produced record was not acknowledged
+        ├── DeliveryError      a produced record was not acknowledged
+        └── AnnounceError      a model was published but its announcement was not sent
 
 Library errors (kafka-python, torch, pyarrow) are wrapped at the boundary with
 ``raise X(...) from exc`` so the message carries our context (file, topic, field).
@@ -56,3 +57,12 @@ class KafkaIOError(PipelineError):
 
 class DeliveryError(KafkaIOError):
     """A produced record was not acknowledged by the broker."""
+
+
+class AnnounceError(KafkaIOError):
+    """The model was published, but announcing it on Kafka failed; workers still find it
+    at their next poll of LATEST. Carries the published version."""
+
+    def __init__(self, message: str, version: str) -> None:
+        super().__init__(message)
+        self.version = version

@@ -357,8 +357,15 @@ def render_log4j2() -> str:
 
 
 def new_cluster_id() -> str:
-    """KRaft cluster id: 16 random bytes, base64url without padding (as kafka-storage does)."""
-    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode("ascii")
+    """KRaft cluster id: 16 random bytes, base64url without padding (as kafka-storage does).
+
+    Never starting with '-', which StorageTool would parse as an option (Kafka's own
+    Uuid.randomUuid() redraws for the same reason).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode("ascii")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 # --------------------------------------------------------------------------- shared helpers

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 ModelKind = Literal["ae", "vae", "dae"]
 Activation = Literal["relu", "gelu", "silu", "tanh", "leaky_relu"]
 Norm = Literal["none", "batch", "layer"]
+ScoreKind = Literal["reconstruction", "elbo"]
 
 
 class ModelConfig(BaseModel):
@@ -38,11 +39,21 @@ class ModelConfig(BaseModel):
     beta: float = Field(default=1.0, ge=0.0, description="VAE: weight of the KL term")
     noise: Literal["gaussian", "mask"] = Field(default="gaussian", description="DAE corruption")
     noise_level: float = Field(default=0.1, ge=0.0, description="DAE: std or mask probability")
+    score: ScoreKind = Field(
+        default="reconstruction",
+        description=(
+            "the record score the threshold was computed with, honoured by the scorer: "
+            "reconstruction error, or (VAE only) 'elbo' = reconstruction error plus the "
+            "record's KL term weighted as in training (negative ELBO up to constants)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _positive_hidden(self) -> ModelConfig:
         if any(h <= 0 for h in self.hidden_dims):
             raise ValueError(f"hidden_dims must be positive, got {self.hidden_dims}")
+        if self.score == "elbo" and self.kind != "vae":
+            raise ValueError(f"score='elbo' needs kind='vae', got kind={self.kind!r}")
         return self
 
 
@@ -105,6 +116,13 @@ class AnomalyModel(nn.Module):
         """(reconstruction (B, D_out), extra loss scalar) for one training step."""
         return self(x), x.new_zeros(())
 
+    def score_extra(self, x: Tensor) -> Tensor | None:
+        """(B,) term added to a record's mean unit error to form its score, or None.
+
+        Only the VAE with ``score='elbo'`` has one; deterministic in eval mode.
+        """
+        return None
+
 
 class AutoEncoder(AnomalyModel):
     """Plain deterministic autoencoder."""
@@ -159,13 +177,28 @@ class VariationalAutoEncoder(AnomalyModel):
     def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
+        kl = _kl(mu, logvar).mean()
         return self.decoder(z), self.config.beta * kl / max(1, self.config.output_dim)
 
     def kl_per_record(self, x: Tensor) -> Tensor:
         """KL(q(z|x) || N(0, I)) for each record (B,), for ELBO-style scores."""
         mu, logvar = self.encode(x)
-        return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+        return _kl(mu, logvar)
+
+    def score_extra(self, x: Tensor) -> Tensor | None:
+        """With score='elbo': the KL term of the training loss, per record (B,).
+
+        Training minimises mean(unit errors) + beta * mean(KL) / D_out over a batch, so a
+        record's share of that objective is its mean unit error plus beta * KL / D_out.
+        """
+        if self.config.score != "elbo":
+            return None
+        return self.config.beta * self.kl_per_record(x) / max(1, self.config.output_dim)
+
+
+def _kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row (B,)."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
 
 
 MODEL_REGISTRY: dict[str, type[AnomalyModel]] = {

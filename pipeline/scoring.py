@@ -72,6 +72,21 @@ class ReconstructionScorer(nn.Module):
         x = self.model_input(cont, cat)
         return self.unit_errors(x, self.model(x), cat)  # (B, U)
 
+    def score_terms(self, cont: Tensor, cat: Tensor) -> tuple[Tensor, Tensor]:
+        """(unit errors (B, U), record scores (B,)): the score is what the threshold applies to.
+
+        The score is the mean unit error, plus the model's ``score_extra`` (the KL term of a
+        VAE whose config says ``score='elbo'``); unit errors stay reconstruction-only, so
+        top features explain the reconstruction part.
+        """
+        x = self.model_input(cont, cat)
+        errors = self.unit_errors(x, self.model(x), cat)
+        scores = errors.mean(dim=1)
+        extra = self.model.score_extra(x)
+        if extra is not None:
+            scores = scores + extra.float()
+        return errors, scores
+
 
 @dataclass(frozen=True)
 class BatchScores:
@@ -99,8 +114,7 @@ class Scorer:
     def score(self, cont: FloatArray, cat: IndexArray) -> BatchScores:
         """Score raw arrays (B, C) and (B, K); B may be 0."""
         with torch.inference_mode():
-            errors = self.unit_errors(cont, cat)  # (B, U)
-            scores = errors.mean(dim=1)
+            errors, scores = self.score_terms(cont, cat)  # (B, U), (B,)
             top_err, top_idx = torch.topk(errors, self.top_k, dim=1)
         return BatchScores(
             scores=scores.float().cpu().numpy(),
@@ -110,13 +124,23 @@ class Scorer:
 
     def unit_errors(self, cont: FloatArray, cat: IndexArray) -> Tensor:
         """(B, U) errors on the scorer's device; call under inference mode."""
+        errors: Tensor = self.module(*self._to_device(cont, cat))
+        return errors
+
+    def score_terms(self, cont: FloatArray, cat: IndexArray) -> tuple[Tensor, Tensor]:
+        """(unit errors (B, U), scores (B,)) on the scorer's device; call under inference mode.
+
+        The trainer computes its threshold with this, so it scores exactly like the worker.
+        """
+        return self.module.score_terms(*self._to_device(cont, cat))
+
+    def _to_device(self, cont: FloatArray, cat: IndexArray) -> tuple[Tensor, Tensor]:
         cont_t = torch.from_numpy(np.ascontiguousarray(cont, dtype=np.float32))
         cat_t = torch.from_numpy(np.ascontiguousarray(cat, dtype=np.int64))
         non_blocking = self.device.type == "cuda"
         if non_blocking:
             cont_t, cat_t = cont_t.pin_memory(), cat_t.pin_memory()
-        errors: Tensor = self.module(
+        return (
             cont_t.to(self.device, non_blocking=non_blocking),
             cat_t.to(self.device, non_blocking=non_blocking),
         )
-        return errors

@@ -17,15 +17,24 @@ from pipeline.features import CategoricalFeature, FeatureSpec, FloatArray, Index
 
 
 def column_values(col: pa.Array, kind: str, name: str) -> npt.NDArray[np.float64]:
-    """(rows, width) float64 with NaN for nulls, for numeric/boolean/vector columns."""
+    """(rows, width) float64 with NaN for nulls, for numeric/boolean/vector columns.
+
+    Text in a numeric column (a column forced numeric, or a file whose column type disagrees
+    with the spec) is parsed as numbers; text that is not a number is a DataError naming the
+    column and the value.
+    """
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
     try:
         if kind == "vector":
             return _vector_values(col, name)
-        if kind == "boolean":
+        if kind == "boolean" or text:
             col = pc.cast(col, pa.float64())
         arr = col.to_numpy(zero_copy_only=False).astype(np.float64)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:
-        raise DataError(f"column {name!r}: expected numbers ({exc})") from exc
+        what = "text where numbers are expected" if text else "expected numbers"
+        raise DataError(f"column {name!r}: {what} ({exc})") from exc
     return np.asarray(arr, dtype=np.float64).reshape(-1, 1)
 
 

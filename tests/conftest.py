@@ -153,3 +153,17 @@ def private_kafka(tmp_path: Path) -> Iterator[Callable[..., LocalKafka]]:
         except LocalKafkaError as exc:
             errors.append(str(exc))
     assert not errors, errors
+
+
+@pytest.fixture
+def torch_one_thread() -> Iterator[None]:
+    """Run torch single-threaded for the test: tiny models on a shared 2-core machine train
+    several times faster without OpenMP threads spinning against other processes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

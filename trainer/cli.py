@@ -1,7 +1,8 @@
 """Command line of the trainer: `python -m trainer --help`.
 
 Flags override ``TRAINER_*`` env vars, which override ``.env``. Exit codes: 0 published,
-2 bad configuration, 3 bad data, 1 anything else; on failure nothing is published.
+2 bad configuration, 3 bad data, 4 published but the Kafka announcement failed (the version
+is still printed), 1 anything else; on failure (other than 4) nothing is published.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from typing import Any, NoReturn
 import click
 
 from pipeline.artifact import manifest_summary
-from pipeline.exceptions import ConfigError, DataError, FeatureSpecError, PipelineError
+from pipeline.exceptions import (
+    AnnounceError,
+    ConfigError,
+    DataError,
+    FeatureSpecError,
+    PipelineError,
+)
 from pipeline.logs import configure_logging
 from trainer.settings import load_trainer_settings
 
@@ -35,19 +42,45 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option("--label-column", help="Column never used for fitting.")
 @click.option("--ignore-columns", help="Comma-separated columns to leave out.")
 @click.option("--categorical-columns", help="Comma-separated columns to treat as categorical.")
+@click.option("--numeric-columns", help="Comma-separated columns to treat as numeric.")
+@click.option("--max-categories", type=int, help="Most frequent values kept per categorical.")
+@click.option("--missing", type=click.Choice(["impute", "reject"]), help="Serving null policy.")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--learning-rate", type=float)
+@click.option("--weight-decay", type=float)
+@click.option("--patience", type=int, help="Early stopping: epochs without validation gain.")
 @click.option("--hidden-dims", help="Comma-separated layer sizes, e.g. 64,32.")
 @click.option("--latent-dim", type=int)
+@click.option("--activation", type=click.Choice(["relu", "gelu", "silu", "tanh", "leaky_relu"]))
+@click.option("--dropout", type=float)
+@click.option("--norm", type=click.Choice(["none", "batch", "layer"]))
+@click.option("--beta", type=float, help="VAE: weight of the KL term.")
+@click.option("--noise", type=click.Choice(["gaussian", "mask"]), help="DAE corruption.")
+@click.option("--noise-level", type=float, help="DAE: noise std or masking probability.")
+@click.option("--score", type=click.Choice(["reconstruction", "elbo"]), help="Record score.")
 @click.option("--quantile", type=float, help="Threshold quantile of held-out scores.")
 @click.option("--validation-fraction", type=float)
 @click.option("--seed", type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--mixed-precision/--no-mixed-precision", default=None, help="Autocast on CUDA.")
+@click.option("--memory-budget-mb", type=int, help="Cache rows in RAM up to this; else stream.")
+@click.option("--shuffle-buffer-mb", type=float, help="Rows held to shuffle batches.")
+@click.option("--read-batch-rows", type=int, help="Rows per Parquet read batch.")
+@click.option("--checkpoint-dir", help="Checkpoint every epoch here; rerun to resume.")
+@click.option("--progress", type=click.Choice(["auto", "bar", "log"]), help="Progress display.")
+@click.option("--announce-topic", help="Kafka topic to announce the new version on.")
 def fit(**flags: Any) -> None:
-    """Fit a model on normal rows and publish it; prints the new version last."""
+    """Fit a model on normal rows and publish it; prints the new version last.
+
+    Under ``torchrun --nproc-per-node N -m trainer fit ...`` every rank trains on its own
+    shard and rank 0 publishes (and prints the version).
+    """
+    import os
+
     from trainer.fit import fit as run_fit  # torch import only when needed
 
+    main_rank = os.environ.get("RANK", "0") == "0"
     try:
         settings = load_trainer_settings(**flags)
         manifest = run_fit(settings)
@@ -55,10 +88,15 @@ def fit(**flags: Any) -> None:
         _fail(2, str(exc))
     except (DataError, FeatureSpecError) as exc:
         _fail(3, str(exc))
+    except AnnounceError as exc:
+        if main_rank:
+            click.echo(exc.version)
+        _fail(4, str(exc))
     except PipelineError as exc:
         _fail(1, str(exc))
-    click.echo(json.dumps(manifest_summary(manifest)), err=True)
-    click.echo(manifest.version)
+    if main_rank:
+        click.echo(json.dumps(manifest_summary(manifest)), err=True)
+        click.echo(manifest.version)
 
 
 def _fail(code: int, message: str) -> NoReturn:

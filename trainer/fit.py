@@ -1,100 +1,161 @@
 """The fit job: data -> feature spec -> trained model -> threshold -> published artifact.
 
 Nothing is published unless every step succeeded; any error leaves the store untouched.
+
+Runs as one process, or as several under ``torchrun`` (see ``trainer.distributed``): each
+rank reads its own shard of rows, statistics and validation results are combined across
+ranks, and rank 0 alone publishes (and announces) the model.
+
+Memory does not grow with the data: the statistics pass streams; training rows are cached
+in RAM only when they fit ``memory_budget_mb`` and are otherwise streamed from Parquet every
+epoch through a bounded shuffle buffer (``trainer.rows``); the threshold keeps 4 bytes per
+held-out row.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
+import json
 import logging
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
-from torch import nn
 
 from pipeline import artifact
 from pipeline.artifact import Manifest, ThresholdInfo, TrainingSummary
-from pipeline.exceptions import DataError
+from pipeline.exceptions import ArtifactError, DataError, PipelineError
 from pipeline.features import FeatureSpec
-from pipeline.models import AnomalyModel, ModelConfig, build_model, default_hidden_dims
-from pipeline.scoring import ReconstructionScorer, Scorer, resolve_device
+from pipeline.models import ModelConfig, default_hidden_dims
+from pipeline.scoring import resolve_device
+from trainer.checkpoint import Checkpointer
 from trainer.data import ParquetSource
-from trainer.encode import EncodedRows, load_split
+from trainer.distributed import Dist, device_for, init_distributed, shutdown
+from trainer.loop import TrainResult, train
+from trainer.progress import make_reporter
+from trainer.rows import SplitRows, bytes_per_row
 from trainer.settings import TrainerSettings
-from trainer.spec import SpecOptions, infer_spec
+from trainer.spec import SpecOptions, SpecStats, build_spec, column_kinds, gather_stats
+from trainer.threshold import HeldOut, held_out_stats
 
 log = logging.getLogger(__name__)
 
-QUANTILE_LEVELS = [round(0.05 * i, 2) for i in range(21)] + [0.99, 0.995, 0.999]
+# Settings that do not change the trained model; a checkpoint may be resumed across them.
+_NOT_IN_RUN_FINGERPRINT = {
+    "epochs",
+    "model_store",
+    "name",
+    "checkpoint_dir",
+    "progress",
+    "announce_topic",
+    "kafka",
+    "device",
+    "memory_budget_mb",
+}
 
 
-@dataclass
-class TrainResult:
-    model: AnomalyModel
-    train_loss: list[float] = field(default_factory=list)
-    validation_loss: list[float] = field(default_factory=list)
-    best_epoch: int = 0
+@dataclass(frozen=True)
+class Prepared:
+    """The data opened and understood: source, spec, and this rank's row counts."""
+
+    source: ParquetSource
+    spec: FeatureSpec
+    rows_train: int  # all ranks
+    rows_validation: int  # all ranks
+    local_train: int  # this rank
+    local_validation: int  # this rank
 
 
 def fit(settings: TrainerSettings) -> Manifest:
-    """Run the whole job and return the published manifest."""
+    """Run the whole job and return the published manifest (on every rank)."""
     if not settings.data:
         raise DataError("no training data given (--data or TRAINER_DATA)")
+    d = init_distributed(settings.device)
+    try:
+        manifest = _fit(settings, d)
+        d.barrier()  # nobody tears the group down while a peer still talks to it
+    finally:
+        shutdown(d)
+    if d.is_main and settings.announce_topic:
+        from trainer.announce import announce  # kafka-python only when announcing
+
+        announce(settings.kafka, settings.announce_topic, manifest, settings.model_store)
+    return manifest
+
+
+def _fit(s: TrainerSettings, d: Dist) -> Manifest:
     started = time.monotonic()
-    torch.manual_seed(settings.seed)
-    source = ParquetSource(settings.data, batch_rows=settings.read_batch_rows)
-    spec, n_train = infer_spec(source, _spec_options(settings))
-    _check_budget(spec, n_train, settings)
-    train_rows = load_split(source, spec, settings.validation_fraction, settings.seed, False)
-    val_rows = load_split(source, spec, settings.validation_fraction, settings.seed, True)
-    if len(val_rows) == 0:
-        raise DataError(f"no validation rows in {settings.data!r}: too little data to hold out")
-    device = resolve_device(settings.device)
-    config = model_config(spec, settings)
+    device = device_for(d, resolve_device(s.device))
+    data = prepare(s, d)
+    spec = data.spec
+    config = model_config(spec, s)
+    spans = data.source.shard(d.rank, d.world)
+    cache = (data.local_train + data.local_validation) * bytes_per_row(spec) <= (
+        s.memory_budget_mb * 2**20
+    )
+    train_rows, val_rows = (
+        SplitRows(
+            data.source,
+            spec,
+            spans,
+            fraction=s.validation_fraction,
+            seed=s.seed,
+            validation=validation,
+            rows=data.local_validation if validation else data.local_train,
+            cache=cache,
+        )
+        for validation in (False, True)
+    )
     log.info(
         "training",
         extra={
-            "rows_train": len(train_rows),
-            "rows_validation": len(val_rows),
+            "rank": d.rank,
+            "world_size": d.world,
+            "rows_train": data.local_train,
+            "rows_validation": data.local_validation,
+            "first_row": data.source.total_rows * d.rank // d.world,
+            "end_row": data.source.total_rows * (d.rank + 1) // d.world,
+            "data_mode": train_rows.mode,
             "model": config.kind,
             "device": str(device),
         },
     )
-    result = train(spec, config, train_rows, val_rows, settings, device)
-    scores, unit_mean = validation_scores(spec, result.model, val_rows, device)
-    threshold = float(np.quantile(scores, settings.quantile))
-    summary = TrainingSummary(
-        rows_train=len(train_rows),
-        rows_validation=len(val_rows),
-        epochs=len(result.train_loss),
-        best_epoch=result.best_epoch,
-        train_loss=result.train_loss,
-        validation_loss=result.validation_loss,
-        seed=settings.seed,
-        device=str(device),
-        duration_s=round(time.monotonic() - started, 3),
-        torch_version=torch.__version__,
+    checkpointer = (
+        Checkpointer(s.checkpoint_dir, d.rank, run_fingerprint(s, data, d.world))
+        if s.checkpoint_dir
+        else None
     )
-    return artifact.publish(
-        settings.model_store,
-        result.model.cpu(),
-        {
-            "name": settings.name,
-            "model": config,
-            "features": spec,
-            "threshold": ThresholdInfo(
-                value=threshold, quantile=settings.quantile, rows=len(val_rows)
-            ),
-            "score_quantiles": {f"{q:g}": float(np.quantile(scores, q)) for q in QUANTILE_LEVELS},
-            "unit_error_mean": unit_mean,
-            "training": summary,
-            "data_fingerprint": data_fingerprint(source, spec),
-        },
-    )
+    reporter = make_reporter(s.progress, s.epochs, d.is_main)
+    result = train(spec, config, train_rows, val_rows, s, device, d, reporter, checkpointer)
+    held = held_out_stats(spec, result.model, val_rows, device, d, s.seed)
+    summary = _summary(s, data, result, device, d, train_rows.mode, started)
+    manifest = _publish_on_rank0(s, d, spec, config, result, held, summary, data)
+    if checkpointer is not None:
+        checkpointer.remove()
+    return manifest
+
+
+def prepare(s: TrainerSettings, d: Dist) -> Prepared:
+    """Open the data, infer kinds, gather statistics over this rank's shard and merge them
+    across ranks. A failure on any rank is raised on every rank."""
+    error: PipelineError | None = None
+    opts = _spec_options(s)
+    location = s.data or ""
+    try:
+        source = ParquetSource(location, batch_rows=s.read_batch_rows)
+        kinds = column_kinds(source, opts)
+        local = gather_stats(source, kinds, opts, d.rank, d.world)
+    except PipelineError as exc:
+        error = exc
+    d.agree(error)
+    local_train, local_val = local.rows, local.validation_rows
+    merged = SpecStats()
+    for part in d.gather(local):
+        merged.merge(part)
+    spec = build_spec(kinds, merged, opts, location)
+    if merged.validation_rows == 0:
+        raise DataError(f"no validation rows in {s.data!r}: too little data to hold out")
+    return Prepared(source, spec, merged.rows, merged.validation_rows, local_train, local_val)
 
 
 def model_config(spec: FeatureSpec, s: TrainerSettings) -> ModelConfig:
@@ -111,119 +172,109 @@ def model_config(spec: FeatureSpec, s: TrainerSettings) -> ModelConfig:
         beta=s.beta,
         noise=s.noise,
         noise_level=s.noise_level,
+        score=s.score,
     )
 
 
-def train(
+def _summary(
+    s: TrainerSettings,
+    data: Prepared,
+    result: TrainResult,
+    device: torch.device,
+    d: Dist,
+    mode: str,
+    started: float,
+) -> TrainingSummary:
+    return TrainingSummary(
+        rows_train=data.rows_train,
+        rows_validation=data.rows_validation,
+        epochs=len(result.train_loss),
+        best_epoch=result.best_epoch,
+        train_loss=result.train_loss,
+        validation_loss=result.validation_loss,
+        seed=s.seed,
+        device=str(device),
+        duration_s=round(time.monotonic() - started, 3),
+        torch_version=torch.__version__,
+        world_size=d.world,
+        data_mode="memory" if mode == "memory" else "stream",
+        mixed_precision=result.mixed_precision,
+        rows_per_s=round(result.rows_per_s, 1),
+        resumed_from_epoch=result.resumed_from_epoch,
+    )
+
+
+def _publish_on_rank0(
+    s: TrainerSettings,
+    d: Dist,
     spec: FeatureSpec,
     config: ModelConfig,
-    train_rows: EncodedRows,
-    val_rows: EncodedRows,
-    s: TrainerSettings,
-    device: torch.device,
-) -> TrainResult:
-    """Adam with plateau LR decay and early stopping on validation loss; keeps the best."""
-    torch.manual_seed(s.seed)
-    model = build_model(config)
-    module = ReconstructionScorer(spec, model).to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=0.5, patience=max(1, s.patience // 2)
-    )
-    generator = torch.Generator().manual_seed(s.seed)
-    result = TrainResult(model=model)
-    best, best_state, stale = math.inf, copy.deepcopy(model.state_dict()), 0
-    for epoch in range(s.epochs):
-        loss = _train_epoch(module, optimizer, train_rows, s.batch_size, generator, device)
-        val = _validation_loss(module, val_rows, s.batch_size, device)
-        scheduler.step(val)
-        result.train_loss.append(round(loss, 6))
-        result.validation_loss.append(round(val, 6))
-        log.info("epoch", extra={"epoch": epoch + 1, "train_loss": loss, "validation_loss": val})
-        if val < best - 1e-7:
-            best, best_state, stale, result.best_epoch = (
-                val,
-                copy.deepcopy(model.state_dict()),
-                0,
-                epoch + 1,
+    result: TrainResult,
+    held: HeldOut,
+    summary: TrainingSummary,
+    data: Prepared,
+) -> Manifest:
+    """Rank 0 publishes; every rank gets the manifest (or the error)."""
+    outcome: tuple[Manifest | None, str | None] = (None, None)
+    if d.is_main:
+        try:
+            manifest = artifact.publish(
+                s.model_store,
+                result.model.cpu(),
+                {
+                    "name": s.name,
+                    "model": config,
+                    "features": spec,
+                    "threshold": ThresholdInfo(
+                        value=held.threshold(s.quantile),
+                        quantile=s.quantile,
+                        rows=len(held.scores),
+                    ),
+                    "score_quantiles": held.quantiles(),
+                    "unit_error_mean": held.unit_mean,
+                    "unit_error_p99": held.unit_p99,
+                    "training": summary,
+                    "data_fingerprint": data_fingerprint(data.source, spec),
+                },
             )
-        else:
-            stale += 1
-            if stale >= s.patience:
-                break
-    model.load_state_dict(best_state)
-    model.eval()
-    return result
-
-
-def _train_epoch(
-    module: ReconstructionScorer,
-    optimizer: torch.optim.Optimizer,
-    rows: EncodedRows,
-    batch_size: int,
-    generator: torch.Generator,
-    device: torch.device,
-) -> float:
-    model = module.model
-    model.train()
-    order = torch.randperm(len(rows), generator=generator)
-    total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        idx = order[start : start + batch_size]
-        if len(idx) < 2 and isinstance(model, nn.Module) and len(rows) > 1:
-            continue  # batch norm cannot train on a single row
-        cont, cat = rows.cont[idx].to(device), rows.cat[idx].to(device)
-        x = module.model_input(cont, cat)  # (b, D_in)
-        recon, extra = model.training_forward(x)
-        loss = module.unit_errors(x, recon, cat).mean() + extra
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
-        total += float(loss.detach()) * len(idx)
-        count += len(idx)
-    return total / max(1, count)
-
-
-def _validation_loss(
-    module: ReconstructionScorer, rows: EncodedRows, batch_size: int, device: torch.device
-) -> float:
-    module.model.eval()
-    total = 0.0
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size * 4):
-            cont = rows.cont[start : start + batch_size * 4].to(device)
-            cat = rows.cat[start : start + batch_size * 4].to(device)
-            total += float(module(cont, cat).mean(dim=1).sum())
-    return total / max(1, len(rows))
-
-
-def validation_scores(
-    spec: FeatureSpec, model: AnomalyModel, rows: EncodedRows, device: torch.device
-) -> tuple[np.ndarray, list[float]]:
-    """Scores of the held-out rows through the worker's own Scorer, and mean unit errors."""
-    scorer = Scorer(spec, model, device, top_k=0)
-    scores: list[np.ndarray] = []
-    unit_sum = torch.zeros(spec.n_units, dtype=torch.float64)
-    with torch.inference_mode():
-        for start in range(0, len(rows), 8192):
-            cont = rows.cont[start : start + 8192].numpy()
-            cat = rows.cat[start : start + 8192].numpy()
-            errors = scorer.unit_errors(cont, cat).double().cpu()
-            unit_sum += errors.sum(dim=0)
-            scores.append(errors.mean(dim=1).float().numpy())
-    unit_mean = (unit_sum / max(1, len(rows))).tolist()
-    return np.concatenate(scores), [float(u) for u in unit_mean]
+            outcome = (manifest, None)
+        except OSError as exc:
+            outcome = (None, f"cannot publish to model store {s.model_store!r}: {exc}")
+    published, error = d.broadcast(outcome)
+    if published is None:
+        raise ArtifactError(error or "publishing failed")
+    if d.is_main:
+        log.info(
+            "published",
+            extra={
+                "model": published.name,
+                "version": published.version,
+                "threshold": published.threshold.value,
+                "rows_validation": published.threshold.rows,
+            },
+        )
+    return published
 
 
 def data_fingerprint(source: ParquetSource, spec: FeatureSpec) -> str:
-    """sha256 over the file list with sizes and the fitted statistics: same data, same print."""
+    """sha256 over the file list with row counts and the fitted statistics."""
     digest = hashlib.sha256()
-    for fragment in source.fragments:
-        digest.update(fragment.path.encode())
-        digest.update(str(fragment.count_rows()).encode())
+    rows: dict[str, int] = {}
+    for piece in source.pieces:
+        rows[piece.path] = rows.get(piece.path, 0) + piece.rows
+    for path in source.files:
+        digest.update(path.encode())
+        digest.update(str(rows.get(path, 0)).encode())
     digest.update(spec.model_dump_json().encode())
+    return digest.hexdigest()
+
+
+def run_fingerprint(s: TrainerSettings, data: Prepared, world: int) -> str:
+    """What a checkpoint must match to be resumed: model-shaping settings, spec, data, ranks."""
+    shaping = s.model_dump(mode="json", exclude=_NOT_IN_RUN_FINGERPRINT)
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
+    digest.update(data_fingerprint(data.source, data.spec).encode())
+    digest.update(f"world={world}".encode())
     return digest.hexdigest()
 
 
@@ -233,19 +284,9 @@ def _spec_options(s: TrainerSettings) -> SpecOptions:
         label_column=s.label_column,
         ignore_columns=tuple(s.ignore_columns),
         categorical_columns=tuple(s.categorical_columns),
+        numeric_columns=tuple(s.numeric_columns),
         max_categories=s.max_categories,
         missing=s.missing,
         validation_fraction=s.validation_fraction,
         seed=s.seed,
     )
-
-
-def _check_budget(spec: FeatureSpec, n_train: int, s: TrainerSettings) -> None:
-    est_mb = (
-        n_train / (1 - s.validation_fraction) * (spec.n_continuous * 4 + spec.n_categorical * 8)
-    )
-    if est_mb / 1e6 > s.memory_budget_mb:
-        raise DataError(
-            f"data needs about {est_mb / 1e6:.0f} MB in memory, over memory_budget_mb="
-            f"{s.memory_budget_mb}; raise TRAINER_MEMORY_BUDGET_MB"
-        )

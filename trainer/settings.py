@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.exceptions import ConfigError
-from pipeline.models import Activation, ModelKind, Norm
-from pipeline.settings import describe_validation_error
+from pipeline.models import Activation, ModelKind, Norm, ScoreKind
+from pipeline.settings import KafkaSettings, describe_validation_error
 
 
 def _split_csv(value: Any) -> Any:
@@ -43,6 +43,10 @@ class TrainerSettings(BaseSettings):
     categorical_columns: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated columns forced to categorical."
     )
+    numeric_columns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated columns forced to numeric (text is parsed as numbers).",
+    )
     max_categories: int = Field(
         default=50, ge=1, le=100_000, description="Most frequent values kept per categorical."
     )
@@ -51,6 +55,17 @@ class TrainerSettings(BaseSettings):
     )
     read_batch_rows: int = Field(
         default=65_536, gt=0, description="Rows per Parquet read batch (bounds memory)."
+    )
+    memory_budget_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="Encoded rows up to this size (per process) are cached in RAM; larger "
+        "data is streamed from Parquet every epoch. 0 always streams. Same model either way.",
+    )
+    shuffle_buffer_mb: float = Field(
+        default=64.0,
+        gt=0,
+        description="Rows held (per process) to shuffle training batches; bounds memory.",
     )
     # publishing
     model_store: str = Field(
@@ -79,6 +94,11 @@ class TrainerSettings(BaseSettings):
     noise_level: float = Field(
         default=0.1, ge=0.0, description="DAE: noise std or masking probability."
     )
+    score: ScoreKind = Field(
+        default="reconstruction",
+        description="Record score the threshold uses: reconstruction error, or elbo (VAE: "
+        "plus the KL term). Stored in the artifact; the worker scores the same way.",
+    )
     # optimisation
     epochs: int = Field(
         default=50, ge=1, description="Most epochs (early stopping may end sooner)."
@@ -99,11 +119,28 @@ class TrainerSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto = CUDA when present."
     )
-    memory_budget_mb: int = Field(
-        default=1024, gt=0, description="Encoded data above this is refused (streaming: issue)."
+    mixed_precision: bool = Field(
+        default=True,
+        description="On CUDA, train under autocast (bfloat16, or float16 with loss scaling); "
+        "CPU trains in float32. Thresholds are always computed in float32.",
     )
+    checkpoint_dir: str | None = Field(
+        default=None,
+        description="Save a checkpoint every epoch here; a rerun with the same data and "
+        "settings resumes from it. Removed once the model is published.",
+    )
+    progress: Literal["auto", "bar", "log"] = Field(
+        default="auto", description="auto: progress bars on a terminal, log lines otherwise."
+    )
+    # announcing
+    announce_topic: str | None = Field(
+        default=None,
+        description="Kafka topic to announce each published version on (workers reload at "
+        "once); unset: no announcement.",
+    )
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
-    @field_validator("ignore_columns", "categorical_columns", mode="before")
+    @field_validator("ignore_columns", "categorical_columns", "numeric_columns", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -114,6 +151,14 @@ class TrainerSettings(BaseSettings):
         value = _split_csv(value)
         if isinstance(value, list):
             return [int(v) for v in value]
+        return value
+
+    @field_validator("score")
+    @classmethod
+    def _elbo_needs_vae(cls, value: str, info: ValidationInfo) -> str:
+        model = info.data.get("model")
+        if value == "elbo" and model != "vae":
+            raise ValueError(f"score=elbo needs model=vae (got model={model})")
         return value
 
 

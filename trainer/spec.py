@@ -1,9 +1,12 @@
-"""Inferring the feature spec from a Parquet schema and one streaming statistics pass.
+"""Inferring the feature spec from the Parquet schemas and one streaming statistics pass.
 
 Kinds come from Arrow types (numbers -> numeric, bool -> boolean, strings/dictionaries ->
-categorical, fixed-length numeric lists -> vector) and can be overridden. Statistics are
-gathered over training rows only (validation rows never touch fitting), merged batch by batch
-so memory does not grow with the data.
+categorical, fixed-length numeric lists -> vector) and can be forced per column
+(``categorical_columns``; ``numeric_columns``, which also parses text as numbers). Every file
+is checked against the kinds before any row is read. Statistics are gathered over training
+rows only (validation rows never touch fitting), merged batch by batch, so memory does not
+grow with the data; in multi-process training each rank gathers its shard and the ranks
+merge (``SpecStats.merge``).
 """
 
 from __future__ import annotations
@@ -38,25 +41,45 @@ class SpecOptions:
     label_column: str | None = None
     ignore_columns: tuple[str, ...] = ()
     categorical_columns: tuple[str, ...] = ()
+    numeric_columns: tuple[str, ...] = ()
     max_categories: int = 50
     missing: str = "impute"
     validation_fraction: float = 0.2
     seed: int = 0
 
 
-def column_kinds(schema: pa.Schema, opts: SpecOptions) -> dict[str, Kind]:
-    """Feature columns and their kinds, in schema order; unsupported types are an error."""
+def column_kinds(source: ParquetSource, opts: SpecOptions) -> dict[str, Kind]:
+    """Feature columns and their kinds, in schema order; checked against every file.
+
+    A kind comes from the column's Arrow type in the first file that has it, unless forced
+    (``categorical_columns``, ``numeric_columns``). Every file must have every feature column
+    with a type that fits its kind; a file that disagrees is named.
+    """
+    schema = source.schema
+    both = sorted(set(opts.categorical_columns) & set(opts.numeric_columns))
+    if both:
+        raise DataError(f"columns forced both categorical and numeric: {both}")
     named = [c for c in (opts.id_column, opts.label_column, *opts.ignore_columns) if c]
-    missing = [c for c in [*named, *opts.categorical_columns] if c not in schema.names]
+    forced = [*opts.categorical_columns, *opts.numeric_columns]
+    missing = [c for c in [*named, *forced] if c not in schema.names]
     if missing:
         raise DataError(f"columns not in the data: {missing} (available: {schema.names})")
+    clash = sorted(set(named) & set(forced))
+    if clash:
+        raise DataError(f"columns both excluded (id/label/ignored) and forced to a kind: {clash}")
     kinds: dict[str, Kind] = {}
     for f in schema:
         if f.name in named:
             continue
-        kinds[f.name] = "categorical" if f.name in opts.categorical_columns else _kind_of(f)
+        if f.name in opts.categorical_columns:
+            kinds[f.name] = "categorical"
+        elif f.name in opts.numeric_columns:
+            kinds[f.name] = "numeric"
+        else:
+            kinds[f.name] = _kind_of(f)
     if not kinds:
         raise DataError("no feature columns left after removing id, label and ignored columns")
+    _check_files(source, kinds, opts)
     return kinds
 
 
@@ -68,13 +91,61 @@ def _kind_of(f: pa.Field) -> Kind:
         return "numeric"
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
         return "categorical"
-    if (pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t)) and (
-        pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)
-    ):
+    if _is_vector(t):
         return "vector"
     raise DataError(
-        f"column {f.name!r} has unsupported type {t}; drop it with --ignore-columns {f.name}"
+        f"column {f.name!r} has unsupported type {t}; drop it with --ignore-columns {f.name} "
+        "or force its kind (--categorical-columns, --numeric-columns)"
     )
+
+
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
+
+
+def _fits(kind: Kind, t: pa.DataType, forced: bool) -> bool:
+    """Whether a column of Arrow type ``t`` can be read as ``kind``."""
+    number = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+    if kind == "numeric":
+        return bool(number or pa.types.is_boolean(t) or (forced and _is_text(t)))
+    if kind == "boolean":
+        return bool(pa.types.is_boolean(t))
+    if kind == "vector":
+        return _is_vector(t)
+    # categorical: any scalar whose values have a canonical string form
+    scalar = _is_text(t) or number or pa.types.is_boolean(t)
+    return bool(scalar or (forced and not pa.types.is_nested(t)))
+
+
+def _is_vector(t: pa.DataType) -> bool:
+    lists = pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t)
+    return bool(lists and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)))
+
+
+def _check_files(source: ParquetSource, kinds: dict[str, Kind], opts: SpecOptions) -> None:
+    forced = set(opts.categorical_columns) | set(opts.numeric_columns)
+    first: dict[str, tuple[str, pa.DataType]] = {}
+    for path, schema in source.schemas:
+        absent = [name for name in kinds if name not in schema.names]
+        if absent:
+            raise DataError(f"{path}: feature columns missing from this file: {absent}")
+        for name, kind in kinds.items():
+            t = schema.field(name).type
+            seen_path, seen_t = first.setdefault(name, (path, t))
+            if _fits(kind, t, name in forced):
+                continue
+            if kind in ("numeric", "boolean") and _is_text(t):
+                raise DataError(
+                    f"column {name!r}: text where numbers are expected: it is {t} in {path} "
+                    f"but {seen_t} in {seen_path} (force with --numeric-columns {name} to parse "
+                    "text as numbers, or --categorical-columns)"
+                )
+            raise DataError(
+                f"column {name!r} has type {t} in {path} but {seen_t} in {seen_path}: the files "
+                f"disagree on its type ({kind} expected)"
+            )
 
 
 @dataclass
@@ -106,54 +177,98 @@ class _Moments:
         self.m2 = self.m2 + m2_b + delta**2 * self.n * n_b / safe
         self.n = n
 
+    def merge(self, other: _Moments) -> None:
+        """Fold another process's moments into these (Chan et al.)."""
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        safe = np.maximum(n, 1)
+        self.mean = self.mean + delta * other.n / safe
+        self.m2 = self.m2 + other.m2 + delta**2 * self.n * other.n / safe
+        self.n = n
+
     def std(self) -> npt.NDArray[np.float64]:
         return np.sqrt(self.m2 / np.maximum(self.n, 1))
 
 
 @dataclass
-class _Stats:
+class SpecStats:
+    """Statistics of one process's training rows; merged across processes before use."""
+
     moments: dict[str, _Moments] = field(default_factory=dict)
     counts: dict[str, Counter[str]] = field(default_factory=dict)
-    rows: int = 0
+    rows: int = 0  # training rows
+    validation_rows: int = 0
+
+    def merge(self, other: SpecStats) -> None:
+        for name, mom in other.moments.items():
+            mine = self.moments.get(name)
+            if mine is None:
+                self.moments[name] = mom
+            elif mine.n.shape != mom.n.shape:
+                raise DataError(f"vector column {name!r} changes length ({mom.n.shape[0]})")
+            else:
+                mine.merge(mom)
+        for name, counts in other.counts.items():
+            self.counts.setdefault(name, Counter()).update(counts)
+        self.rows += other.rows
+        self.validation_rows += other.validation_rows
 
 
 def infer_spec(source: ParquetSource, opts: SpecOptions) -> tuple[FeatureSpec, int]:
     """The feature spec of the training rows, and how many training rows there are."""
-    kinds = column_kinds(source.schema, opts)
-    stats = _gather(source, kinds, opts)
+    kinds = column_kinds(source, opts)
+    stats = gather_stats(source, kinds, opts)
+    return build_spec(kinds, stats, opts, source.location), stats.rows
+
+
+def build_spec(
+    kinds: dict[str, Kind], stats: SpecStats, opts: SpecOptions, location: str
+) -> FeatureSpec:
+    """The spec from (merged) statistics; unusable columns are named."""
     if stats.rows == 0:
-        raise DataError(f"no training rows in {source.location!r} (empty data?)")
+        raise DataError(f"no training rows in {location!r} (empty data?)")
     features = [_feature(name, kind, stats, opts) for name, kind in kinds.items()]
-    spec = FeatureSpec(
+    return FeatureSpec(
         features=features,
         id_column=opts.id_column,
         label_column=opts.label_column,
         ignored_columns=list(opts.ignore_columns),
         missing=opts.missing,  # type: ignore[arg-type]
     )
-    return spec, stats.rows
 
 
-def _gather(source: ParquetSource, kinds: dict[str, Kind], opts: SpecOptions) -> _Stats:
-    stats = _Stats()
-    for batch in source.batches(list(kinds)):
-        train = ~split_mask(batch.positions, opts.validation_fraction, opts.seed)
-        if not train.any():
+def gather_stats(
+    source: ParquetSource, kinds: dict[str, Kind], opts: SpecOptions, rank: int = 0, world: int = 1
+) -> SpecStats:
+    """One streaming pass over this process's shard: moments and category counts of the
+    training rows, and the number of training and validation rows."""
+    stats = SpecStats()
+    for batch in source.batches(list(kinds), rank, world):
+        held_out = split_mask(batch.positions, opts.validation_fraction, opts.seed)
+        stats.validation_rows += int(held_out.sum())
+        if held_out.all():
             continue
-        rb = batch.table.filter(pa.array(train))
+        rb = batch.table.filter(pa.array(~held_out))
         stats.rows += rb.num_rows
-        for name, kind in kinds.items():
-            col = rb.column(name)
-            if kind == "categorical":
-                stats.counts.setdefault(name, Counter()).update(_category_counts(col))
-            else:
-                values = column_values(col, kind, name)
-                width = values.shape[1]
-                mom = stats.moments.setdefault(name, _Moments.empty(width))
-                if mom.n.shape[0] != width:
-                    raise DataError(f"vector column {name!r} changes length ({width})")
-                mom.add(values)
+        try:
+            _add_batch(stats, rb, kinds)
+        except DataError as exc:
+            raise DataError(f"{exc} in {batch.path}") from exc
     return stats
+
+
+def _add_batch(stats: SpecStats, rb: pa.RecordBatch, kinds: dict[str, Kind]) -> None:
+    for name, kind in kinds.items():
+        col = rb.column(name)
+        if kind == "categorical":
+            stats.counts.setdefault(name, Counter()).update(_category_counts(col))
+            continue
+        values = column_values(col, kind, name)
+        width = values.shape[1]
+        mom = stats.moments.setdefault(name, _Moments.empty(width))
+        if mom.n.shape[0] != width:
+            raise DataError(f"vector column {name!r} changes length ({width})")
+        mom.add(values)
 
 
 def _category_counts(col: pa.Array) -> Counter[str]:
@@ -166,7 +281,7 @@ def _category_counts(col: pa.Array) -> Counter[str]:
 
 
 def _feature(
-    name: str, kind: Kind, stats: _Stats, opts: SpecOptions
+    name: str, kind: Kind, stats: SpecStats, opts: SpecOptions
 ) -> NumericFeature | BooleanFeature | VectorFeature | CategoricalFeature:
     if kind == "categorical":
         counts = stats.counts.get(name, Counter())

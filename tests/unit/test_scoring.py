@@ -2,10 +2,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
+from pydantic import ValidationError
 
+from pipeline import artifact
+from pipeline.artifact import load_artifact
 from pipeline.exceptions import ConfigError
+from pipeline.models import ModelConfig, VariationalAutoEncoder, build_model
 from pipeline.scoring import ReconstructionScorer, Scorer, resolve_device
-from tests.factories import mixed_spec, numeric_spec, rng_rows, tiny_model
+from tests.factories import manifest_fields, mixed_spec, numeric_spec, rng_rows, tiny_model
 
 
 def test_all_numeric_score_is_plain_mse_of_standardised_values():
@@ -57,3 +61,54 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def _vae(spec, score):
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        kind="vae",
+        input_dim=spec.input_dim,
+        output_dim=spec.input_dim,
+        hidden_dims=[8],
+        latent_dim=2,
+        beta=0.5,
+        score=score,
+    )
+    return build_model(cfg).eval()
+
+
+def test_elbo_score_adds_the_weighted_kl_and_keeps_unit_errors_reconstruction_only():
+    spec = mixed_spec()
+    cont = rng_rows(8, spec.n_continuous)
+    cat = np.array([[1], [2], [0], [1], [1], [2], [0], [1]], np.int64)
+    recon = Scorer(spec, _vae(spec, "reconstruction"), torch.device("cpu"), top_k=2)
+    elbo = Scorer(spec, _vae(spec, "elbo"), torch.device("cpu"), top_k=2)
+    a, b = recon.score(cont, cat), elbo.score(cont, cat)
+    with torch.inference_mode():
+        x = elbo.module.model_input(torch.from_numpy(cont), torch.from_numpy(cat))
+        vae = elbo.module.model
+        assert isinstance(vae, VariationalAutoEncoder)
+        kl = vae.kl_per_record(x).numpy()
+    np.testing.assert_allclose(b.scores, a.scores + 0.5 * kl / spec.input_dim, rtol=1e-5)
+    np.testing.assert_array_equal(a.top_index, b.top_index)
+    np.testing.assert_allclose(a.top_error, b.top_error)
+
+
+def test_elbo_score_survives_publish_and_load(tmp_path):
+    spec = numeric_spec()
+    model = _vae(spec, "elbo")
+    artifact.publish(tmp_path, model, manifest_fields(spec, model))
+    loaded = load_artifact(tmp_path, "m")
+    assert loaded.model.config.score == "elbo"
+    cont = rng_rows(5, spec.n_continuous)
+    cat = np.zeros((5, 0), np.int64)
+    np.testing.assert_allclose(
+        Scorer(spec, loaded.model, torch.device("cpu")).score(cont, cat).scores,
+        Scorer(spec, model, torch.device("cpu")).score(cont, cat).scores,
+        rtol=1e-6,
+    )
+
+
+def test_elbo_is_only_for_the_vae():
+    with pytest.raises(ValidationError, match="score='elbo' needs kind='vae'"):
+        ModelConfig(kind="ae", input_dim=3, output_dim=3, score="elbo")

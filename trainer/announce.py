@@ -1,0 +1,95 @@
+"""Announce a published model on Kafka so workers reload at once instead of at their next poll.
+
+The message schema lives in the shared contract (``pipeline.announce.ModelAnnouncement``).
+Sent with ``acks=all`` and waited for; a failure raises ``AnnounceError`` carrying the
+version, because by then the model *is* published (LATEST names it) and must not be undone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from pipeline.announce import CONTENT_TYPE, ModelAnnouncement, encode_announcement
+from pipeline.artifact import Manifest
+from pipeline.exceptions import AnnounceError
+from pipeline.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def announce(kafka: KafkaSettings, topic: str, manifest: Manifest, store: str | Path) -> None:
+    """Send one announcement of ``manifest`` to ``topic`` and wait for the broker's ack.
+
+    Bounded by ``kafka.request_timeout_ms`` for bootstrapping, metadata and the ack.
+    """
+    key, value = encode_announcement(ModelAnnouncement.from_manifest(manifest, store))
+    timeout_ms = kafka.request_timeout_ms
+    try:
+        with _producer(kafka, timeout_ms) as producer:
+            meta = producer.send(
+                topic,
+                value=value,
+                key=key,
+                headers=[("content-type", CONTENT_TYPE.encode())],
+            ).get(timeout=timeout_ms / 1000 + 1)
+    except KafkaError as exc:
+        raise AnnounceError(
+            f"published {manifest.name}/{manifest.version} but could not announce it on topic "
+            f"{topic!r} ({kafka.bootstrap_servers}): {exc!r}; workers still load it at their "
+            "next LATEST poll",
+            version=manifest.version,
+        ) from exc
+    log.info(
+        "announced",
+        extra={
+            "topic": topic,
+            "partition": meta.partition,
+            "offset": meta.offset,
+            "version": manifest.version,
+        },
+    )
+
+
+@contextlib.contextmanager
+def _producer(kafka: KafkaSettings, timeout_ms: int) -> Iterator[KafkaProducer]:
+    """A producer closed on exit, even when its constructor fails.
+
+    kafka-python 3.0.x bootstraps inside ``KafkaProducer.__init__`` and, when that fails,
+    leaves its network client (an IO thread and sockets) behind; the ``kafka_client`` hook
+    hands it to us so it can be shut down (the same workaround as ``localkafka.open_admin``).
+    """
+    from kafka.net.compat import KafkaNetClient
+
+    created: list[Any] = []
+
+    def factory(**kwargs: Any) -> Any:
+        client = KafkaNetClient(**kwargs)
+        created.append(client)
+        return client
+
+    try:
+        producer = KafkaProducer(
+            acks="all",
+            bootstrap_timeout_ms=timeout_ms,
+            max_block_ms=timeout_ms,
+            kafka_client=factory,
+            **kafka.client_kwargs(),
+        )
+    except Exception:
+        for client in created:
+            with contextlib.suppress(Exception):
+                client.close()
+            with contextlib.suppress(Exception):
+                client._net.stop(timeout_ms=5000)  # what KafkaProducer.close() would do
+        raise
+    try:
+        yield producer
+    finally:
+        producer.close(timeout=10)
