@@ -12,9 +12,9 @@ from pipeline.artifact import Manifest, WeightsInfo
 from pipeline.drift import DriftMonitor, ReferenceBins, psi
 from pipeline.metrics import PipelineMetrics
 from tests.factories import manifest_fields, numeric_spec, tiny_model
+from trainer.threshold import QUANTILE_LEVELS
 
-# the levels the trainer stores (trainer/fit.py QUANTILE_LEVELS)
-LEVELS = [round(0.05 * i, 2) for i in range(21)] + [0.99, 0.995, 0.999]
+LEVELS = QUANTILE_LEVELS  # the levels the trainer stores
 
 
 def reference(seed: int = 0, n: int = 200_000, q: float = 0.99) -> tuple[np.ndarray, Manifest]:
