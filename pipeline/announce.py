@@ -4,8 +4,8 @@ After a version is published to the model store (LATEST replaced), the trainer s
 record to its announce topic (``TRAINER_ANNOUNCE_TOPIC``; workers read
 ``PIPELINE_ANNOUNCE_TOPIC``): key = the model name (UTF-8), so the announcements of one model
 stay ordered in one partition; value = this JSON object; header
-``content-type: application/json``. Workers serving that name load the announced version at
-once instead of waiting for their next LATEST poll. Unknown fields are ignored, so the trainer
+``content-type: application/json``. Workers serving that name read LATEST at once instead of
+waiting for their next poll (``pipeline.reload``). Unknown fields are ignored, so the trainer
 may add some without breaking running workers::
 
     {"schema_version": 1, "name": "sensors", "version": "20261124T042238Z-c36436",
@@ -14,7 +14,8 @@ may add some without breaking running workers::
 
 ``path`` is the version directory as the trainer saw it; a worker whose store is mounted
 elsewhere loads ``<its store>/<name>/<version>``. The announcement is only a hint: LATEST stays
-the source of truth (a worker that misses a message still reloads at its next poll).
+the source of truth (a worker that misses a message still reloads at its next poll, and one
+that reads an old message does not roll back to it).
 """
 
 from __future__ import annotations

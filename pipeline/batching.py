@@ -3,13 +3,19 @@
 The deadline is measured from the first record of the batch, not from the poll call, so an
 isolated record waits at most ``max_wait`` before it is scored. Records of one partition keep
 their order; partitions are concatenated as the consumer returns them.
+
+A consumer-group rebalance runs inside ``poll``; when it takes partitions away, the records of
+those partitions already gathered into the batch being collected are dropped
+(``drop_partitions``, called from the rebalance listener). Processing and committing them would
+duplicate the work of their new owner, which starts from the last committed offset. If a poll
+raises mid-batch, what was gathered is left in ``abandoned`` for the caller to rewind.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,27 +47,57 @@ class BatchCollector:
         max_wait_s: float,
         idle_poll_s: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.source = source
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self.idle_poll_s = idle_poll_s
         self.clock = clock
+        self.should_stop = should_stop
+        self.dropped = 0  # records dropped from batches because their partition was revoked
+        self.abandoned: list[Any] = []  # what a collect() that raised had gathered
+        self._current: Batch | None = None
 
     def collect(self) -> Batch | None:
         """One batch, or None when nothing arrived within ``idle_poll_s`` (lets callers
-        check their stop flag between polls)."""
-        records = self._poll(self.idle_poll_s, self.max_size)
-        if not records:
-            return None
-        batch = Batch(records=records, first_record_at=self.clock())
-        deadline = batch.first_record_at + self.max_wait_s
-        while len(batch.records) < self.max_size:
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                break
-            batch.records.extend(self._poll(remaining, self.max_size - len(batch.records)))
-        return batch
+        check their stop flag between polls). A stop request closes the batch early: what
+        was gathered is returned, to be processed and committed before the worker leaves."""
+        batch = Batch(records=[], first_record_at=self.clock())
+        self._current = batch
+        self.abandoned = []
+        try:
+            first = self._poll(self.idle_poll_s, self.max_size)
+            if not first:
+                return None
+            batch.records.extend(first)
+            batch.first_record_at = self.clock()
+            deadline = batch.first_record_at + self.max_wait_s
+            while len(batch.records) < self.max_size and not self.should_stop():
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    break
+                wait = min(remaining, self.idle_poll_s)  # so a stop request is seen promptly
+                batch.records.extend(self._poll(wait, self.max_size - len(batch.records)))
+        except BaseException:
+            self.abandoned = batch.records  # the caller must rewind: positions moved past them
+            raise
+        finally:
+            self._current = None
+        return batch if batch.records else None
+
+    def drop_partitions(self, partitions: Iterable[Any]) -> int:
+        """Remove the records of ``partitions`` (objects with topic and partition) from the
+        batch being collected; returns how many were removed (0 outside ``collect``)."""
+        batch = self._current
+        if batch is None or not batch.records:
+            return 0
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        kept = [r for r in batch.records if (r.topic, r.partition) not in gone]
+        removed = len(batch.records) - len(kept)
+        batch.records[:] = kept
+        self.dropped += removed
+        return removed
 
     def _poll(self, timeout_s: float, max_records: int) -> list[Any]:
         timeout_ms = max(0, math.ceil(timeout_s * 1000))

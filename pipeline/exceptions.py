@@ -10,6 +10,8 @@
     ├── ScoringError           the model failed on a batch
     └── KafkaIOError           talking to Kafka failed
         ├── DeliveryError      a produced record was not acknowledged
+        ├── CommitRejected     the group moved on (rebalance): offsets not committed
+        ├── KafkaFatalError    retrying cannot help (auth, fenced producer, ...): stop
         └── AnnounceError      a model was published but its announcement was not sent
 
 Library errors (kafka-python, torch, pyarrow) are wrapped at the boundary with
@@ -57,6 +59,17 @@ class KafkaIOError(PipelineError):
 
 class DeliveryError(KafkaIOError):
     """A produced record was not acknowledged by the broker."""
+
+
+class CommitRejected(KafkaIOError):
+    """The group rebalanced while a batch was processed; its offsets were not committed.
+
+    The output is durable; the partitions' new owner replays from the last commit."""
+
+
+class KafkaFatalError(KafkaIOError):
+    """Kafka refused in a way retries cannot fix: authentication or authorization, a fenced
+    transactional producer, an unsupported broker, a bad client configuration."""
 
 
 class AnnounceError(KafkaIOError):

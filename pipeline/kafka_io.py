@@ -5,26 +5,87 @@ Delivery (README "Delivery guarantees"):
   batch's offsets. A crash before the commit replays the batch (same event ids).
 - exactly-once: the same sends inside a Kafka transaction that also carries the consumer
   offsets (``send_offsets_to_transaction``); readers use ``isolation_level=read_committed``.
+
+Errors are sorted here (``is_fatal``): authentication and authorization failures, a fenced
+transactional producer, an unsupported broker or a bad client configuration cannot be fixed
+by retrying, so the worker stops at once; everything else (timeouts, lost connections,
+leader changes, a record a topic refuses) is retried batch-wise with backoff, a bounded
+number of times. After any failure the sink replaces its producer: an idempotent or
+transactional producer that saw an error refuses every later send.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
+import kafka.errors as kerr
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
+from kafka.net.compat import KafkaNetClient
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from pipeline.exceptions import DeliveryError, KafkaIOError
+from pipeline.exceptions import CommitRejected, DeliveryError, KafkaFatalError, KafkaIOError
 from pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 DeliveryMode = Literal["at-least-once", "exactly-once"]
 Headers = list[tuple[str, bytes]]
+_FLUSH_SLICE_S = 1.0
+
+# kafka-python errors that no retry can fix (AuthorizationError covers topic, group, cluster,
+# transactional-id and delegation-token ACL refusals).
+FATAL_KAFKA_ERRORS: tuple[type[KafkaError], ...] = (
+    kerr.AuthorizationError,
+    kerr.SaslAuthenticationFailedError,
+    kerr.UnsupportedSaslMechanismError,
+    kerr.IllegalSaslStateError,
+    kerr.ProducerFencedError,
+    kerr.TransactionCoordinatorFencedError,
+    kerr.FencedInstanceIdError,
+    kerr.InvalidTxnStateError,
+    kerr.UnsupportedVersionError,
+    kerr.UnsupportedForMessageFormatError,
+    kerr.KafkaConfigurationError,
+    kerr.InvalidTopicError,
+    kerr.InvalidGroupIdError,
+    kerr.SecurityDisabledError,
+)
+_REBALANCED = (kerr.CommitFailedError, kerr.RebalanceInProgressError)
+
+
+def error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, its causes, and exceptions kafka-python tucks into ``args`` (a producer in an
+    error state raises ``KafkaError(message, last_error)``)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo.extend(a for a in current.args if isinstance(a, BaseException))
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                todo.append(linked)
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is a Kafka error that retrying cannot fix."""
+    return any(isinstance(e, (KafkaFatalError, FATAL_KAFKA_ERRORS)) for e in error_chain(exc))
+
+
+def fatal_reason(exc: BaseException) -> str:
+    """The name of the fatal Kafka error in ``exc``'s chain (for the exit message)."""
+    for e in error_chain(exc):
+        if isinstance(e, FATAL_KAFKA_ERRORS):
+            return type(e).__name__
+    return type(exc).__name__
 
 
 def make_consumer(
@@ -38,7 +99,7 @@ def make_consumer(
 ) -> KafkaConsumer:
     """A consumer that never auto-commits: offsets move only after output is durable."""
     try:
-        return KafkaConsumer(
+        return new_consumer(
             **kafka.client_kwargs(),
             group_id=group_id,
             enable_auto_commit=False,
@@ -48,9 +109,39 @@ def make_consumer(
             **extra,
         )
     except KafkaError as exc:
-        raise KafkaIOError(
-            f"cannot create consumer for {kafka.bootstrap_servers} group={group_id}: {exc!r}"
+        raise _connect_error(
+            kafka, f"cannot create consumer for {kafka.bootstrap_servers} group={group_id}", exc
         ) from exc
+
+
+def new_consumer(**config: Any) -> KafkaConsumer:
+    """``KafkaConsumer(**config)`` that leaves nothing behind when its constructor fails.
+
+    kafka-python 3.0.12 starts the consumer's IO thread before bootstrapping and, when the
+    bootstrap fails, raises with that thread and its sockets still alive (one more per retry
+    while a broker is down). The ``kafka_client`` hook hands us the client to shut down."""
+    created: list[Any] = []
+
+    def factory(**kwargs: Any) -> Any:
+        client = KafkaNetClient(**kwargs)
+        created.append(client)
+        return client
+
+    try:
+        return KafkaConsumer(kafka_client=factory, **config)
+    except BaseException:
+        for client in created:
+            _shutdown_net_client(client)
+        raise
+
+
+def _shutdown_net_client(client: Any) -> None:
+    """What KafkaConsumer.close() does to its network client (no public handle on the loop)."""
+    for step in (client.close, lambda: client._net.stop(timeout_ms=5000)):
+        try:
+            step()
+        except Exception as exc:  # already half torn down: nothing more to free
+            log.debug("network client shutdown step failed", extra={"error": repr(exc)})
 
 
 def make_producer(
@@ -71,13 +162,32 @@ def make_producer(
         config["transactional_id"] = transactional_id
     try:
         producer = KafkaProducer(**config)
-        if transactional_id is not None:
-            producer.init_transactions()
-        return producer
     except KafkaError as exc:
-        raise KafkaIOError(
-            f"cannot create producer for {kafka.bootstrap_servers}: {exc!r}"
+        raise _connect_error(
+            kafka, f"cannot create producer for {kafka.bootstrap_servers}", exc
         ) from exc
+    if transactional_id is not None:
+        try:
+            producer.init_transactions()
+        except KafkaError as exc:
+            _close_quietly(producer)
+            raise _connect_error(
+                kafka, f"cannot initialise transactions as {transactional_id!r}", exc
+            ) from exc
+    return producer
+
+
+def _connect_error(kafka: KafkaSettings, what: str, exc: KafkaError) -> KafkaIOError:
+    """Wrap a client construction error; with kafka-python 3.0 a wrong SASL password looks
+    like an unreachable broker ("Unable to bootstrap" after the request timeout), so say so."""
+    cls = KafkaFatalError if is_fatal(exc) else KafkaIOError
+    hint = ""
+    if isinstance(exc, kerr.KafkaTimeoutError) and kafka.security_protocol.startswith("SASL"):
+        hint = (
+            " (with SASL this is also what wrong credentials look like: check"
+            " PIPELINE_KAFKA__SASL_USERNAME / _PASSWORD / _MECHANISM)"
+        )
+    return cls(f"{what}: {exc!r}{hint}")
 
 
 def next_offsets(records: Iterable[Any]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -90,18 +200,38 @@ def next_offsets(records: Iterable[Any]) -> dict[TopicPartition, OffsetAndMetada
 
 
 class OutputSink:
-    """Collects one batch's produced records and commits them together with the offsets."""
+    """Collects one batch's produced records and commits them together with the offsets.
 
-    def __init__(self, producer: KafkaProducer, mode: DeliveryMode, flush_timeout_s: float = 60):
-        self.producer = producer
+    Owns the producer: it is created on first use from ``make``, and ``reset`` replaces it
+    after a failure (the next batch then starts with a fresh, healthy producer; in
+    exactly-once mode the new one's ``init_transactions`` also aborts what the old one left).
+    """
+
+    def __init__(
+        self,
+        make: Callable[[], KafkaProducer],
+        mode: DeliveryMode,
+        flush_timeout_s: float = 60,
+    ) -> None:
+        self._make = make
         self.mode = mode
         self.flush_timeout_s = flush_timeout_s
+        self._producer: KafkaProducer | None = None
         self._pending: list[tuple[str, FutureRecordMetadata]] = []
         self._in_txn = False
 
+    @property
+    def producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = self._make()
+        return self._producer
+
     def begin(self) -> None:
         if self.mode == "exactly-once" and not self._in_txn:
-            self.producer.begin_transaction()
+            try:
+                self.producer.begin_transaction()
+            except KafkaError as exc:
+                raise DeliveryError(f"begin_transaction failed: {exc!r}") from exc
             self._in_txn = True
 
     def send(
@@ -116,18 +246,22 @@ class OutputSink:
     def commit(
         self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
     ) -> None:
-        """Make the batch's output durable, then (atomically, in EOS mode) its offsets."""
+        """Make the batch's output durable, then (atomically, in EOS mode) its offsets.
+
+        Raises CommitRejected when the group rebalanced meanwhile (at-least-once: the output
+        is durable and the new owner replays), DeliveryError / KafkaIOError otherwise."""
         if self.mode == "exactly-once":
             self._commit_transaction(consumer, offsets)
-        else:
-            self._flush_and_check()
-            if offsets:
-                try:
-                    consumer.commit(offsets=offsets)
-                except KafkaError as exc:
-                    raise KafkaIOError(
-                        f"offset commit failed for {_fmt(offsets)}: {exc!r}"
-                    ) from exc
+            return
+        self._flush_and_check()
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=offsets)
+        except _REBALANCED as exc:
+            raise CommitRejected(f"offset commit refused for {_fmt(offsets)}: {exc!r}") from exc
+        except KafkaError as exc:
+            raise KafkaIOError(f"offset commit failed for {_fmt(offsets)}: {exc!r}") from exc
 
     def abort(self) -> None:
         """Drop the batch's output: abort the transaction (EOS) or forget the futures."""
@@ -137,7 +271,18 @@ class OutputSink:
             try:
                 self.producer.abort_transaction()
             except KafkaError as exc:
-                log.warning("abort_transaction failed error=%r", exc)
+                log.warning("abort_transaction failed", extra={"error": repr(exc)})
+
+    def reset(self) -> None:
+        """Close the producer (after a failure); the next batch creates a new one."""
+        self._pending.clear()
+        self._in_txn = False
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            _close_quietly(producer)
+
+    def close(self) -> None:
+        self.reset()
 
     def _commit_transaction(
         self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
@@ -154,11 +299,36 @@ class OutputSink:
         self._check_futures()
 
     def _flush_and_check(self) -> None:
-        try:
-            self.producer.flush(timeout=self.flush_timeout_s)
-        except KafkaError as exc:
-            raise DeliveryError(f"flush failed: {exc!r}") from exc
+        """Wait for every send of the batch, but stop as soon as one of them failed.
+
+        The flush goes in one-second slices: kafka-python 3.0.12 can leave a batch it split
+        after MessageSizeTooLarge incomplete forever, so a plain flush would sit out its whole
+        timeout although the batch is known to have failed."""
+        deadline = time.monotonic() + self.flush_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                self.producer.flush(timeout=max(0.0, min(_FLUSH_SLICE_S, remaining)))
+                break
+            except KafkaError as exc:
+                failed = self._first_failure()
+                if failed is not None:
+                    topic, error = failed
+                    raise DeliveryError(
+                        f"record to {topic} was not delivered: {error!r} (flush: {exc!r})"
+                    ) from error
+                timed_out = isinstance(exc, kerr.KafkaTimeoutError)
+                if not timed_out or remaining <= _FLUSH_SLICE_S:
+                    raise DeliveryError(
+                        f"flush failed after {self.flush_timeout_s - remaining:.1f}s: {exc!r}"
+                    ) from exc
         self._check_futures()
+
+    def _first_failure(self) -> tuple[str, BaseException] | None:
+        for topic, future in self._pending:
+            if future.is_done and future.failed():
+                return topic, future.exception
+        return None
 
     def _check_futures(self) -> None:
         pending, self._pending = self._pending, []
@@ -166,7 +336,26 @@ class OutputSink:
             if not future.is_done:
                 raise DeliveryError(f"record to {topic} not acknowledged in time")
             if future.failed():
-                raise DeliveryError(f"record to {topic} was not delivered: {future.exception!r}")
+                error = future.exception
+                raise DeliveryError(f"record to {topic} was not delivered: {error!r}") from error
+
+
+def _close_quietly(producer: KafkaProducer) -> None:
+    """Close a producer that may have failed; never raises, never leaves its thread behind.
+
+    kafka-python 3.0.12's close() flushes first, and that flush can fail for good (e.g.
+    ``UnknownError('Future not done')`` once a batch was split after MessageSizeTooLarge),
+    which aborts close() with the sender thread and its sockets still alive. Then the
+    sender is force-closed: pending records are failed, the network client closed."""
+    try:
+        producer.close(timeout=5)
+        return
+    except (KafkaError, OSError, ValueError) as exc:
+        log.warning("producer close failed, forcing it", extra={"error": repr(exc)})
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(5)
 
 
 def _fmt(offsets: dict[TopicPartition, OffsetAndMetadata]) -> str:

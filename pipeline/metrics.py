@@ -120,12 +120,91 @@ class PipelineMetrics:
             "Records (decayed) the drift numbers rest on",
             registry=r,
         )
+        self.last_loop = Gauge(
+            "pipeline_last_loop_timestamp_seconds",
+            "Unix time the worker loop last went round (liveness)",
+            registry=r,
+        )
+        self.commits_rejected = Counter(
+            "pipeline_commits_rejected",
+            "Offset commits refused because the group rebalanced (batch replayed by new owner)",
+            registry=r,
+        )
+        self.records_revoked = Counter(
+            "pipeline_records_revoked",
+            "Records dropped from a batch being collected when their partition was revoked",
+            registry=r,
+        )
+        self.oom_events = Counter(
+            "pipeline_oom_events",
+            "Out-of-memory errors while scoring, by action (split, cpu_fallback)",
+            ["action"],
+            registry=r,
+        )
+        # Per model version, live and shadow side by side: the alert rate a candidate would
+        # have is rate(anomalies{role="shadow"}) / rate(records_scored{role="shadow"}).
+        self.model_scored = Counter(
+            "pipeline_model_records_scored",
+            "Records scored, by role (live, shadow) and model version",
+            ["role", "version"],
+            registry=r,
+        )
+        self.model_anomalies = Counter(
+            "pipeline_model_anomalies",
+            "Records over the threshold by role and version (shadow: alerts it would raise)",
+            ["role", "version"],
+            registry=r,
+        )
+        self.shadow_info = Gauge(
+            "pipeline_shadow_model_info",
+            "The shadow model being scored (value 1)",
+            ["name", "version"],
+            registry=r,
+        )
+        self.shadow_threshold = Gauge(
+            "pipeline_shadow_threshold", "Threshold of the shadow model", registry=r
+        )
+        self.shadow_score = Histogram(
+            "pipeline_shadow_score",
+            "Reconstruction scores of the shadow model",
+            ["version"],
+            buckets=_SCORE_BUCKETS,
+            registry=r,
+        )
+        self.shadow_invalid = Counter(
+            "pipeline_shadow_records_invalid",
+            "Records the shadow model's feature spec rejects, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.shadow_failures = Counter(
+            "pipeline_shadow_failures",
+            "Batches the shadow model failed on (the live path is unaffected)",
+            registry=r,
+        )
+        self.announcements = Counter(
+            "pipeline_announcements",
+            "Records read from the announce topic, by result (offered, ignored, invalid)",
+            ["result"],
+            registry=r,
+        )
+        self.shadow_reloads = Counter(
+            "pipeline_shadow_reloads",
+            "Shadow model load attempts, by result",
+            ["result"],
+            registry=r,
+        )
 
     def set_model(self, name: str, version: str, threshold: float) -> None:
         """Make exactly one (name, version) series carry the value 1."""
         self.model_info.clear()
         self.model_info.labels(name=name, version=version).set(1)
         self.threshold.set(threshold)
+
+    def set_shadow(self, name: str, version: str, threshold: float) -> None:
+        self.shadow_info.clear()
+        self.shadow_info.labels(name=name, version=version).set(1)
+        self.shadow_threshold.set(threshold)
 
 
 class MetricsServer:

@@ -46,6 +46,12 @@ class KafkaSettings(BaseModel):
     request_timeout_ms: int = Field(
         default=30_000, gt=0, description="Timeout of one request to a broker."
     )
+    bootstrap_timeout_ms: int = Field(
+        default=30_000,
+        gt=0,
+        description="How long a client tries to reach a first broker (wrong SASL credentials"
+        " also end in this timeout).",
+    )
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -63,6 +69,7 @@ class KafkaSettings(BaseModel):
             "client_id": self.client_id,
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
+            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
         }
         if self.sasl_mechanism:
             kwargs["sasl_mechanism"] = self.sasl_mechanism
@@ -170,7 +177,10 @@ class WorkerSettings(BaseSettings):
     )
     transactional_id: str | None = Field(
         default=None,
-        description="exactly-once: stable id per worker replica; default group_id-client_id.",
+        description=(
+            "exactly-once: id unique to this replica and stable across its restarts (e.g. the"
+            " pod name); default group_id-hostname-pid."
+        ),
     )
     reload_interval_s: float = Field(
         default=10.0, ge=0, description="How often to check LATEST for a new model; 0 disables."
@@ -179,6 +189,26 @@ class WorkerSettings(BaseSettings):
         default=20_000,
         gt=0,
         description="Drift window: a record's weight halves after this many newer records.",
+    )
+    announce_topic: str | None = Field(
+        default=None,
+        description="Optional: topic where the trainer announces versions; LATEST is read at once.",
+    )
+    shadow_model_name: str | None = Field(
+        default=None,
+        description="Shadow scoring: candidate model scored beside the live one (metrics only).",
+    )
+    shadow_model_version: str | None = Field(
+        default=None,
+        description="Pin the shadow version; LATEST of the shadow name (hot reload) when unset.",
+    )
+    shadow_topic: str | None = Field(
+        default=None, description="Optional: the shadow model's score event for every record."
+    )
+    liveness_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="/healthz fails when the loop has not gone round for this long.",
     )
     max_batch_retries: int = Field(
         default=5, ge=0, description="Failed attempts of one batch before the worker exits."
@@ -193,9 +223,30 @@ class WorkerSettings(BaseSettings):
         default="json", description="json: one object per line; text: for people."
     )
 
+    @model_validator(mode="after")
+    def _shadow_complete(self) -> WorkerSettings:
+        if self.shadow_topic and not self.shadow_enabled:
+            raise ValueError("shadow_topic needs shadow_model_name or shadow_model_version")
+        same_name = self.shadow_enabled and self.shadow_name == self.model_name
+        if same_name and self.shadow_model_version is None:
+            raise ValueError(
+                "a shadow of the live model's own name needs shadow_model_version"
+                " (following the same LATEST it would just repeat the live model)"
+            )
+        return self
+
     @property
     def input_topics(self) -> list[str]:
         return [t.strip() for t in self.input_topic.split(",") if t.strip()]
+
+    @property
+    def shadow_enabled(self) -> bool:
+        return bool(self.shadow_model_name or self.shadow_model_version)
+
+    @property
+    def shadow_name(self) -> str:
+        """The shadow's model name: a version alone names a candidate of the live model."""
+        return self.shadow_model_name or self.model_name
 
 
 def load_worker_settings(**overrides: Any) -> WorkerSettings:

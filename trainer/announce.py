@@ -75,13 +75,13 @@ def _producer(kafka: KafkaSettings, timeout_ms: int) -> Iterator[KafkaProducer]:
         return client
 
     try:
-        producer = KafkaProducer(
-            acks="all",
-            bootstrap_timeout_ms=timeout_ms,
-            max_block_ms=timeout_ms,
-            kafka_client=factory,
-            **kafka.client_kwargs(),
-        )
+        config = kafka.client_kwargs() | {  # the announce timeout wins over the shared one
+            "acks": "all",
+            "bootstrap_timeout_ms": timeout_ms,
+            "max_block_ms": timeout_ms,
+            "kafka_client": factory,
+        }
+        producer = KafkaProducer(**config)
     except Exception:
         for client in created:
             with contextlib.suppress(Exception):

@@ -3,6 +3,8 @@
 from collections import deque
 from types import SimpleNamespace
 
+import pytest
+
 from pipeline.batching import BatchCollector
 
 
@@ -62,3 +64,86 @@ def test_idle_source_gives_none_so_callers_can_check_stop():
     src = ScriptedSource([], clock)
     assert BatchCollector(src, 10, 0.05, idle_poll_s=0.2, clock=clock).collect() is None
     assert src.calls == [(200, 10)]
+
+
+def prec(partition, offset, topic="t"):
+    return SimpleNamespace(topic=topic, partition=partition, offset=offset)
+
+
+class RevokingSource(ScriptedSource):
+    """Calls ``on_poll(n)`` before answering the n-th poll, like a rebalance inside poll()."""
+
+    def __init__(self, steps, clock, on_poll):
+        super().__init__(steps, clock)
+        self.on_poll = on_poll
+
+    def poll(self, timeout_ms=0, max_records=None):
+        self.on_poll(len(self.calls))
+        return super().poll(timeout_ms, max_records)
+
+
+def test_revoked_partitions_leave_the_batch_being_collected():
+    clock = Clock()
+    collector: BatchCollector | None = None
+
+    def revoke_partition_1_on_second_poll(n):
+        if n == 1:
+            assert collector.drop_partitions([SimpleNamespace(topic="t", partition=1)]) == 2
+
+    first = [prec(0, 10), prec(1, 20), prec(1, 21), prec(0, 11)]
+    src = RevokingSource(
+        [(0, first), (0.01, [prec(0, 12)])], clock, revoke_partition_1_on_second_poll
+    )
+    collector = BatchCollector(src, max_size=100, max_wait_s=0.05, idle_poll_s=1, clock=clock)
+    batch = collector.collect()
+    assert [(r.partition, r.offset) for r in batch.records] == [(0, 10), (0, 11), (0, 12)]
+    assert collector.dropped == 2
+
+
+def test_a_batch_emptied_by_revocation_is_not_returned():
+    clock = Clock()
+    collector: BatchCollector | None = None
+
+    def revoke_all(n):
+        if n == 1:
+            collector.drop_partitions([SimpleNamespace(topic="t", partition=0)])
+
+    src = RevokingSource([(0, [prec(0, 1), prec(0, 2)])], clock, revoke_all)
+    collector = BatchCollector(src, max_size=100, max_wait_s=0.05, idle_poll_s=1, clock=clock)
+    assert collector.collect() is None
+    assert collector.drop_partitions([SimpleNamespace(topic="t", partition=0)]) == 0  # idle
+
+
+def test_a_stop_request_closes_the_batch_early_with_what_was_gathered():
+    clock = Clock()
+    stop = []
+    src = RevokingSource(
+        [(0, [prec(0, 1)]), (0.1, [prec(0, 2)]), (5, [prec(0, 3)])],
+        clock,
+        lambda n: stop.append(True) if n == 2 else None,
+    )
+    collector = BatchCollector(
+        src,
+        max_size=100,
+        max_wait_s=30,
+        idle_poll_s=0.2,
+        clock=clock,
+        should_stop=lambda: bool(stop),
+    )
+    batch = collector.collect()
+    assert [r.offset for r in batch.records] == [1, 2]
+    assert clock.t < 1  # did not wait for the 30 s deadline
+
+
+def test_a_poll_error_mid_batch_leaves_the_gathered_records_for_rewinding():
+    clock = Clock()
+
+    def fail_second_poll(n):
+        if n == 1:
+            raise RuntimeError("broker went away")
+
+    src = RevokingSource([(0, [prec(0, 1), prec(1, 7)])], clock, fail_second_poll)
+    collector = BatchCollector(src, max_size=100, max_wait_s=0.05, idle_poll_s=1, clock=clock)
+    with pytest.raises(RuntimeError):
+        collector.collect()
+    assert [(r.partition, r.offset) for r in collector.abandoned] == [(0, 1), (1, 7)]
