@@ -1,7 +1,12 @@
 """Micro-batch collection: close a batch at max_size records or max_wait after its first record.
 
 The deadline is measured from the first record of the batch, not from the poll call, so an
-isolated record waits at most ``max_wait`` before it is scored. Records of one partition keep
+isolated record waits at most ``max_wait`` before it is scored. A record that already queued
+in Kafka while the previous batch was being processed counts that time (from its Kafka
+timestamp, capped at ``max_wait``): otherwise it would wait the processing time *plus* a full
+``max_wait``. An overdue batch closes with what its first poll returned (up to ``max_size``).
+The collector never polls with a zero timeout: kafka-python 3.0.12 then does not advance a
+consumer-group rejoin, and the worker stalls without partitions. Records of one partition keep
 their order; partitions are concatenated as the consumer returns them.
 
 A consumer-group rebalance runs inside ``poll``; when it takes partitions away, the records of
@@ -47,6 +52,7 @@ class BatchCollector:
         max_wait_s: float,
         idle_poll_s: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.source = source
@@ -54,6 +60,7 @@ class BatchCollector:
         self.max_wait_s = max_wait_s
         self.idle_poll_s = idle_poll_s
         self.clock = clock
+        self.wall_clock = wall_clock
         self.should_stop = should_stop
         self.dropped = 0  # records dropped from batches because their partition was revoked
         self.abandoned: list[Any] = []  # what a collect() that raised had gathered
@@ -71,7 +78,7 @@ class BatchCollector:
             if not first:
                 return None
             batch.records.extend(first)
-            batch.first_record_at = self.clock()
+            batch.first_record_at = self.clock() - self._waited(first)
             deadline = batch.first_record_at + self.max_wait_s
             while len(batch.records) < self.max_size and not self.should_stop():
                 remaining = deadline - self.clock()
@@ -98,6 +105,14 @@ class BatchCollector:
         batch.records[:] = kept
         self.dropped += removed
         return removed
+
+    def _waited(self, records: list[Any]) -> float:
+        """How long the oldest record has been in Kafka, from 0 to max_wait (clock skew and
+        records without a timestamp count as 0)."""
+        stamps = [t for t in (getattr(r, "timestamp", None) for r in records) if t and t > 0]
+        if not stamps:
+            return 0.0
+        return min(self.max_wait_s, max(0.0, self.wall_clock() - float(min(stamps)) / 1000))
 
     def _poll(self, timeout_s: float, max_records: int) -> list[Any]:
         timeout_ms = max(0, math.ceil(timeout_s * 1000))

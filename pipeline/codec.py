@@ -8,7 +8,7 @@ Two encodings of a record value:
 - **Binary float32** (header ``content-type: application/x-float32-le``): the raw continuous
   block (see ``pipeline.features``) as little-endian float32, C values per record. A whole
   batch is turned into one array with ``numpy.frombuffer``. Only for specs without
-  categorical features; the record id is then the Kafka key.
+  categorical features; the record id is then the Kafka key (when an id field is set).
 
 Every record either lands in the output arrays or in ``rejected`` with a reason; nothing is
 dropped silently.
@@ -87,8 +87,12 @@ class RecordDecoder:
         )
 
     def decode(
-        self, values: Sequence[bytes | None], content_types: Sequence[str | None] | None = None
+        self,
+        values: Sequence[bytes | None],
+        content_types: Sequence[str | None] | None = None,
+        keys: Sequence[bytes | None] | None = None,
     ) -> DecodedBatch:
+        """Decode a batch; ``keys`` (the Kafka keys) give binary records their record id."""
         n = len(values)
         cont = np.zeros((n, self.spec.n_continuous), dtype=np.float32)
         cat = np.zeros((n, self.spec.n_categorical), dtype=np.int64)
@@ -97,6 +101,9 @@ class RecordDecoder:
         json_idx, bin_idx = self._route(values, content_types, rejected)
         if bin_idx:
             self._decode_binary(values, bin_idx, cont, rejected)
+            if keys is not None and self.id_field is not None:
+                for i in bin_idx:
+                    ids[i] = _key_text(keys[i])
         if json_idx:
             self._decode_json(values, json_idx, cont, cat, ids, rejected)
         accepted = [i for i in range(n) if i not in rejected]
@@ -231,6 +238,16 @@ def _vector_block(objs: list[Any], attr: str, width: int) -> np.ndarray[Any, Any
     if any(v is None for v in values):
         values = [[np.nan] * width if v is None else v for v in values]
     return np.asarray(values, dtype=np.float64)
+
+
+def _key_text(key: bytes | None) -> str | None:
+    """A binary record's id: its Kafka key as UTF-8 (hex when it is not text)."""
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return key.hex()
 
 
 def _reason_of(exc: Exception) -> Reason:

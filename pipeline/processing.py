@@ -5,7 +5,8 @@ Kept free of the consume/commit loop so it can be reused by batch scoring and te
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -15,11 +16,18 @@ import numpy as np
 from pipeline.alerts import build_event, encode_event, utc_now_iso
 from pipeline.codec import CONTENT_TYPE_HEADER, DecodedBatch, Rejection
 from pipeline.deadletter import dead_letter_headers
+from pipeline.drift import DriftMonitor
 from pipeline.metrics import PipelineMetrics
+from pipeline.overlap import timed
 from pipeline.scoring import BatchScores
 from pipeline.serving import ModelHandle
 
 Headers = list[tuple[str, bytes]]
+WhileScoring = Callable[[Callable[[], bool]], None]
+
+# Below this model time per batch, handing the batch to the scoring thread costs more than
+# the overlap wins (tiny tabular models take well under a millisecond per batch).
+OVERLAP_MIN_INFERENCE_S = 0.002
 
 
 class Sink(Protocol):
@@ -52,19 +60,37 @@ class BatchProcessor:
         topics: Topics,
         metrics: PipelineMetrics,
         include_record: bool = False,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.topics = topics
         self.metrics = metrics
         self.include_record = include_record
+        self.drift = drift if drift is not None else DriftMonitor(metrics)
+        self._scoring_thread: ThreadPoolExecutor | None = None
+        self._last_inference_s = 0.0
 
-    def process(self, records: list[Any], model: ModelHandle, sink: Sink) -> BatchResult:
+    def process(
+        self,
+        records: list[Any],
+        model: ModelHandle,
+        sink: Sink,
+        while_scoring: WhileScoring | None = None,
+    ) -> BatchResult:
+        """Decode, score, and send the batch's alerts / dead letters / scores to ``sink``.
+
+        ``while_scoring(done)``, if given, runs in this thread while the model scores the
+        batch in a helper thread (torch releases the GIL), until ``done()`` is true: the
+        worker polls its next batch there (``pipeline.overlap``). It is used only once a
+        batch's model time is large enough for the overlap to pay.
+        """
         values = [r.value for r in records]
-        decoded = model.decoder.decode(values, [_content_type(r.headers) for r in records])
+        decoded = model.decoder.decode(
+            values, [_content_type(r.headers) for r in records], [r.key for r in records]
+        )
         for rejection in decoded.rejected:
             self._dead_letter(records[rejection.index], rejection, model, sink)
-        started = time.perf_counter()
-        scores = model.scorer.score(decoded.cont, decoded.cat)
-        inference_s = time.perf_counter() - started
+        scores, inference_s = self._score(decoded, model, while_scoring)
+        self.drift.observe(model.artifact.manifest, scores.scores)
         anomalies = self._emit(records, decoded, scores, model, sink)
         self._observe(len(records), decoded, scores, anomalies, inference_s)
         return BatchResult(
@@ -75,6 +101,27 @@ class BatchProcessor:
             inference_s=inference_s,
         )
 
+    def _score(
+        self, decoded: DecodedBatch, model: ModelHandle, while_scoring: WhileScoring | None
+    ) -> tuple[BatchScores, float]:
+        run = timed(lambda: model.scorer.score(decoded.cont, decoded.cat))
+        if while_scoring is None or self._last_inference_s < OVERLAP_MIN_INFERENCE_S:
+            scores, seconds = run()
+        else:
+            if self._scoring_thread is None:
+                self._scoring_thread = ThreadPoolExecutor(1, thread_name_prefix="scoring")
+            future = self._scoring_thread.submit(run)
+            while_scoring(future.done)
+            scores, seconds = future.result()
+        self._last_inference_s = seconds
+        return scores, seconds
+
+    def close(self) -> None:
+        """Stop the scoring thread, if one was started."""
+        if self._scoring_thread is not None:
+            self._scoring_thread.shutdown(wait=True)
+            self._scoring_thread = None
+
     def _emit(
         self,
         records: list[Any],
@@ -83,39 +130,49 @@ class BatchProcessor:
         model: ModelHandle,
         sink: Sink,
     ) -> int:
+        """Send an alert per record over the threshold and, if configured, a score event per
+        record. Per-record work is kept to building one dict and one send: arrays are turned
+        into Python lists once per batch, not indexed element by element."""
         threshold = model.threshold
         over = scores.scores > threshold
-        rows = range(len(scores)) if self.topics.scores else np.flatnonzero(over).tolist()
-        if not len(rows):
+        n_over = int(over.sum())
+        rows = np.arange(len(scores)) if self.topics.scores else np.flatnonzero(over)
+        if not rows.size:
             return 0
         detected_at = utc_now_iso()
         names = model.spec.unit_names
         n_units = model.spec.n_units
         ref = (model.name, model.version)
-        for j in rows:
-            rec = records[decoded.accepted[j]]
-            score = float(scores.scores[j])
+        alerts_topic, scores_topic = self.topics.alerts, self.topics.scores
+        accepted, record_ids = decoded.accepted, decoded.record_ids
+        send = sink.send
+        for j, score, anomalous, top_idx, top_err in zip(
+            rows.tolist(),
+            scores.scores[rows].tolist(),
+            over[rows].tolist(),
+            scores.top_index[rows].tolist(),
+            scores.top_error[rows].tolist(),
+            strict=True,
+        ):
+            rec = records[accepted[j]]
             event = build_event(
                 source=(rec.topic, rec.partition, rec.offset, rec.timestamp),
                 key=rec.key,
-                record_id=decoded.record_ids[j],
+                record_id=record_ids[j],
                 score=score,
                 threshold=threshold,
                 model=ref,
-                top_features=[
-                    (names[int(u)], float(e))
-                    for u, e in zip(scores.top_index[j], scores.top_error[j], strict=True)
-                ],
+                top_features=[(names[u], e) for u, e in zip(top_idx, top_err, strict=True)],
                 total_error=score * n_units,
                 detected_at=detected_at,
-                record=_record_copy(rec.value) if self.include_record and over[j] else None,
+                record=_record_copy(rec.value) if self.include_record and anomalous else None,
             )
             payload = encode_event(event)
-            if over[j]:
-                sink.send(self.topics.alerts, payload, key=rec.key)
-            if self.topics.scores:
-                sink.send(self.topics.scores, payload, key=rec.key)
-        return int(over.sum())
+            if anomalous:
+                send(alerts_topic, payload, key=rec.key)
+            if scores_topic:
+                send(scores_topic, payload, key=rec.key)
+        return n_over
 
     def _dead_letter(self, rec: Any, rejection: Rejection, model: ModelHandle, sink: Sink) -> None:
         headers = dead_letter_headers(
@@ -145,8 +202,21 @@ class BatchProcessor:
         m.anomalies.inc(anomalies)
         m.batch_size.observe(consumed)
         m.inference_seconds.observe(inference_s)
-        for s in scores.scores.tolist():
-            m.score.observe(s)
+        m.score.observe_many(scores.scores)
+
+
+def observe_end_to_end(metrics: PipelineMetrics, records: list[Any], now_ms: float) -> None:
+    """Record each record's latency from its timestamp to ``now_ms``, in one histogram call.
+
+    Records without a timestamp (None, or <= 0 from old producers) are left out.
+    """
+    stamps = np.fromiter(
+        (-1 if r.timestamp is None else r.timestamp for r in records),
+        dtype=np.float64,
+        count=len(records),
+    )
+    stamps = stamps[stamps > 0]
+    metrics.end_to_end_latency.observe_many(np.maximum(0.0, (now_ms - stamps) / 1000))
 
 
 def _content_type(headers: Any) -> str | None:

@@ -6,8 +6,10 @@ training, batch scoring and the streaming worker.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +34,24 @@ def resolve_device(choice: str) -> torch.device:
         return torch.device(choice)
     except RuntimeError as exc:
         raise ConfigError(f"device={choice!r} is not a valid torch device") from exc
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` intra-op CPU threads (0: leave torch's choice), then restore the count.
+
+    The worker defaults to 1: its other threads (Kafka I/O, decoding, the loop) need the
+    remaining cores, and on a busy machine torch's thread pool spins against them; on two
+    shared cores two threads made a 784-wide model 5x slower per batch (BENCHMARKS.md).
+    """
+    previous = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n > 0:
+            torch.set_num_threads(previous)
 
 
 class ReconstructionScorer(nn.Module):
@@ -100,8 +120,39 @@ class BatchScores:
         return int(self.scores.shape[0])
 
 
+class HostStaging:
+    """Reusable host buffers for copies to the device, page-locked on CUDA.
+
+    Pinning memory is a costly system call, so buffers are allocated once, grown when a
+    larger batch arrives and never shrunk; each batch is copied into a view of them. Before a
+    buffer is overwritten the previous asynchronous copy out of it is awaited (``wait``).
+    """
+
+    def __init__(self, pin: bool) -> None:
+        self.pin = pin
+        self.allocations = 0  # number of buffers allocated (tests check reuse)
+        self._buffers: dict[str, Tensor] = {}
+
+    def stage(self, name: str, array: np.ndarray[Any, Any]) -> Tensor:
+        """A host tensor with ``array``'s shape and contents, in a reused buffer."""
+        src = torch.from_numpy(array)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < src.numel() or buf.dtype != src.dtype:
+            size = max(src.numel(), 2 * buf.numel() if buf is not None else 0, 1)
+            buf = torch.empty(size, dtype=src.dtype, pin_memory=self.pin)
+            self._buffers[name] = buf
+            self.allocations += 1
+        view = buf[: src.numel()].view(src.shape)
+        view.copy_(src)
+        return view
+
+
 class Scorer:
-    """Runs a ReconstructionScorer on its device under inference mode."""
+    """Runs a ReconstructionScorer on its device under inference mode.
+
+    On CUDA, inputs go through reused pinned buffers with non-blocking copies; the device
+    work is queued and the host waits only when it reads the results back (``.cpu()``).
+    """
 
     def __init__(
         self, spec: FeatureSpec, model: AnomalyModel, device: torch.device, top_k: int = 3
@@ -110,6 +161,9 @@ class Scorer:
         self.device = device
         self.top_k = max(0, min(top_k, spec.n_units))
         self.module = ReconstructionScorer(spec, model).to(device).eval()
+        self._cuda = device.type == "cuda"
+        self._staging = HostStaging(pin=self._cuda)
+        self._copied: torch.cuda.Event | None = None
 
     def score(self, cont: FloatArray, cat: IndexArray) -> BatchScores:
         """Score raw arrays (B, C) and (B, K); B may be 0."""
@@ -135,12 +189,16 @@ class Scorer:
         return self.module.score_terms(*self._to_device(cont, cat))
 
     def _to_device(self, cont: FloatArray, cat: IndexArray) -> tuple[Tensor, Tensor]:
-        cont_t = torch.from_numpy(np.ascontiguousarray(cont, dtype=np.float32))
-        cat_t = torch.from_numpy(np.ascontiguousarray(cat, dtype=np.int64))
-        non_blocking = self.device.type == "cuda"
-        if non_blocking:
-            cont_t, cat_t = cont_t.pin_memory(), cat_t.pin_memory()
-        return (
-            cont_t.to(self.device, non_blocking=non_blocking),
-            cat_t.to(self.device, non_blocking=non_blocking),
-        )
+        """Host arrays to the device: zero-copy on the CPU; on CUDA through reused pinned
+        buffers with non-blocking copies."""
+        cont_np = np.ascontiguousarray(cont, dtype=np.float32)
+        cat_np = np.ascontiguousarray(cat, dtype=np.int64)
+        if not self._cuda:
+            return torch.from_numpy(cont_np), torch.from_numpy(cat_np)
+        if self._copied is not None:
+            self._copied.synchronize()  # the last batch's copies out of the buffers are done
+        cont_d = self._staging.stage("cont", cont_np).to(self.device, non_blocking=True)
+        cat_d = self._staging.stage("cat", cat_np).to(self.device, non_blocking=True)
+        self._copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        self._copied.record()
+        return cont_d, cat_d

@@ -156,6 +156,19 @@ class WorkerSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where the model runs; auto = CUDA when present."
     )
+    torch_threads: int = Field(
+        default=1,
+        ge=0,
+        le=1024,
+        description="CPU threads per model call; 0 = torch's default. 1 leaves the other "
+        "cores to Kafka I/O and decoding; more threads spun against them (BENCHMARKS.md).",
+    )
+    overlap_compute: bool = Field(
+        default=False,
+        description="Experimental: poll the next batch while the model scores this one (when "
+        "it takes over 2 ms a batch). Did not pay on 2 busy CPU cores; a rebalance during the "
+        "overlap can stall kafka-python's group join (README: Throughput).",
+    )
     top_k: int = Field(
         default=3, ge=0, le=100, description="Features with the largest error in each alert."
     )
@@ -184,6 +197,11 @@ class WorkerSettings(BaseSettings):
     )
     reload_interval_s: float = Field(
         default=10.0, ge=0, description="How often to check LATEST for a new model; 0 disables."
+    )
+    drift_half_life_records: int = Field(
+        default=20_000,
+        gt=0,
+        description="Drift window: a record's weight halves after this many newer records.",
     )
     announce_topic: str | None = Field(
         default=None,

@@ -34,6 +34,7 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from pipeline.batching import BatchCollector
+from pipeline.drift import DriftMonitor
 from pipeline.exceptions import (
     ArtifactError,
     CommitRejected,
@@ -52,10 +53,11 @@ from pipeline.kafka_io import (
     next_offsets,
 )
 from pipeline.metrics import MetricsServer, PipelineMetrics
-from pipeline.processing import BatchProcessor, BatchResult, Topics
+from pipeline.overlap import PrefetchingSource
+from pipeline.processing import BatchProcessor, BatchResult, Topics, observe_end_to_end
 from pipeline.reload import AnnounceListener, ModelSlot
 from pipeline.resilient import OomAction
-from pipeline.scoring import resolve_device
+from pipeline.scoring import resolve_device, torch_threads
 from pipeline.serving import ModelHandle, ModelWatcher, check_compatible, open_model
 from pipeline.settings import WorkerSettings
 from pipeline.shadow import ShadowScorer
@@ -145,12 +147,16 @@ class Worker:
             Topics(settings.alert_topic, settings.dlq_topic, settings.scores_topic),
             self.metrics,
             include_record=settings.include_record,
+            drift=DriftMonitor(self.metrics, settings.drift_half_life_records),
         )
+        self.processor.drift.use_model(self.model.artifact.manifest)
         self.shadow_scorer = ShadowScorer(settings.shadow_topic, self.metrics)
         self.assignment = _Assignment(self._on_lost)
         self.stop_event = threading.Event()
         self._collector: BatchCollector | None = None
         self._failures = 0
+        self._source: PrefetchingSource | None = None  # polls ahead while the model runs
+        self._overlap = settings.overlap_compute
         self._last_beat = time.monotonic()
 
     @property
@@ -178,6 +184,8 @@ class Worker:
                 stack.callback(server.stop)
             self._beat()
             self._create_topics()
+            stack.enter_context(torch_threads(self.settings.torch_threads))
+            stack.callback(self.processor.close)
             consumer = self._consumer()
             stack.callback(_close_consumer, consumer)
             sink = OutputSink(self._make_producer, self.settings.delivery)
@@ -218,8 +226,9 @@ class Worker:
         idle_timeout_s: float | None,
     ) -> None:
         s = self.settings
+        self._source = PrefetchingSource(consumer, s.batch.max_size)
         collector = BatchCollector(
-            consumer,
+            self._source,
             s.batch.max_size,
             s.batch.max_wait_ms / 1000,
             should_stop=self.stop_event.is_set,
@@ -233,7 +242,7 @@ class Worker:
                 batch = collector.collect()
             except KafkaError as exc:
                 # records gathered before the error were never processed: read them again
-                _rewind(consumer, collector.abandoned)
+                _rewind(consumer, collector.abandoned + self._drain_prefetched())
                 self._failed(exc, "poll", [], sink)
                 continue
             self.metrics.ready.set(1 if self.is_ready() else 0)
@@ -266,7 +275,7 @@ class Worker:
         except (PipelineError, KafkaError) as exc:
             sink.abort()
             self._failed(exc, _stage(exc), records, sink)
-            _rewind(consumer, records)
+            _rewind(consumer, records + self._drain_prefetched())
 
     def _process_once(
         self, records: list[Any], consumer: KafkaConsumer, sink: OutputSink, summary: RunSummary
@@ -274,14 +283,14 @@ class Worker:
         started = time.perf_counter()
         live = self.model
         sink.begin()
-        result = self.processor.process(records, live, sink)
+        source = self._source if self._overlap else None
+        result = self.processor.process(
+            records, live, sink, source.prefetch if source is not None else None
+        )
         self._score_shadow(records, sink)
         sink.commit(consumer, next_offsets(records))
         m = self.metrics
-        now_ms = time.time() * 1000
-        for rec in records:
-            if rec.timestamp is not None and rec.timestamp > 0:
-                m.end_to_end_latency.observe(max(0.0, (now_ms - rec.timestamp) / 1000))
+        observe_end_to_end(m, records, time.time() * 1000)
         m.batches.inc()
         m.commits.inc()
         m.model_scored.labels(role="live", version=live.version).inc(result.scored)
@@ -317,6 +326,10 @@ class Worker:
         self._wait(delay)
 
     # --------------------------------------------------------------- pieces
+    def _drain_prefetched(self) -> list[Any]:
+        """Records polled ahead but not processed: a rewind must cover them too."""
+        return self._source.drain() if self._source is not None else []
+
     def _score_shadow(self, records: list[Any], sink: OutputSink) -> None:
         """Run the shadow model; its failure never fails the live batch (its sends do: they
         are part of the batch's output and transaction)."""

@@ -44,3 +44,13 @@ def test_built_events_validate_against_the_schema_and_the_model():
 def test_event_id_is_deterministic_per_source_coordinates():
     assert event_id("t", 0, 5) == event_id("t", 0, 5)
     assert len({event_id("t", 0, 5), event_id("t", 1, 5), event_id("t", 0, 6)}) == 3
+
+
+def test_fast_event_id_equals_uuid5():
+    import uuid
+
+    from pipeline.alerts import EVENT_NAMESPACE
+
+    for topic, partition, offset in [("t", 0, 0), ("records", 11, 2**40), ("é-topic", 3, 7)]:
+        expected = str(uuid.uuid5(EVENT_NAMESPACE, f"{topic}/{partition}/{offset}"))
+        assert event_id(topic, partition, offset) == expected

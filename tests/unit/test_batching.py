@@ -66,6 +66,37 @@ def test_idle_source_gives_none_so_callers_can_check_stop():
     assert src.calls == [(200, 10)]
 
 
+def stamped(ts_ms, *offsets):
+    return [SimpleNamespace(offset=o, timestamp=ts_ms) for o in offsets]
+
+
+def test_time_already_spent_in_kafka_counts_towards_the_deadline():
+    clock = Clock()
+    wall = 1_000.0  # seconds since the epoch, fake
+    # record 1 was produced 30 ms ago (it queued while the previous batch was processed)
+    src = ScriptedSource(
+        [(0, stamped(1_000_000 - 30, 1)), (0.015, recs(2)), (0.01, recs(3))], clock
+    )
+    collector = BatchCollector(
+        src, max_size=100, max_wait_s=0.05, clock=clock, wall_clock=lambda: wall + clock.t
+    )
+    batch = collector.collect()
+    assert [r.offset for r in batch.records] == [1, 2]  # closed 20 ms after it was seen
+    assert abs(batch.first_record_at - (-0.03)) < 1e-9
+
+
+def test_an_overdue_batch_closes_after_its_first_poll_without_zero_timeout_polls():
+    clock = Clock()
+    old = stamped(1, 1, 2)  # produced long ago: a backlog
+    src = ScriptedSource([(0, old), (0, recs(3, 4))], clock)
+    collector = BatchCollector(
+        src, max_size=100, max_wait_s=0.05, clock=clock, wall_clock=lambda: 1e6
+    )
+    batch = collector.collect()
+    assert [r.offset for r in batch.records] == [1, 2]
+    assert all(timeout > 0 for timeout, _ in src.calls)
+
+
 def prec(partition, offset, topic="t"):
     return SimpleNamespace(topic=topic, partition=partition, offset=offset)
 

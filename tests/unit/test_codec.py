@@ -104,3 +104,17 @@ def test_categorical_accepts_numbers_and_bools_canonically():
     dec = RecordDecoder(mixed_spec())
     out = dec.decode([enc(good_mixed(0) | {"channel": v}) for v in ["pos", 7, True, "nope"]])
     assert out.cat[:, 0].tolist() == [2, 0, 0, 0]
+
+
+def test_binary_records_take_their_id_from_the_kafka_key():
+    rows = np.arange(8, dtype="<f4").reshape(2, 4)
+    dec = RecordDecoder(numeric_spec(4), id_field="id")
+    out = dec.decode(
+        [rows[0].tobytes(), rows[1].tobytes(), enc({"x0": 1, "x1": 2, "x2": 3, "x3": 4, "id": 7})],
+        [BINARY_CONTENT_TYPE, BINARY_CONTENT_TYPE, None],
+        [b"m-1", b"\xff\x01", b"ignored"],
+    )
+    assert out.record_ids == ["m-1", "ff01", "7"]
+    assert RecordDecoder(numeric_spec(4)).decode(
+        [rows[0].tobytes()], [BINARY_CONTENT_TYPE], [b"k"]
+    ).record_ids == [None]

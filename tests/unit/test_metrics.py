@@ -1,83 +1,42 @@
+import math
+
 import numpy as np
-import pytest
-from sklearn import metrics as skm
+from prometheus_client import CollectorRegistry, Histogram
 
-from pipeline.exceptions import DataError
-from trainer import metrics
-
-
-def _cases():
-    rng = np.random.default_rng(0)
-    for i in range(60):
-        n = int(rng.integers(2, 400))
-        labels = rng.random(n) < rng.uniform(0.05, 0.95)
-        if labels.all() or not labels.any():
-            labels[0] = not labels[0]
-        scores = rng.standard_normal(n) + labels * rng.uniform(0, 3)
-        # every third case rounds hard, so many scores tie across the two classes
-        yield labels, np.round(scores, i % 3)
+from pipeline.metrics import BulkHistogram, PipelineMetrics
+from pipeline.processing import observe_end_to_end
 
 
-@pytest.mark.parametrize(("labels", "scores"), list(_cases()))
-def test_roc_auc_and_average_precision_match_scikit_learn(labels, scores):
-    assert metrics.roc_auc(scores, labels) == pytest.approx(
-        skm.roc_auc_score(labels, scores), abs=1e-12
-    )
-    assert metrics.average_precision(scores, labels) == pytest.approx(
-        skm.average_precision_score(labels, scores), abs=1e-12
-    )
+def test_bulk_histogram_exports_the_same_samples_as_a_prometheus_histogram():
+    buckets = (0.01, 0.1, 1, 10)
+    values = [0.0, 0.01, 0.0100001, 0.5, 1, 3, 10, 11, math.inf, -2.0]
+    ref_reg, bulk_reg = CollectorRegistry(), CollectorRegistry()
+    ref = Histogram("h", "doc", buckets=buckets, registry=ref_reg)
+    for v in values:
+        ref.observe(v)
+    bulk = BulkHistogram("h", "doc", buckets=buckets, registry=bulk_reg)
+    bulk.observe_many(np.array(values[:4]))
+    bulk.observe_many(values[4:])
+    bulk.observe_many(np.array([math.nan]))  # ignored
+    bulk.observe_many([])
+    for le in ["0.01", "0.1", "1.0", "10.0", "+Inf"]:
+        got = bulk_reg.get_sample_value("h_bucket", {"le": le})
+        assert got == ref_reg.get_sample_value("h_bucket", {"le": le}), le
+    assert bulk_reg.get_sample_value("h_count") == len(values)
+    assert bulk_reg.get_sample_value("h_sum") == ref_reg.get_sample_value("h_sum")
 
 
-def test_curves_match_scikit_learn_point_for_point():
-    labels, scores = next(_cases())
-    fpr, tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
-    roc = metrics.roc_curve(scores, labels)
-    np.testing.assert_allclose(roc.x, fpr)
-    np.testing.assert_allclose(roc.y, tpr)
-    precision, recall, _ = skm.precision_recall_curve(labels, scores)
-    pr = metrics.precision_recall_curve(scores, labels)
-    # scikit-learn lists the PR points from the lowest threshold up; ours from the highest
-    np.testing.assert_allclose(pr.x, recall[::-1])
-    np.testing.assert_allclose(pr.y, precision[::-1])
+class _Rec:
+    def __init__(self, timestamp):
+        self.timestamp = timestamp
 
 
-@pytest.mark.parametrize(
-    ("scores", "labels", "roc", "ap"),
-    [
-        ([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], 1.0, 1.0),  # perfect
-        ([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1], 0.0, 5 / 12),  # inverted: (1/3 + 2/4) / 2
-        ([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1], 0.5, 0.5),  # all tied: chance
-    ],
-)
-def test_edge_cases(scores, labels, roc, ap):
-    assert metrics.roc_auc(scores, labels) == pytest.approx(roc)
-    assert metrics.average_precision(scores, labels) == pytest.approx(ap)
-
-
-def test_threshold_metrics_flag_strictly_above_like_the_worker():
-    labels, scores = next(_cases())
-    threshold = float(np.median(scores))
-    got = metrics.at_threshold(scores, labels, threshold)
-    predicted = scores > threshold
-    assert got.precision == pytest.approx(skm.precision_score(labels, predicted))
-    assert got.recall == pytest.approx(skm.recall_score(labels, predicted))
-    assert got.f1 == pytest.approx(skm.f1_score(labels, predicted))
-    tn, fp, fn, tp = skm.confusion_matrix(labels, predicted).ravel()
-    assert (got.tp, got.fp, got.tn, got.fn) == (tp, fp, tn, fn)
-    # a score equal to the threshold is not flagged
-    at = metrics.at_threshold([1.0, 2.0], [True, True], 1.0)
-    assert (at.tp, at.fn) == (1, 1)
-
-
-def test_nothing_flagged_gives_zero_precision_not_a_crash():
-    got = metrics.at_threshold([0.1, 0.2], [True, False], 5.0)
-    assert (got.precision, got.recall, got.f1) == (0.0, 0.0, 0.0)
-
-
-def test_one_class_or_bad_scores_are_refused_with_the_reason():
-    with pytest.raises(DataError, match="both classes: 0 anomalous and 3 normal"):
-        metrics.roc_auc([0.1, 0.2, 0.3], [0, 0, 0])
-    with pytest.raises(DataError, match="1 scores are NaN"):
-        metrics.average_precision([0.1, np.nan], [0, 1])
-    with pytest.raises(ValueError, match="differ in length"):
-        metrics.roc_auc([0.1, 0.2], [0, 1, 1])
+def test_end_to_end_latency_skips_records_without_timestamps():
+    metrics = PipelineMetrics()
+    now_ms = 1_700_000_000_000.0
+    records = [_Rec(now_ms - 20), _Rec(None), _Rec(-1), _Rec(now_ms - 3000), _Rec(now_ms + 5)]
+    observe_end_to_end(metrics, records, now_ms)
+    reg = metrics.registry
+    assert reg.get_sample_value("pipeline_end_to_end_latency_seconds_count") == 3
+    assert reg.get_sample_value("pipeline_end_to_end_latency_seconds_bucket", {"le": "0.025"}) == 2
+    assert reg.get_sample_value("pipeline_end_to_end_latency_seconds_sum") == 3.02

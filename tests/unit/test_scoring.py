@@ -63,6 +63,45 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
+def test_host_staging_reuses_its_buffers_and_copies_contents():
+    from pipeline.scoring import HostStaging
+
+    staging = HostStaging(pin=False)
+    for n in (8, 3, 8, 5):
+        rows = rng_rows(n, 4, seed=n)
+        staged = staging.stage("cont", rows)
+        np.testing.assert_array_equal(staged.numpy(), rows)
+    assert staging.allocations == 1
+    staging.stage("cont", rng_rows(20, 4))
+    assert staging.allocations == 2  # grown once for the larger batch
+
+
+def test_scores_are_identical_across_repeated_batches_of_different_sizes():
+    spec = mixed_spec()
+    scorer = Scorer(spec, tiny_model(spec), torch.device("cpu"))
+    cont = np.abs(rng_rows(64, spec.n_continuous))
+    cat = np.random.default_rng(1).integers(0, 3, size=(64, 1))
+    whole = scorer.score(cont, cat).scores
+    parts = np.concatenate(
+        [scorer.score(cont[i : i + 10], cat[i : i + 10]).scores for i in range(0, 64, 10)]
+    )
+    np.testing.assert_allclose(parts, whole, rtol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_scores_equal_cpu_scores():
+    spec = mixed_spec()
+    model = tiny_model(spec)
+    cont = rng_rows(4096, spec.n_continuous)
+    cat = np.random.default_rng(2).integers(0, 3, size=(4096, 1))
+    cpu = Scorer(spec, model, torch.device("cpu"), top_k=3).score(cont, cat)
+    gpu_scorer = Scorer(spec, tiny_model(spec), torch.device("cuda"), top_k=3)
+    for n in (4096, 100, 4096):  # buffer reuse across sizes
+        gpu = gpu_scorer.score(cont[:n], cat[:n])
+        np.testing.assert_allclose(gpu.scores, cpu.scores[:n], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(gpu.top_index[:, 0], cpu.top_index[:, 0])
+
+
 def _vae(spec, score):
     torch.manual_seed(0)
     cfg = ModelConfig(

@@ -1,0 +1,152 @@
+"""Model-only throughput of ``pipeline.scoring.Scorer`` by batch size, CPU and CUDA.
+
+    .venv/bin/python -m bench.inference_throughput                  # CPU (and CUDA if present)
+    .venv/bin/python -m bench.inference_throughput --sizes 256,4096 --repeats 5
+
+For the two model shapes of the worker benchmark (32 numeric features; a 784-value vector,
+with the layer sizes the trainer picks by default), prints rows/s per batch size from 256 to
+65536 on the CPU with one thread and with torch's default thread count, and on CUDA when a
+GPU is present: host arrays in, scores and top features back on the host (what the worker
+pays, copies included). With CUDA it also checks score parity with the CPU (largest relative
+difference; the contract wants < 1e-5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import msgspec
+import numpy as np
+import torch
+
+from pipeline.codec import RecordDecoder
+from pipeline.features import FeatureSpec, NumericFeature, VectorFeature
+from pipeline.models import ModelConfig, build_model, default_hidden_dims
+from pipeline.scoring import Scorer, torch_threads
+
+SIZES = [256, 1024, 4096, 16384, 65536]
+
+
+def specs() -> dict[str, FeatureSpec]:
+    return {
+        "tab32": FeatureSpec(
+            features=[NumericFeature(name=f"f{j}", mean=0.0, std=1.0) for j in range(32)]
+        ),
+        "img784": FeatureSpec(
+            features=[VectorFeature(name="pixels", length=784, mean=[0.5] * 784, std=[0.3] * 784)]
+        ),
+    }
+
+
+def make_scorer(spec: FeatureSpec, device: torch.device) -> Scorer:
+    hidden, latent = default_hidden_dims(spec.input_dim)
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(
+            input_dim=spec.input_dim,
+            output_dim=spec.input_dim,
+            hidden_dims=hidden,
+            latent_dim=latent,
+        )
+    ).eval()
+    return Scorer(spec, model, device, top_k=3)
+
+
+def rows_per_s(scorer: Scorer, cont: np.ndarray, cat: np.ndarray, repeats: int) -> float:
+    scorer.score(cont, cat)  # warm-up (allocations, CUDA kernels, pinned buffers)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        scorer.score(cont, cat)
+        times.append(time.perf_counter() - started)
+    return len(cont) / statistics.median(times)
+
+
+def overlap_ms(repeats: int, batch: int = 1024) -> dict[str, float]:
+    """ms per batch of 784-value JSON records: decode alone, model alone (one thread), both
+    one after the other, and the model in a helper thread while the next batch decodes."""
+    spec = specs()["img784"]
+    scorer = make_scorer(spec, torch.device("cpu"))
+    rng = np.random.default_rng(1)
+    values = [
+        msgspec.json.encode({"pixels": r.tolist()})
+        for r in rng.random((batch, 784), dtype=np.float32)
+    ]
+    decoder = RecordDecoder(spec)
+    decoded = decoder.decode(values)
+    cat = np.zeros((batch, 0), np.int64)
+    pool = ThreadPoolExecutor(1)
+
+    def overlapped() -> None:
+        future = pool.submit(scorer.score, decoded.cont, cat)
+        decoder.decode(values)
+        future.result()
+
+    steps = {
+        "decode": lambda: decoder.decode(values),
+        "model": lambda: scorer.score(decoded.cont, cat),
+        "one after the other": lambda: (scorer.score(decoded.cont, cat), decoder.decode(values)),
+        "overlapped": overlapped,
+    }
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    with torch_threads(1):
+        for _ in range(repeats):
+            for name, step in steps.items():  # interleaved
+                started = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - started)
+    pool.shutdown()
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rng = np.random.default_rng(0)
+    targets: list[tuple[str, torch.device, int]] = [
+        ("cpu, 1 thread", torch.device("cpu"), 1),
+        (f"cpu, {torch.get_num_threads()} threads", torch.device("cpu"), 0),
+    ]
+    if torch.cuda.is_available():
+        targets.append((f"cuda ({torch.cuda.get_device_name()})", torch.device("cuda"), 0))
+    print(f"Rows/s by batch size (median of {args.repeats}); load average {os.getloadavg()}")
+    print()
+    print("| model | device | " + " | ".join(f"{s:,}" for s in sizes) + " |")
+    print("| --- | --- | " + " | ".join("---:" for _ in sizes) + " |")
+    parity: dict[str, float] = {}
+    for name, spec in specs().items():
+        data = rng.standard_normal((max(sizes), spec.n_continuous)).astype(np.float32)
+        cat = np.zeros((max(sizes), 0), np.int64)
+        for label, device, threads in targets:
+            scorer = make_scorer(spec, device)
+            with torch_threads(threads):
+                rates = [rows_per_s(scorer, data[:s], cat[:s], args.repeats) for s in sizes]
+            print(f"| {name} | {label} | " + " | ".join(f"{r:,.0f}" for r in rates) + " |")
+        if torch.cuda.is_available():
+            cpu = make_scorer(spec, torch.device("cpu")).score(data, cat).scores
+            gpu = make_scorer(spec, torch.device("cuda")).score(data, cat).scores
+            parity[name] = float(np.max(np.abs(gpu - cpu) / np.maximum(np.abs(cpu), 1e-12)))
+    ms = overlap_ms(args.repeats)
+    print()
+    print("Decode of 1024 JSON records of 784 values and the img784 model (1 thread), ms:")
+    print()
+    print("| " + " | ".join(ms) + " |")
+    print("| " + " | ".join("---:" for _ in ms) + " |")
+    print("| " + " | ".join(f"{v:.1f}" for v in ms.values()) + " |")
+    if parity:
+        print()
+        for name, diff in parity.items():
+            verdict = "ok" if diff < 1e-5 else "ABOVE 1e-5"
+            print(f"CUDA vs CPU scores, {name}: largest relative difference {diff:.2e} ({verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
