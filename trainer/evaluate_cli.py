@@ -42,7 +42,11 @@ from pipeline.exceptions import (
 @click.option("--name", help="Model name inside the store (env TRAINER_NAME).")
 @click.option("--version", help="Model version; default: the one LATEST names.")
 @click.option("--report", "report_dir", help="Write charts and report.html into this directory.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="Where to score (env TRAINER_DEVICE).",
+)
 def evaluate(
     data: str,
     label_column: str | None,
