@@ -4,15 +4,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean
+.PHONY: install tools demo test lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,report,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# promtool/prometheus (apt) and kustomize (Go module proxy) for the deploy tests; idempotent
+tools: $(STAMP)
+	bash deploy/tools/install-test-tools.sh $(BIN)
 
 demo: $(STAMP)
 	$(BIN)/python -m pipeline demo
@@ -26,7 +30,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: lint tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

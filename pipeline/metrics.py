@@ -99,6 +99,32 @@ class PipelineMetrics:
         self.ready = Gauge(
             "pipeline_ready", "1 when partitions are assigned and a model loaded", registry=r
         )
+        # drift and calibration against the served model's validation scores (pipeline.drift)
+        self.model_created = Gauge(
+            "pipeline_model_created_timestamp_seconds",
+            "Unix time the served model was published (model age = time() - this)",
+            registry=r,
+        )
+        self.drift_psi = Gauge(
+            "pipeline_drift_psi",
+            "Population stability index of live scores against the validation quantile bins",
+            registry=r,
+        )
+        self.drift_over_threshold = Gauge(
+            "pipeline_drift_over_threshold_ratio",
+            "Fraction of scores over the threshold in the drift window",
+            registry=r,
+        )
+        self.drift_expected_over_threshold = Gauge(
+            "pipeline_drift_expected_over_threshold_ratio",
+            "Fraction over the threshold expected on normal data: 1 - threshold quantile",
+            registry=r,
+        )
+        self.drift_window_records = Gauge(
+            "pipeline_drift_window_records",
+            "Records (decayed) the drift numbers rest on",
+            registry=r,
+        )
         self.last_loop = Gauge(
             "pipeline_last_loop_timestamp_seconds",
             "Unix time the worker loop last went round (liveness)",

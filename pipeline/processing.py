@@ -15,8 +15,10 @@ import msgspec
 import numpy as np
 
 from pipeline.alerts import build_event, encode_event, utc_now_iso
+from pipeline.artifact import Manifest
 from pipeline.codec import CONTENT_TYPE_HEADER, DecodedBatch, Rejection
 from pipeline.deadletter import dead_letter_headers, dead_letter_value
+from pipeline.drift import DriftMonitor
 from pipeline.metrics import PipelineMetrics
 from pipeline.overlap import timed
 from pipeline.scoring import BatchScores
@@ -56,6 +58,7 @@ class BatchResult:
     inference_s: float
     scores: np.ndarray[Any, Any] = field(default_factory=lambda: np.zeros(0))
     reasons: tuple[str, ...] = ()  # dead-letter reason of each rejected record
+    manifest: Manifest | None = None  # the model that scored it, for the drift monitor
 
 
 class BatchProcessor:
@@ -66,10 +69,12 @@ class BatchProcessor:
         topics: Topics,
         metrics: PipelineMetrics,
         include_record: bool = False,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.topics = topics
         self.metrics = metrics
         self.include_record = include_record
+        self.drift = drift if drift is not None else DriftMonitor(metrics)
         self._scoring_thread: ThreadPoolExecutor | None = None
         self._last_inference_s = 0.0
 
@@ -103,6 +108,7 @@ class BatchProcessor:
             inference_s=inference_s,
             scores=scores.scores,
             reasons=tuple(r.reason.value for r in decoded.rejected),
+            manifest=model.artifact.manifest,
         )
 
     def _score(
@@ -204,6 +210,8 @@ class BatchProcessor:
         m.score.observe_many(result.scores)
         for reason, n in Counter(result.reasons).items():
             m.records_invalid.labels(reason=reason).inc(n)
+        if result.manifest is not None:
+            self.drift.observe(result.manifest, result.scores)
 
 
 def observe_end_to_end(metrics: PipelineMetrics, records: list[Any], now_ms: float) -> None:

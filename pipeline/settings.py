@@ -296,6 +296,11 @@ class WorkerSettings(BaseSettings):
     reload_interval_s: float = Field(
         default=10.0, ge=0, description="How often to check LATEST for a new model; 0 disables."
     )
+    drift_half_life_records: int = Field(
+        default=20_000,
+        gt=0,
+        description="Drift window: a record's weight halves after this many newer records.",
+    )
     announce_topic: Topic | None = Field(
         default=None,
         description="Optional: topic where the trainer announces versions; LATEST is read at once.",

@@ -32,6 +32,7 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from pipeline.batching import BatchCollector
+from pipeline.drift import DriftMonitor
 from pipeline.exceptions import (
     ArtifactError,
     CommitRejected,
@@ -145,7 +146,9 @@ class Worker:
             Topics(settings.alert_topic, settings.dlq_topic, settings.scores_topic),
             self.metrics,
             include_record=settings.include_record,
+            drift=DriftMonitor(self.metrics, settings.drift_half_life_records),
         )
+        self.processor.drift.use_model(self.model.artifact.manifest)
         self.shadow_scorer = ShadowScorer(settings.shadow_topic, self.metrics)
         self.assignment = _Assignment(self._on_lost)
         self.stop_event = threading.Event()

@@ -3,6 +3,7 @@
 Flags override ``TRAINER_*`` env vars, which override ``.env``. Exit codes: 0 published,
 2 bad configuration, 3 bad data, 4 published but the Kafka announcement failed (the version
 is still printed), 1 anything else; on failure (other than 4) nothing is published.
+``evaluate`` lives in ``trainer.evaluate_cli`` (its exit codes are documented there).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pipeline.exceptions import (
 )
 from pipeline.logs import configure_logging
 from pipeline.settings import unknown_env
+from trainer.evaluate_cli import evaluate
 from trainer.settings import TrainerSettings, load_trainer_settings
 
 
@@ -106,6 +108,9 @@ def fit(**flags: Any) -> None:
 def _fail(code: int, message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+cli.add_command(evaluate)
 
 
 def main() -> None:

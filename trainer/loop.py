@@ -104,7 +104,7 @@ def train(
             step, device_ids=[device.index] if device.type == "cuda" else None
         )
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay
+        model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay, fused=True
     )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=0.5, patience=max(1, s.patience // 2)

@@ -294,8 +294,13 @@ def _feature(
         raise DataError(f"column {name!r} has only null/NaN values")
     std = mom.std()
     if kind == "vector":
-        floor = float(np.sqrt(np.mean(std**2))) or 1.0
-        std = np.where(std > 1e-12, std, floor)
+        # One scale for the whole vector (the root-mean-square of the element stds), centring
+        # per element: a vector's elements share a unit (pixels, embedding dimensions), and
+        # per-element scaling blows up near-constant elements (an image's border pixels) until
+        # one stray stroke outweighs the rest of the record. Features with units of their own
+        # belong in numeric columns. BENCHMARKS.md "Detection quality": MNIST ROC-AUC 0.90 ->
+        # 0.95 with this policy.
+        std = np.full_like(std, float(np.sqrt(np.mean(std**2))) or 1.0)
         return VectorFeature(name=name, length=len(std), mean=mom.mean.tolist(), std=std.tolist())
     if std[0] <= 1e-12:
         raise DataError(

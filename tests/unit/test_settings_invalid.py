@@ -64,6 +64,7 @@ BAD: dict[str, tuple[list[str], dict[str, str], str | None]] = {
     "PIPELINE_DELIVERY": (["at-most-once"], {}, None),
     "PIPELINE_TRANSACTIONAL_ID": ([], {}, None),  # any string; empty means the default
     "PIPELINE_RELOAD_INTERVAL_S": (["-1", "often"], {}, None),
+    "PIPELINE_DRIFT_HALF_LIFE_RECORDS": (["0", "-5", "many"], {}, None),
     "PIPELINE_ANNOUNCE_TOPIC": (["models!"], {}, None),
     "PIPELINE_SHADOW_MODEL_NAME": (["../x"], {}, None),
     "PIPELINE_SHADOW_MODEL_VERSION": ([".hidden"], {}, None),

@@ -1,0 +1,174 @@
+"""Evaluation of a published model on labelled rows: scores, labels and detection metrics.
+
+Rows are read from Parquet in bounded batches, encoded with ``pipeline.tabular`` and scored
+with ``pipeline.scoring.Scorer``: the same code the worker and the threshold use, so the
+numbers here are the numbers production would see.
+
+Label convention: by default a label is an anomaly when it is ``true`` or ``1`` (boolean,
+integer, float or the strings "true"/"1", any case) and normal when it is ``false`` or ``0``;
+any other value is an error that names it. With ``anomaly_values`` (``--anomaly-value``,
+repeatable) a row is an anomaly when its label equals one of them (compared as text, so
+``--anomaly-value malignant`` or ``--anomaly-value 7``) and normal otherwise. A null label is
+always an error: an unlabelled row cannot be counted either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from pipeline.artifact import LoadedArtifact, Manifest, load_artifact
+from pipeline.exceptions import DataError
+from pipeline.features import category_key
+from pipeline.scoring import Scorer, resolve_device
+from pipeline.tabular import encode_record_batch
+from trainer import metrics
+from trainer.data import ParquetSource
+
+log = logging.getLogger(__name__)
+
+_ANOMALY_TEXT = frozenset({"1", "true"})
+_NORMAL_TEXT = frozenset({"0", "false"})
+_LOGGED = ("roc_auc", "pr_auc", "precision", "recall", "f1", "rows", "anomalies", "data")
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    data: str
+    model_store: str
+    name: str
+    label_column: str | None = None  # None: the label column recorded at training time
+    version: str | None = None  # None: LATEST
+    anomaly_values: tuple[str, ...] = ()
+    device: str = "auto"
+    batch_rows: int = 65_536
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores and labels of every row, the metrics, and the model they came from."""
+
+    manifest: Manifest
+    data: str
+    label_column: str
+    scores: npt.NDArray[np.float64]
+    labels: npt.NDArray[np.bool_]
+    roc_auc: float
+    pr_auc: float
+    at_threshold: metrics.ThresholdMetrics
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON the CLI prints: headline numbers first, then counts and provenance."""
+        t = self.at_threshold
+        n_anom = int(self.labels.sum())
+        return {
+            "roc_auc": round(self.roc_auc, 6),
+            "pr_auc": round(self.pr_auc, 6),
+            "threshold": self.manifest.threshold.value,
+            "threshold_quantile": self.manifest.threshold.quantile,
+            "precision": round(t.precision, 6),
+            "recall": round(t.recall, 6),
+            "f1": round(t.f1, 6),
+            "false_positive_rate": round(t.false_positive_rate, 6),
+            "confusion": {"tp": t.tp, "fp": t.fp, "tn": t.tn, "fn": t.fn},
+            "rows": int(self.labels.size),
+            "anomalies": n_anom,
+            "normals": int(self.labels.size) - n_anom,
+            "model": {
+                "name": self.manifest.name,
+                "version": self.manifest.version,
+                "kind": self.manifest.model.kind,
+            },
+            "data": self.data,
+            "label_column": self.label_column,
+        }
+
+
+def evaluate(request: EvaluationRequest) -> Evaluation:
+    """Load the model, score every labelled row and compute the metrics."""
+    loaded = load_artifact(request.model_store, request.name, request.version)
+    source = ParquetSource(request.data, batch_rows=request.batch_rows)
+    label_column = resolve_label_column(request.label_column, loaded.manifest, source)
+    scores, labels = score_labelled(
+        loaded, source, label_column, request.anomaly_values, request.device
+    )
+    threshold = loaded.manifest.threshold.value
+    result = Evaluation(
+        manifest=loaded.manifest,
+        data=request.data,
+        label_column=label_column,
+        scores=scores,
+        labels=labels,
+        roc_auc=metrics.roc_auc(scores, labels),
+        pr_auc=metrics.average_precision(scores, labels),
+        at_threshold=metrics.at_threshold(scores, labels, threshold),
+    )
+    summary = result.summary()
+    log.info("evaluated", extra={k: summary[k] for k in _LOGGED})
+    return result
+
+
+def resolve_label_column(given: str | None, manifest: Manifest, source: ParquetSource) -> str:
+    """The label column to use; it must be in the data and must not be a model feature."""
+    column = given or manifest.features.label_column
+    if not column:
+        raise DataError("no label column: pass --label-column (the model was trained without one)")
+    if column not in source.schema.names:
+        raise DataError(
+            f"label column {column!r} not in {source.location!r} (available: {source.schema.names})"
+        )
+    if column in manifest.features.column_names:
+        raise DataError(
+            f"label column {column!r} is an input feature of model "
+            f"{manifest.name}/{manifest.version}; evaluating on it would leak the answer"
+        )
+    return column
+
+
+def score_labelled(
+    loaded: LoadedArtifact,
+    source: ParquetSource,
+    label_column: str,
+    anomaly_values: Sequence[str] = (),
+    device: str = "auto",
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """(score, is_anomaly) of every row, in file order, through the shared encoder and scorer."""
+    spec = loaded.manifest.features
+    scorer = Scorer(spec, loaded.model, resolve_device(device), top_k=0)
+    columns = [*spec.column_names, label_column]
+    scores: list[npt.NDArray[np.float64]] = []
+    labels: list[npt.NDArray[np.bool_]] = []
+    for batch in source.batches(columns):
+        label = batch.table.column(label_column)
+        labels.append(anomaly_labels(label, label_column, anomaly_values))
+        cont, cat = encode_record_batch(batch.table, spec)
+        scores.append(scorer.score(cont, cat).scores.astype(np.float64))
+    if not scores:
+        raise DataError(f"no rows in {source.location!r}")
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def anomaly_labels(
+    column: pa.Array, name: str, anomaly_values: Sequence[str] = ()
+) -> npt.NDArray[np.bool_]:
+    """True where the label marks an anomaly (see the module docstring for the convention)."""
+    if column.null_count:
+        raise DataError(f"label column {name!r} has {column.null_count} null values")
+    text = np.asarray([category_key(v) for v in column.to_pylist()], dtype=str)
+    if anomaly_values:
+        return np.isin(text, [category_key(v) for v in anomaly_values])
+    text = np.char.lower(text)
+    known = np.isin(text, [*_ANOMALY_TEXT, *_NORMAL_TEXT])
+    if not known.all():
+        unknown = sorted(set(text[~known].tolist()))
+        raise DataError(
+            f"label column {name!r} has values {unknown[:5]} that are neither 1/true (anomaly) "
+            f"nor 0/false (normal); name the anomalous ones with --anomaly-value"
+        )
+    return np.isin(text, list(_ANOMALY_TEXT))
