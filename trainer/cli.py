@@ -67,7 +67,9 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option("--validation-fraction", type=float)
 @click.option("--seed", type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--mixed-precision/--no-mixed-precision", default=None, help="Autocast on CUDA.")
+@click.option(
+    "--mixed-precision/--no-mixed-precision", default=None, help="Autocast (CUDA, bf16 CPUs)."
+)
 @click.option("--memory-budget-mb", type=int, help="Cache rows in RAM up to this; else stream.")
 @click.option("--shuffle-buffer-mb", type=float, help="Rows held to shuffle batches.")
 @click.option("--read-batch-rows", type=int, help="Rows per Parquet read batch.")

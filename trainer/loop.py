@@ -1,6 +1,6 @@
 """The training loop: Adam, plateau LR decay, early stopping on validation loss, the best
-weights kept; mixed precision on CUDA, DistributedDataParallel under torchrun, a checkpoint
-after every epoch.
+weights kept; mixed precision (CUDA, and CPUs with native bfloat16), DistributedDataParallel
+under torchrun, a checkpoint after every epoch.
 
 Reproducible by construction: initial weights from ``seed``; an epoch's data order from
 (seed, epoch, rank); dropout/noise from a torch RNG whose state is checkpointed. Validation
@@ -11,11 +11,13 @@ rows, so every rank takes the same early-stopping decision.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,11 +78,41 @@ class TrainStep(nn.Module):
         return self.scorer.unit_errors(x, recon, cat).mean() + extra
 
 
-def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bfloat16 on GPUs that support it, else float16; None (float32) on CPU or when off."""
-    if not enabled or device.type != "cuda" or not torch.cuda.is_available():
+# Below this many weights, CPU bfloat16 autocast loses: casting dominates tiny matmuls (the
+# 12-wide demo model trained 2x slower under it; the 784-wide MNIST model 2x faster).
+CPU_BF16_MIN_PARAMS = 100_000
+
+
+def autocast_dtype(
+    device: torch.device, enabled: bool, n_params: int = CPU_BF16_MIN_PARAMS
+) -> torch.dtype | None:
+    """The dtype to train under autocast, or None for float32.
+
+    CUDA: bfloat16 where supported, else float16. CPU: bfloat16 only for models of at least
+    ``CPU_BF16_MIN_PARAMS`` weights on CPUs with native bfloat16 instructions (AVX512_BF16
+    or AMX): there the matmuls that dominate training run several times faster (a 784-wide
+    model trains ~2x faster end to end), while on a tiny model the casts cost more than they
+    save and without those instructions oneDNN emulates bfloat16, slower than float32.
+    Weights, optimiser state and the threshold stay float32 either way.
+    """
+    if not enabled:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and n_params >= CPU_BF16_MIN_PARAMS and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when /proc/cpuinfo lists avx512_bf16 or amx_bf16 (Linux; False elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "").split()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def train(
@@ -109,7 +141,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=0.5, patience=max(1, s.patience // 2)
     )
-    dtype = autocast_dtype(device, s.mixed_precision)
+    dtype = autocast_dtype(device, s.mixed_precision, sum(p.numel() for p in model.parameters()))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     torch.manual_seed(s.seed * 1_000_003 + d.rank + 1)  # dropout/noise stream of this rank
     state = LoopState()

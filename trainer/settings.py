@@ -121,8 +121,9 @@ class TrainerSettings(BaseSettings):
     )
     mixed_precision: bool = Field(
         default=True,
-        description="On CUDA, train under autocast (bfloat16, or float16 with loss scaling); "
-        "CPU trains in float32. Thresholds are always computed in float32.",
+        description="Train under autocast: on CUDA bfloat16 (or float16 with loss scaling); on "
+        "CPUs with native bfloat16 (AVX512_BF16/AMX) bfloat16 for models of 100k+ weights, "
+        "else float32. Thresholds are always computed in float32.",
     )
     checkpoint_dir: str | None = Field(
         default=None,

@@ -23,7 +23,7 @@ from pipeline.tabular import encode_record_batch
 from tests.trainer_helpers import held_out_count, trainer_cmd, trainer_env, write_sensors
 from trainer.data import ParquetSource, split_mask
 from trainer.fit import fit
-from trainer.loop import TrainStep, _train_epoch, autocast_dtype
+from trainer.loop import CPU_BF16_MIN_PARAMS, TrainStep, _train_epoch, autocast_dtype
 from trainer.progress import BarReporter, LogReporter, NullReporter, make_reporter
 from trainer.rows import Chunk
 from trainer.settings import load_trainer_settings
@@ -252,7 +252,30 @@ def test_the_autocast_step_trains_in_bfloat16_on_the_cpu_too(sensors):
     assert seen == 128
     assert np.isfinite(loss) and loss > 0
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    assert autocast_dtype(torch.device("cpu"), enabled=True) is None  # CPU trains in float32
+
+
+def test_cpu_autocast_only_for_big_models_on_cpus_with_native_bfloat16(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("trainer.loop.cpu_has_native_bf16", lambda: True)
+    assert autocast_dtype(cpu, enabled=True, n_params=CPU_BF16_MIN_PARAMS) == torch.bfloat16
+    assert autocast_dtype(cpu, enabled=True, n_params=CPU_BF16_MIN_PARAMS - 1) is None
+    assert autocast_dtype(cpu, enabled=False, n_params=10**7) is None
+    monkeypatch.setattr("trainer.loop.cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype(cpu, enabled=True, n_params=10**7) is None  # emulated: slower
+
+
+def test_a_big_model_trained_under_cpu_bfloat16_keeps_a_float32_threshold(
+    sensors, tmp_path, monkeypatch
+):
+    """Forced on (whatever this CPU has): the manifest says bfloat16, and the threshold is the
+    float32 scores' quantile, exactly what the worker will compute."""
+    monkeypatch.setattr("trainer.loop.cpu_has_native_bf16", lambda: True)
+    manifest = _fit(sensors, tmp_path, "bf16", device="cpu", hidden_dims="512,256", latent_dim=8)
+    assert manifest.training.mixed_precision == "bfloat16"
+    loaded = load_artifact(tmp_path, "bf16")
+    cont, cat = _held_out_rows(sensors, loaded.manifest.features)
+    scores = Scorer(loaded.manifest.features, loaded.model, torch.device("cpu")).score(cont, cat)
+    assert manifest.threshold.value == pytest.approx(np.quantile(scores.scores, 0.99), rel=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
