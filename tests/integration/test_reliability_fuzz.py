@@ -19,7 +19,7 @@ from pipeline.metrics import PipelineMetrics
 from pipeline.settings import KafkaSettings
 from pipeline.worker import Worker
 from tests.factories import mixed_spec, publish_model
-from tests.faults import SCALED_TIMEOUT, scaled
+from tests.faults import SCALED_TIMEOUT, record_result, scaled
 from tests.fuzzing import MAX_BYTES, hostile_values
 from tests.kafkautil import read_all
 from tests.workerutil import NAME
@@ -91,6 +91,12 @@ def test_a_hostile_corpus_is_scored_or_dead_lettered_record_by_record(
     assert report.dead_letters_without_reason == report.foreign_dead_letters == 0
     assert set(report.dlq_reasons) <= REASONS
     assert report.scored > 0 and report.dead_lettered > 0
+    record_result(
+        "hostile input (hypothesis corpus)", sent=len(corpus),
+        faults=f"random bytes, nesting, wrong types, NaN/inf, odd unicode, oversized (seed {seed})",
+        lost=report.lost, duplicates=report.duplicates, scored=report.scored,
+        dead_lettered=report.dead_lettered, reasons=dict(report.dlq_reasons),
+    )  # fmt: skip
     for dead in read_all(kafka_bootstrap, s.dlq_topic):
         letter = parse_dead_letter(dead.headers)
         key, value, headers = corpus[letter.offset]
