@@ -44,7 +44,10 @@ def test_revoked_partitions_are_not_processed_by_their_old_owner(
     assert a.value("pipeline_batches_total") == 0
     b = Background(
         Worker(long_batches.model_copy(update={"batch": BatchSettings(max_size=64)})),
-        idle_timeout_s=3,
+        # B's join completes only once A rejoins, after A's next heartbeat (3 s apart); under
+        # load that took longer than 3 s, B gave up idle before it had partitions and A's
+        # 10 s batch then took everything (B consumed 0). Idle counts from B's start.
+        idle_timeout_s=12,
     )
     summary_a, summary_b = a.join(60), b.join(60)
 
