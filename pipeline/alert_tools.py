@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from pipeline.exceptions import ConfigError, KafkaIOError
+from pipeline.kafka_io import new_consumer
 from pipeline.settings import KafkaSettings
 
 Event = dict[str, Any]
@@ -158,7 +159,7 @@ def alert_consumer(
 ) -> KafkaConsumer:
     """A read_committed consumer without auto-commit (transactional alerts show when committed)."""
     try:
-        return KafkaConsumer(
+        return new_consumer(
             **kafka.client_kwargs(),
             group_id=group_id,
             enable_auto_commit=False,

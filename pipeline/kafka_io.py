@@ -25,11 +25,11 @@ from typing import Any, Literal
 import kafka.errors as kerr
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
-from kafka.net.compat import KafkaNetClient
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from pipeline.exceptions import CommitRejected, DeliveryError, KafkaFatalError, KafkaIOError
+from pipeline.kafka_clients import construct
 from pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -116,33 +116,8 @@ def make_consumer(
 
 
 def new_consumer(**config: Any) -> KafkaConsumer:
-    """``KafkaConsumer(**config)`` that leaves nothing behind when its constructor fails.
-
-    kafka-python 3.0.12 starts the consumer's IO thread before bootstrapping and, when the
-    bootstrap fails, raises with that thread and its sockets still alive (one more per retry
-    while a broker is down). The ``kafka_client`` hook hands us the client to shut down."""
-    created: list[Any] = []
-
-    def factory(**kwargs: Any) -> Any:
-        client = KafkaNetClient(**kwargs)
-        created.append(client)
-        return client
-
-    try:
-        return KafkaConsumer(kafka_client=factory, **config)
-    except BaseException:
-        for client in created:
-            _shutdown_net_client(client)
-        raise
-
-
-def _shutdown_net_client(client: Any) -> None:
-    """What KafkaConsumer.close() does to its network client (no public handle on the loop)."""
-    for step in (client.close, lambda: client._net.stop(timeout_ms=5000)):
-        try:
-            step()
-        except Exception as exc:  # already half torn down: nothing more to free
-            log.debug("network client shutdown step failed", extra={"error": repr(exc)})
+    """``KafkaConsumer(**config)`` that leaves nothing behind when its constructor fails."""
+    return construct(KafkaConsumer, **config)
 
 
 def make_producer(
@@ -165,7 +140,7 @@ def make_producer(
     if transactional_id is not None:
         config["transactional_id"] = transactional_id
     try:
-        producer = KafkaProducer(**config)
+        producer = construct(KafkaProducer, **config)
     except KafkaError as exc:
         raise _connect_error(
             kafka, f"cannot create producer for {kafka.bootstrap_servers}", exc

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.kafka_clients import construct
 from pipeline.localkafka_setup import (
     DEFAULT_VERSION,
     ENV_CACHE,
@@ -185,39 +186,14 @@ def _cmdline_mentions(pid: int, needle: str) -> bool:
 def open_admin(bootstrap: str, **config: Any) -> Iterator[Any]:
     """A kafka-python ``KafkaAdminClient`` that is closed on exit, even if its constructor fails.
 
-    kafka-python 3.0.x starts an IO thread before it bootstraps; when bootstrapping fails the
-    constructor raises and leaves that thread and its sockets behind. We capture the network
-    client through the ``kafka_client`` factory hook so it can be shut down in that case too.
-    """
+    (kafka-python leaks its IO thread when the constructor fails: ``kafka_clients``.)"""
     from kafka import KafkaAdminClient
-    from kafka.net.compat import KafkaNetClient
 
-    created: list[Any] = []
-
-    def factory(**kwargs: Any) -> Any:
-        client = KafkaNetClient(**kwargs)
-        created.append(client)
-        return client
-
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, kafka_client=factory, **config)
-    except Exception:
-        for client in created:
-            _shutdown_net_client(client)
-        raise
+    admin = construct(KafkaAdminClient, bootstrap_servers=bootstrap, **config)
     try:
         yield admin
     finally:
         admin.close()
-
-
-def _shutdown_net_client(client: Any) -> None:
-    """Mirror ``KafkaAdminClient.close`` for a client whose admin never finished constructing."""
-    with contextlib.suppress(Exception):
-        client.close()
-    with contextlib.suppress(Exception):
-        # No public handle on the IO loop exists; admin.close() does exactly this.
-        client._net.stop(timeout_ms=5000)
 
 
 # --------------------------------------------------------------------------- the broker

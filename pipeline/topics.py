@@ -13,6 +13,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from pipeline.kafka_clients import construct
 from pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ def ensure_topics(
 ) -> list[str]:
     """Create the missing topics; returns those created."""
     try:
-        admin = KafkaAdminClient(**kafka.client_kwargs())
+        admin = construct(KafkaAdminClient, **kafka.client_kwargs())
     except KafkaError as exc:
         log.warning("cannot reach Kafka to create topics", extra={"error": repr(exc)})
         return []

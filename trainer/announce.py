@@ -11,7 +11,6 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -19,6 +18,7 @@ from kafka.errors import KafkaError
 from pipeline.announce import CONTENT_TYPE, ModelAnnouncement, encode_announcement
 from pipeline.artifact import Manifest
 from pipeline.exceptions import AnnounceError
+from pipeline.kafka_clients import construct
 from pipeline.kafka_io import credentials_hint
 from pipeline.settings import KafkaSettings
 
@@ -61,36 +61,13 @@ def announce(kafka: KafkaSettings, topic: str, manifest: Manifest, store: str | 
 
 @contextlib.contextmanager
 def _producer(kafka: KafkaSettings, timeout_ms: int) -> Iterator[KafkaProducer]:
-    """A producer closed on exit, even when its constructor fails.
-
-    kafka-python 3.0.x bootstraps inside ``KafkaProducer.__init__`` and, when that fails,
-    leaves its network client (an IO thread and sockets) behind; the ``kafka_client`` hook
-    hands it to us so it can be shut down (the same workaround as ``localkafka.open_admin``).
-    """
-    from kafka.net.compat import KafkaNetClient
-
-    created: list[Any] = []
-
-    def factory(**kwargs: Any) -> Any:
-        client = KafkaNetClient(**kwargs)
-        created.append(client)
-        return client
-
-    try:
-        config = kafka.client_kwargs() | {  # the announce timeout wins over the shared one
-            "acks": "all",
-            "bootstrap_timeout_ms": timeout_ms,
-            "max_block_ms": timeout_ms,
-            "kafka_client": factory,
-        }
-        producer = KafkaProducer(**config)
-    except Exception:
-        for client in created:
-            with contextlib.suppress(Exception):
-                client.close()
-            with contextlib.suppress(Exception):
-                client._net.stop(timeout_ms=5000)  # what KafkaProducer.close() would do
-        raise
+    """A producer closed on exit, even when its constructor fails (``kafka_clients``)."""
+    config = kafka.client_kwargs() | {  # the announce timeout wins over the shared one
+        "acks": "all",
+        "bootstrap_timeout_ms": timeout_ms,
+        "max_block_ms": timeout_ms,
+    }
+    producer = construct(KafkaProducer, **config)
     try:
         yield producer
     finally:
