@@ -92,6 +92,7 @@ def utc_now_iso() -> str:
 
 
 def decode_key(key: bytes | None) -> str | None:
+    """A Kafka key as text: UTF-8, or hex when it is not text (alerts, binary records' ids)."""
     if key is None:
         return None
     try:

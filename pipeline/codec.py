@@ -25,6 +25,7 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
+from pipeline.alerts import decode_key
 from pipeline.features import (
     CategoricalFeature,
     FeatureSpec,
@@ -103,7 +104,7 @@ class RecordDecoder:
             self._decode_binary(values, bin_idx, cont, rejected)
             if keys is not None and self.id_field is not None:
                 for i in bin_idx:
-                    ids[i] = _key_text(keys[i])
+                    ids[i] = decode_key(keys[i])  # a binary record's id is its key
         if json_idx:
             self._decode_json(values, json_idx, cont, cat, ids, rejected)
         accepted = [i for i in range(n) if i not in rejected]
@@ -253,16 +254,6 @@ def _detail_of(exc: Exception) -> str:
     if isinstance(exc, RecursionError):
         return "JSON nested deeper than the decoder allows"
     return str(exc)
-
-
-def _key_text(key: bytes | None) -> str | None:
-    """A binary record's id: its Kafka key as UTF-8 (hex when it is not text)."""
-    if key is None:
-        return None
-    try:
-        return key.decode("utf-8")
-    except UnicodeDecodeError:
-        return key.hex()
 
 
 def _reason_of(exc: Exception) -> Reason:
