@@ -25,7 +25,7 @@ import torch
 
 from pipeline.codec import RecordDecoder
 from pipeline.features import FeatureSpec, NumericFeature, VectorFeature
-from pipeline.models import ModelConfig, build_model, default_hidden_dims
+from pipeline.models import build_model, default_config
 from pipeline.scoring import Scorer, torch_threads
 
 SIZES = [256, 1024, 4096, 16384, 65536]
@@ -43,16 +43,8 @@ def specs() -> dict[str, FeatureSpec]:
 
 
 def make_scorer(spec: FeatureSpec, device: torch.device) -> Scorer:
-    hidden, latent = default_hidden_dims(spec.input_dim)
     torch.manual_seed(0)
-    model = build_model(
-        ModelConfig(
-            input_dim=spec.input_dim,
-            output_dim=spec.input_dim,
-            hidden_dims=hidden,
-            latent_dim=latent,
-        )
-    ).eval()
+    model = build_model(default_config(spec.input_dim)).eval()
     return Scorer(spec, model, device, top_k=3)
 
 

@@ -60,7 +60,7 @@ from pipeline.features import FeatureSpec, NumericFeature, VectorFeature
 from pipeline.kafka_io import OutputSink, make_consumer, make_producer, next_offsets
 from pipeline.localkafka import LocalKafka, open_admin
 from pipeline.metrics import PipelineMetrics
-from pipeline.models import ModelConfig, build_model, default_hidden_dims
+from pipeline.models import build_model, default_config
 from pipeline.scoring import Scorer
 from pipeline.settings import BatchSettings, KafkaSettings, WorkerSettings
 from pipeline.worker import Worker
@@ -113,16 +113,8 @@ def publish_model(store: Path, name: str, w: Workload) -> float:
     """Publish an (untrained) model of the size the trainer would pick; threshold at the 99th
     percentile of the workload's own scores, so about 1% of records raise alerts."""
     spec = w.spec
-    hidden, latent = default_hidden_dims(spec.input_dim)
     torch.manual_seed(0)
-    model = build_model(
-        ModelConfig(
-            input_dim=spec.input_dim,
-            output_dim=spec.input_dim,
-            hidden_dims=hidden,
-            latent_dim=latent,
-        )
-    ).eval()
+    model = build_model(default_config(spec.input_dim)).eval()
     decoded = RecordDecoder(spec, id_field="id").decode(
         w.values, [BINARY_CONTENT_TYPE if w.binary else None] * len(w.values)
     )

@@ -69,6 +69,14 @@ def default_hidden_dims(input_dim: int) -> tuple[list[int], int]:
     return [first, second], min(latent, second)
 
 
+def default_config(input_dim: int) -> ModelConfig:
+    """The autoencoder ``trainer fit`` builds for this input width with default settings."""
+    hidden, latent = default_hidden_dims(input_dim)
+    return ModelConfig(
+        input_dim=input_dim, output_dim=input_dim, hidden_dims=hidden, latent_dim=latent
+    )
+
+
 def _round_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 

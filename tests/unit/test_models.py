@@ -2,7 +2,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from pipeline.models import MODEL_REGISTRY, ModelConfig, build_model, default_hidden_dims
+from pipeline.models import (
+    MODEL_REGISTRY,
+    ModelConfig,
+    build_model,
+    default_config,
+    default_hidden_dims,
+)
 
 
 @pytest.mark.parametrize("kind", sorted(MODEL_REGISTRY))
@@ -68,3 +74,15 @@ def test_default_sizes_scale_with_input(dim, first):
     hidden, latent = default_hidden_dims(dim)
     assert hidden[0] == first
     assert latent <= hidden[-1]
+
+
+@pytest.mark.parametrize("dim", [12, 784])
+def test_default_config_is_what_trainer_fit_builds_with_default_settings(dim, tmp_path):
+    """The benchmarks time ``default_config``: it must stay the trainer's default model."""
+    from pipeline.features import FeatureSpec, NumericFeature
+    from trainer.fit import model_config
+    from trainer.settings import load_trainer_settings
+
+    spec = FeatureSpec(features=[NumericFeature(name=f"f{j}", mean=0, std=1) for j in range(dim)])
+    settings = load_trainer_settings(data="x.parquet", model_store=str(tmp_path), name="m")
+    assert model_config(spec, settings) == default_config(dim)
