@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.artifact import Manifest
 from pipeline.sampledata import normal_frame
 from trainer.data import split_mask
 
@@ -49,4 +50,27 @@ def run_trainer(*args: Any, timeout: float = 180) -> subprocess.CompletedProcess
         check=False,
         env=trainer_env(),
         timeout=timeout,
+    )
+
+
+def train_sensors(
+    root: Path, rows: int, *, data_seed: int, epochs: int, seed: int, data_name: str = "normal"
+) -> Manifest:
+    """Fit the demo's sensor model on ``rows`` normal rows written to ``root``; the model is
+    published as ``sensors`` in ``root / "store"``."""
+    from trainer.fit import fit
+    from trainer.settings import load_trainer_settings
+
+    data = root / f"{data_name}.parquet"
+    normal_frame(rows, seed=data_seed).to_parquet(data)
+    return fit(
+        load_trainer_settings(
+            data=str(data),
+            model_store=str(root / "store"),
+            name="sensors",
+            id_column="machine_id",
+            epochs=epochs,
+            seed=seed,
+            device="cpu",
+        )
     )

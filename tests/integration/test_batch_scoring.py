@@ -18,25 +18,13 @@ from pipeline.sampledata import mixed_stream, normal_frame, to_records
 from pipeline.settings import KafkaSettings, WorkerSettings
 from pipeline.worker import Worker
 from tests.kafkautil import produce_json, read_all
-from trainer.fit import fit
-from trainer.settings import load_trainer_settings
+from tests.trainer_helpers import train_sensors
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch")
-    normal_frame(2000, seed=8).to_parquet(root / "normal.parquet")
-    fit(
-        load_trainer_settings(
-            data=str(root / "normal.parquet"),
-            model_store=str(root / "store"),
-            name="sensors",
-            id_column="machine_id",
-            epochs=8,
-            seed=0,
-            device="cpu",
-        )
-    )
+    train_sensors(root, 2000, data_seed=8, epochs=8, seed=0)
     return root / "store"
 
 

@@ -17,14 +17,13 @@ import torch
 from pipeline.artifact import load_artifact
 from pipeline.deadletter import parse_dead_letter
 from pipeline.metrics import PipelineMetrics
-from pipeline.sampledata import mixed_stream, normal_frame, to_records
+from pipeline.sampledata import mixed_stream, to_records
 from pipeline.scoring import Scorer
 from pipeline.settings import KafkaSettings, WorkerSettings
 from pipeline.worker import Worker
 from tests.kafkautil import committed_and_end, produce, produce_json, read_all
+from tests.trainer_helpers import train_sensors
 from trainer.encode import encode_batch
-from trainer.fit import fit
-from trainer.settings import load_trainer_settings
 
 pytestmark = pytest.mark.kafka
 SCHEMA = json.loads(
@@ -35,18 +34,7 @@ SCHEMA = json.loads(
 @pytest.fixture(scope="module")
 def model_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    normal_frame(6000, seed=5).to_parquet(root / "normal.parquet")
-    fit(
-        load_trainer_settings(
-            data=str(root / "normal.parquet"),
-            model_store=str(root / "store"),
-            name="sensors",
-            id_column="machine_id",
-            epochs=60,
-            seed=0,
-            device="cpu",
-        )
-    )
+    train_sensors(root, 6000, data_seed=5, epochs=60, seed=0)
     return root / "store"
 
 

@@ -12,11 +12,10 @@ from click.testing import CliRunner
 from sklearn import metrics as skm
 
 from pipeline.exceptions import DataError
-from pipeline.sampledata import mixed_stream, normal_frame
+from pipeline.sampledata import mixed_stream
+from tests.trainer_helpers import train_sensors
 from trainer.cli import cli
 from trainer.evaluate import EvaluationRequest, anomaly_labels, evaluate
-from trainer.fit import fit
-from trainer.settings import load_trainer_settings
 
 REPORT_FILES = {"scores.png", "roc.png", "pr.png", "loss.png", "report.html", "metrics.json"}
 
@@ -25,18 +24,7 @@ REPORT_FILES = {"scores.png", "roc.png", "pr.png", "loss.png", "report.html", "m
 def store(tmp_path_factory):
     """A model trained on normal sensor rows, and labelled rows with injected anomalies."""
     root = tmp_path_factory.mktemp("evaluate")
-    normal_frame(1500, seed=3).to_parquet(root / "train.parquet")
-    fit(
-        load_trainer_settings(
-            data=str(root / "train.parquet"),
-            model_store=str(root / "store"),
-            name="sensors",
-            id_column="machine_id",
-            epochs=8,
-            seed=1,
-            device="cpu",
-        )
-    )
+    train_sensors(root, 1500, data_seed=3, epochs=8, seed=1, data_name="train")
     frame, injected = mixed_stream(600, 60, seed=5)
     bad = frame["machine_id"].isin(injected)
     frame["label"] = bad.astype(int)

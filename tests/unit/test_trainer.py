@@ -14,6 +14,7 @@ from pipeline.codec import RecordDecoder
 from pipeline.exceptions import ArtifactNotFound, DataError
 from pipeline.sampledata import mixed_stream, normal_frame, to_records
 from pipeline.scoring import Scorer
+from tests.trainer_helpers import train_sensors
 from trainer.data import ParquetSource, split_mask
 from trainer.encode import encode_batch
 from trainer.fit import fit
@@ -24,17 +25,7 @@ from trainer.spec import SpecOptions, infer_spec
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    normal_frame(4000, seed=3).to_parquet(root / "train.parquet")
-    settings = load_trainer_settings(
-        data=str(root / "train.parquet"),
-        model_store=str(root / "store"),
-        name="sensors",
-        id_column="machine_id",
-        epochs=60,
-        seed=1,
-        device="cpu",
-    )
-    return root, fit(settings)
+    return root, train_sensors(root, 4000, data_seed=3, epochs=60, seed=1, data_name="train")
 
 
 def test_split_is_deterministic_and_close_to_the_fraction():
