@@ -9,10 +9,11 @@ import pytest
 from pipeline.codec import BINARY_CONTENT_TYPE, CONTENT_TYPE_HEADER
 from pipeline.deadletter import parse_dead_letter
 from pipeline.metrics import PipelineMetrics
-from pipeline.settings import BatchSettings, KafkaSettings, WorkerSettings
+from pipeline.settings import BatchSettings
 from pipeline.worker import Worker
 from tests.factories import numeric_spec, publish_model
 from tests.kafkautil import produce, read_all
+from tests.workerutil import settings as worker_settings
 
 
 def test_binary_and_json_records_score_the_same(kafka_bootstrap, make_topic, tmp_path):
@@ -36,18 +37,8 @@ def test_binary_and_json_records_score_the_same(kafka_bootstrap, make_topic, tmp
         headers=[(CONTENT_TYPE_HEADER, BINARY_CONTENT_TYPE.encode())],
     )
     metrics = PipelineMetrics()
-    settings = WorkerSettings(
-        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
-        model_store=str(tmp_path),
-        model_name="num",
-        id_field="id",
-        metrics_port=0,
-        device="cpu",
-        input_topic=source,
-        alert_topic=f"{source}-alerts",
-        dlq_topic=f"{source}-dlq",
-        scores_topic=scores,
-        group_id=f"g-{source}",
+    settings = worker_settings(
+        kafka_bootstrap, tmp_path, source, model_name="num", scores_topic=scores
     )
     Worker(settings, metrics).run(idle_timeout_s=2)
     events = {
@@ -95,18 +86,12 @@ def test_worker_with_compute_overlap_processes_every_record_once(
         [(f"b-{i}".encode(), r.tobytes()) for i, r in enumerate(rows)],
         headers=[(CONTENT_TYPE_HEADER, BINARY_CONTENT_TYPE.encode())],
     )
-    settings = WorkerSettings(
-        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
-        model_store=str(tmp_path),
+    settings = worker_settings(
+        kafka_bootstrap,
+        tmp_path,
+        source,
         model_name="num",
-        id_field="id",
-        metrics_port=0,
-        device="cpu",
-        input_topic=source,
-        alert_topic=f"{source}-alerts",
-        dlq_topic=f"{source}-dlq",
         scores_topic=scores,
-        group_id=f"g-{source}",
         overlap_compute=True,
         batch=BatchSettings(max_size=50, max_wait_ms=20),
     )
