@@ -48,38 +48,44 @@ def run_method(
 
 def run_ours(kind: str, task: Task, data: Split, seed: int, overrides: dict[str, Any]) -> Outcome:
     """Train with the trainer's defaults (plus ``overrides``) and score through evaluate."""
+    logging.getLogger("trainer").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        manifest, result, fit_s = fit_and_evaluate(
+            task, data, Path(tmp), model=kind, seed=seed, **overrides
+        )
+    return Outcome(kind, result.roc_auc, result.pr_auc, fit_s, manifest.training.epochs)
+
+
+def fit_and_evaluate(
+    task: Task, data: Split, root: Path, **settings: Any
+) -> tuple[Any, Any, float]:
+    """Write the split as Parquet under ``root``, run ``trainer fit`` on the training rows with
+    ``settings`` (the trainer's defaults otherwise; CPU), and score the test rows through
+    ``trainer evaluate``: (manifest, evaluation, seconds the fit took end to end)."""
     from trainer.evaluate import EvaluationRequest, evaluate
     from trainer.fit import fit
     from trainer.settings import load_trainer_settings
 
-    logging.getLogger("trainer").setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        root = Path(tmp)
-        train = write_parquet(root / "train.parquet", task, data.x_train, None)
-        test = write_parquet(root / "test.parquet", task, data.x_test, data.y_test)
-        settings = load_trainer_settings(
-            data=str(train),
-            model_store=str(root / "store"),
+    train = write_parquet(root / "train.parquet", task, data.x_train, None)
+    test = write_parquet(root / "test.parquet", task, data.x_test, data.y_test)
+    store = str(root / "store")
+    config = load_trainer_settings(
+        data=str(train), model_store=store, name="bench", device="cpu", **settings
+    )
+    started = time.perf_counter()
+    manifest = fit(config)
+    fit_s = time.perf_counter() - started
+    result = evaluate(
+        EvaluationRequest(
+            data=str(test),
+            model_store=store,
             name="bench",
-            model=kind,
-            seed=seed,
+            version=manifest.version,
+            label_column=LABEL,
             device="cpu",
-            **overrides,
         )
-        started = time.perf_counter()
-        manifest = fit(settings)
-        fit_s = time.perf_counter() - started
-        result = evaluate(
-            EvaluationRequest(
-                data=str(test),
-                model_store=str(root / "store"),
-                name="bench",
-                version=manifest.version,
-                label_column=LABEL,
-                device="cpu",
-            )
-        )
-    return Outcome(kind, result.roc_auc, result.pr_auc, fit_s, manifest.training.epochs)
+    )
+    return manifest, result, fit_s
 
 
 def run_iforest(data: Split, seed: int) -> Outcome:

@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench.data import LABEL, Split, Task, mnist, split, write_parquet
-from bench.methods import pyod_autoencoder
+from bench.data import Split, Task, mnist, split
+from bench.methods import fit_and_evaluate, pyod_autoencoder
 from pipeline.sampledata import MODES
 from pipeline.sampledata import SENSORS as SENSOR_COLUMNS
 from trainer import metrics
@@ -78,22 +78,6 @@ def layers(width: int) -> list[int]:
     return [*hidden, latent]
 
 
-def our_settings(train: Path, store: Path, epochs: int, batch: int | None, seed: int) -> Any:
-    from trainer.settings import load_trainer_settings
-
-    return load_trainer_settings(
-        data=str(train),
-        model_store=str(store),
-        name="speed",
-        model="ae",
-        epochs=epochs,
-        patience=epochs,
-        batch_size=batch,  # None: the trainer's default
-        seed=seed,
-        device="cpu",
-    )
-
-
 def trainer_rows(
     x: npt.NDArray[np.float64], seed: int, fraction: float = 0.2
 ) -> npt.NDArray[np.float64]:
@@ -107,24 +91,9 @@ def trainer_rows(
 def time_ours(
     task: Task, data: Split, root: Path, epochs: int, batch: int | None, seed: int
 ) -> tuple[float, float]:
-    from trainer.evaluate import EvaluationRequest, evaluate
-    from trainer.fit import fit
-
-    train = write_parquet(root / "train.parquet", task, data.x_train, None)
-    test = write_parquet(root / "test.parquet", task, data.x_test, data.y_test)
-    settings = our_settings(train, root / "store", epochs, batch, seed)
-    started = time.perf_counter()
-    manifest = fit(settings)
-    elapsed = time.perf_counter() - started
-    result = evaluate(
-        EvaluationRequest(
-            data=str(test),
-            model_store=str(root / "store"),
-            name="speed",
-            version=manifest.version,
-            label_column=LABEL,
-            device="cpu",
-        )
+    """Our fit, timed end to end (read, spec, train every epoch, threshold, publish)."""
+    _, result, elapsed = fit_and_evaluate(
+        task, data, root, model="ae", epochs=epochs, patience=epochs, batch_size=batch, seed=seed
     )
     return elapsed, result.roc_auc
 
