@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools demo test lint format clean
+.PHONY: install tools demo test lint format clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,report,bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,report,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,6 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -35,3 +36,12 @@ test: lint tools
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
+
+# Re-resolve every dependency in a fresh venv and pin the result in constraints.txt.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip
+	.lock-venv/bin/python -m pip install -q -e '.[dev,report,bench]'
+	{ sed -n '1,/^# platform/p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^anomaly-pipeline'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .lock-venv
+

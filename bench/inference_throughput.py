@@ -1,4 +1,4 @@
-"""Model-only throughput of ``pipeline.scoring.Scorer`` by batch size, CPU and CUDA.
+"""Model-only throughput of ``pipeline.contract.scoring.Scorer`` by batch size, CPU and CUDA.
 
     .venv/bin/python -m bench.inference_throughput                  # CPU (and CUDA if present)
     .venv/bin/python -m bench.inference_throughput --sizes 256,4096 --repeats 5
@@ -23,10 +23,10 @@ import msgspec
 import numpy as np
 import torch
 
-from pipeline.codec import RecordDecoder
-from pipeline.features import FeatureSpec, NumericFeature, VectorFeature
-from pipeline.models import build_model, default_config
-from pipeline.scoring import Scorer, torch_threads
+from pipeline.contract.features import FeatureSpec, NumericFeature, VectorFeature
+from pipeline.contract.models import build_model, default_config
+from pipeline.contract.scoring import Scorer, torch_threads
+from pipeline.worker.codec import RecordDecoder
 
 SIZES = [256, 1024, 4096, 16384, 65536]
 

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.data import LABEL, Split, Task, write_parquet
-from trainer import metrics
+from trainer import detection_metrics
 
 OURS = ("ae", "vae", "dae")
 BASELINES = ("iforest", "pyod_ae")
@@ -117,7 +117,7 @@ def _outcome(method: str, scores: npt.NDArray[Any], data: Split, fit_s: float) -
     s = np.asarray(scores, dtype=np.float64)
     return Outcome(
         method,
-        metrics.roc_auc(s, data.y_test),
-        metrics.average_precision(s, data.y_test),
+        detection_metrics.roc_auc(s, data.y_test),
+        detection_metrics.average_precision(s, data.y_test),
         fit_s,
     )

@@ -6,7 +6,7 @@
 Each line is a before/after pair measured in the same run, interleaved, median of repeats:
 
 - score / latency histograms: ``Histogram.observe`` per record vs ``BulkHistogram.observe_many``;
-- event id: ``uuid.uuid5`` vs ``pipeline.alerts.event_id``;
+- event id: ``uuid.uuid5`` vs ``pipeline.contract.alerts.event_id``;
 - producer: kafka-python ``send`` per record with 16 KiB vs 1 MiB batches (flush per 1024);
 - consumer: fetching and checking 32-field JSON records with kafka-python's pure-Python
   CRC-32C vs the ``crc32c`` C extension (a child process without it).
@@ -29,8 +29,8 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Histogram
 
 from bench.worker_throughput import broker, create_topic, fill, make_workloads
-from pipeline.alerts import EVENT_NAMESPACE, event_id
-from pipeline.metrics import BulkHistogram
+from pipeline.contract.alerts import EVENT_NAMESPACE, event_id
+from pipeline.worker.metrics import BulkHistogram
 
 BATCH = 1024
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.sampledata import normal_frame
+from pipeline.devstack.sampledata import normal_frame
 
 FILE_ROWS = 500_000
 

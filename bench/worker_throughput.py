@@ -13,7 +13,7 @@ Workloads (topics pre-filled, then consumption timed from the first record to th
 Variants, interleaved within each run so machine load hits them alike:
 
 - ``ceiling``: a bare kafka-python consume loop plus the worker's decoder, no model work;
-- ``worker``: ``pipeline.worker.Worker`` as deployed (batches, model, alerts, commits);
+- ``worker``: ``pipeline.worker.loop.Worker`` as deployed (batches, model, alerts, commits);
 - ``worker+scores``: the same with the per-record scores topic on (json32);
 - ``worker, overlap on``: ``PIPELINE_OVERLAP_COMPUTE=true`` (the model scores in a helper
   thread while the next batch is polled; off by default), for the 784 models;
@@ -52,18 +52,20 @@ import torch
 from kafka import KafkaProducer
 from kafka.admin import NewTopic
 
-from pipeline import artifact
-from pipeline.alerts import build_event, encode_event, utc_now_iso
-from pipeline.artifact import ThresholdInfo, TrainingSummary
-from pipeline.codec import BINARY_CONTENT_TYPE, CONTENT_TYPE_HEADER, RecordDecoder
-from pipeline.features import FeatureSpec, NumericFeature, VectorFeature
-from pipeline.kafka_io import OutputSink, make_consumer, make_producer, next_offsets
-from pipeline.localkafka import LocalKafka, open_admin
-from pipeline.metrics import PipelineMetrics
-from pipeline.models import build_model, default_config
-from pipeline.scoring import Scorer
-from pipeline.settings import BatchSettings, KafkaSettings, WorkerSettings
-from pipeline.worker import Worker
+from pipeline.contract import artifact
+from pipeline.contract.alerts import build_event, encode_event, utc_now_iso
+from pipeline.contract.artifact import ThresholdInfo, TrainingSummary
+from pipeline.contract.features import FeatureSpec, NumericFeature, VectorFeature
+from pipeline.contract.models import build_model, default_config
+from pipeline.contract.scoring import Scorer
+from pipeline.devstack.localkafka import LocalKafka, open_admin
+from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.kafka.settings import KafkaSettings
+from pipeline.worker.codec import BINARY_CONTENT_TYPE, CONTENT_TYPE_HEADER, RecordDecoder
+from pipeline.worker.loop import Worker
+from pipeline.worker.metrics import PipelineMetrics
+from pipeline.worker.settings import BatchSettings, WorkerSettings
+from pipeline.worker.sink import OutputSink, next_offsets
 
 PARTITIONS = 3
 MAX_WAIT_MS = 50

@@ -34,11 +34,11 @@ import numpy as np
 from kafka import KafkaProducer
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from pipeline.localkafka import LocalKafka, free_ports
-from pipeline.localprom import LocalPrometheus, LocalPrometheusError
-from pipeline.sampledata import mixed_stream, normal_frame, to_records
-from pipeline.settings import KafkaSettings
-from pipeline.topics import ensure_topics
+from pipeline.devstack.localkafka import LocalKafka, free_ports
+from pipeline.devstack.localprom import LocalPrometheus, LocalPrometheusError
+from pipeline.devstack.sampledata import mixed_stream, normal_frame, to_records
+from pipeline.kafka.settings import KafkaSettings
+from pipeline.kafka.topics import ensure_topics
 from trainer.fit import fit
 from trainer.settings import load_trainer_settings
 

@@ -2,7 +2,7 @@
 
 Use an existing broker with ``--kafka-bootstrap HOST:PORT`` or ``PIPELINE_TEST_KAFKA_BOOTSTRAP``
 (PLAINTEXT). Otherwise the first test that needs ``kafka_bootstrap`` starts a
-:class:`~pipeline.localkafka.LocalKafka` in a temporary state dir; if that fails, the tests
+:class:`~pipeline.devstack.localkafka.LocalKafka` in a temporary state dir; if that fails, the tests
 error out. They never skip: a silently skipped integration suite looks exactly like a green one.
 """
 
@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from kafka.errors import KafkaError
 
-from pipeline.localkafka import LocalKafka, LocalKafkaError, open_admin
-from tests.kafka_helpers import create_topic
+from pipeline.devstack.localkafka import LocalKafka, LocalKafkaError, open_admin
+from tests.support.faults import Workers
+from tests.support.kafka import create_topic
 
 BOOTSTRAP_ENV = "PIPELINE_TEST_KAFKA_BOOTSTRAP"
 START_TIMEOUT_S = 120.0
@@ -167,3 +168,14 @@ def torch_one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    """Real worker processes (``python -m pipeline run``) a test starts, kills and restarts;
+    every one still running is stopped afterwards."""
+    started = Workers(tmp_path)
+    try:
+        yield started
+    finally:
+        started.cleanup()

@@ -1,6 +1,6 @@
 """Announce a published model on Kafka so workers reload at once instead of at their next poll.
 
-The message schema lives in the shared contract (``pipeline.announce.ModelAnnouncement``).
+The message schema lives in the shared contract (``pipeline.contract.announce.ModelAnnouncement``).
 Sent with ``acks=all`` and waited for; a failure raises ``AnnounceError`` carrying the
 version, because by then the model *is* published (LATEST names it) and must not be undone.
 """
@@ -15,12 +15,12 @@ from pathlib import Path
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from pipeline.announce import CONTENT_TYPE, ModelAnnouncement, encode_announcement
-from pipeline.artifact import Manifest
-from pipeline.exceptions import AnnounceError
-from pipeline.kafka_clients import construct
-from pipeline.kafka_io import credentials_hint
-from pipeline.settings import KafkaSettings
+from pipeline.contract.announce import CONTENT_TYPE, ModelAnnouncement, encode_announcement
+from pipeline.contract.artifact import Manifest
+from pipeline.contract.exceptions import AnnounceError
+from pipeline.kafka.construct import construct
+from pipeline.kafka.errors import credentials_hint
+from pipeline.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

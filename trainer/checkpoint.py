@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from pipeline.exceptions import ConfigError
+from pipeline.contract.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
 FORMAT = 1

@@ -15,16 +15,16 @@ from typing import Any, NoReturn
 
 import click
 
-from pipeline.artifact import manifest_summary
-from pipeline.exceptions import (
+from pipeline.common.envvars import unknown_env
+from pipeline.common.logs import configure_logging
+from pipeline.contract.artifact import manifest_summary
+from pipeline.contract.exceptions import (
     AnnounceError,
     ConfigError,
     DataError,
     FeatureSpecError,
     PipelineError,
 )
-from pipeline.logs import configure_logging
-from pipeline.settings import unknown_env
 from trainer.evaluate_cli import evaluate
 from trainer.settings import TrainerSettings, load_trainer_settings
 

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from pipeline.exceptions import DataError
+from pipeline.contract.exceptions import DataError
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _READAHEAD_BATCHES = 2  # decoded batches pyarrow may hold ahead of the consumer

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from pipeline.exceptions import ConfigError, DataError, PipelineError
+from pipeline.contract.exceptions import ConfigError, DataError, PipelineError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

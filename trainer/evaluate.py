@@ -1,7 +1,7 @@
 """Evaluation of a published model on labelled rows: scores, labels and detection metrics.
 
-Rows are read from Parquet in bounded batches, encoded with ``pipeline.tabular`` and scored
-with ``pipeline.scoring.Scorer``: the same code the worker and the threshold use, so the
+Rows are read from Parquet in bounded batches, encoded with ``pipeline.contract.tabular`` and scored
+with ``pipeline.contract.scoring.Scorer``: the same code the worker and the threshold use, so the
 numbers here are the numbers production would see.
 
 Label convention: by default a label is an anomaly when it is ``true`` or ``1`` (boolean,
@@ -23,12 +23,12 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from pipeline.artifact import LoadedArtifact, Manifest, load_artifact
-from pipeline.exceptions import DataError
-from pipeline.features import category_key
-from pipeline.scoring import Scorer, resolve_device
-from pipeline.tabular import encode_record_batch
-from trainer import metrics
+from pipeline.contract.artifact import LoadedArtifact, Manifest, load_artifact
+from pipeline.contract.exceptions import DataError
+from pipeline.contract.features import category_key
+from pipeline.contract.scoring import Scorer, resolve_device
+from pipeline.contract.tabular import encode_record_batch
+from trainer import detection_metrics
 from trainer.data import ParquetSource
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Evaluation:
     labels: npt.NDArray[np.bool_]
     roc_auc: float
     pr_auc: float
-    at_threshold: metrics.ThresholdMetrics
+    at_threshold: detection_metrics.ThresholdMetrics
 
     def summary(self) -> dict[str, Any]:
         """The JSON the CLI prints: headline numbers first, then counts and provenance."""
@@ -105,9 +105,9 @@ def evaluate(request: EvaluationRequest) -> Evaluation:
         label_column=label_column,
         scores=scores,
         labels=labels,
-        roc_auc=metrics.roc_auc(scores, labels),
-        pr_auc=metrics.average_precision(scores, labels),
-        at_threshold=metrics.at_threshold(scores, labels, threshold),
+        roc_auc=detection_metrics.roc_auc(scores, labels),
+        pr_auc=detection_metrics.average_precision(scores, labels),
+        at_threshold=detection_metrics.at_threshold(scores, labels, threshold),
     )
     summary = result.summary()
     log.info("evaluated", extra={k: summary[k] for k in _LOGGED})

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import click
 
-from pipeline.exceptions import (
+from pipeline.contract.exceptions import (
     ArtifactError,
     ConfigError,
     DataError,

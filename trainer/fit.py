@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline import artifact
-from pipeline.artifact import Manifest, ThresholdInfo, TrainingSummary
-from pipeline.exceptions import ArtifactError, DataError, PipelineError
-from pipeline.features import FeatureSpec
-from pipeline.models import ModelConfig, default_hidden_dims
-from pipeline.scoring import resolve_device
+from pipeline.contract import artifact
+from pipeline.contract.artifact import Manifest, ThresholdInfo, TrainingSummary
+from pipeline.contract.exceptions import ArtifactError, DataError, PipelineError
+from pipeline.contract.features import FeatureSpec
+from pipeline.contract.models import ModelConfig, default_hidden_dims
+from pipeline.contract.scoring import resolve_device
 from trainer.checkpoint import Checkpointer
 from trainer.data import ParquetSource
 from trainer.distributed import Dist, device_for, init_distributed, shutdown

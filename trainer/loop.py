@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.exceptions import DataError
-from pipeline.features import FeatureSpec
-from pipeline.models import AnomalyModel, ModelConfig, build_model
-from pipeline.scoring import ReconstructionScorer
+from pipeline.contract.exceptions import DataError
+from pipeline.contract.features import FeatureSpec
+from pipeline.contract.models import AnomalyModel, ModelConfig, build_model
+from pipeline.contract.scoring import ReconstructionScorer
 from trainer.checkpoint import Checkpointer, rng_state, set_rng_state
 from trainer.distributed import Dist
 from trainer.progress import Reporter

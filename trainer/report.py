@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.exceptions import ConfigError
-from trainer import metrics
+from pipeline.contract.exceptions import ConfigError
+from trainer import detection_metrics
 from trainer.evaluate import Evaluation
 
 NORMAL_COLOR = "#3b7dd8"
@@ -127,7 +127,7 @@ def _bins(scores: npt.NDArray[np.float64], threshold: float, log_axis: bool) -> 
 
 
 def _roc(ax: Any, r: Evaluation) -> None:
-    curve = metrics.roc_curve(r.scores, r.labels)
+    curve = detection_metrics.roc_curve(r.scores, r.labels)
     t = r.at_threshold
     ax.plot(curve.x, curve.y, color=ANOMALY_COLOR, label=f"ROC-AUC {r.roc_auc:.3f}")
     ax.plot([0, 1], [0, 1], color="#999999", linestyle=":", label="chance")
@@ -143,7 +143,7 @@ def _roc(ax: Any, r: Evaluation) -> None:
 
 
 def _pr(ax: Any, r: Evaluation) -> None:
-    curve = metrics.precision_recall_curve(r.scores, r.labels)
+    curve = detection_metrics.precision_recall_curve(r.scores, r.labels)
     t = r.at_threshold
     prevalence = float(r.labels.mean())
     ax.step(curve.x, curve.y, where="pre", color=ANOMALY_COLOR, label=f"PR-AUC {r.pr_auc:.3f}")

@@ -17,9 +17,9 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from pipeline.exceptions import DataError
-from pipeline.features import FeatureSpec, FloatArray, IndexArray
-from pipeline.tabular import encode_record_batch
+from pipeline.contract.exceptions import DataError
+from pipeline.contract.features import FeatureSpec, FloatArray, IndexArray
+from pipeline.contract.tabular import encode_record_batch
 from trainer.data import ParquetSource, Span, split_mask
 
 

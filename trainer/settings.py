@@ -11,9 +11,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pipeline.exceptions import ConfigError
-from pipeline.models import Activation, ModelKind, Norm, ScoreKind
-from pipeline.settings import KafkaSettings, describe_validation_error
+from pipeline.common.envvars import describe_validation_error
+from pipeline.contract.exceptions import ConfigError
+from pipeline.contract.models import Activation, ModelKind, Norm, ScoreKind
+from pipeline.kafka.settings import KafkaSettings
 
 
 def _split_csv(value: Any) -> Any:

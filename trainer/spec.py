@@ -20,8 +20,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.exceptions import DataError
-from pipeline.features import (
+from pipeline.contract.exceptions import DataError
+from pipeline.contract.features import (
     BooleanFeature,
     CategoricalFeature,
     FeatureSpec,
@@ -29,7 +29,7 @@ from pipeline.features import (
     VectorFeature,
     category_key,
 )
-from pipeline.tabular import column_values
+from pipeline.contract.tabular import column_values
 from trainer.data import ParquetSource, split_mask
 
 Kind = str  # "numeric" | "boolean" | "categorical" | "vector"

@@ -15,10 +15,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from pipeline.exceptions import DataError
-from pipeline.features import FeatureSpec
-from pipeline.models import AnomalyModel
-from pipeline.scoring import Scorer
+from pipeline.contract.exceptions import DataError
+from pipeline.contract.features import FeatureSpec
+from pipeline.contract.models import AnomalyModel
+from pipeline.contract.scoring import Scorer
 from trainer.data import split_mask
 from trainer.distributed import Dist
 from trainer.rows import SplitRows

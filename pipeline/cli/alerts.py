@@ -1,0 +1,227 @@
+"""``python -m pipeline alerts tail|sink``: reading the alert topic.
+
+``sink`` exit codes: 2 bad options, 4 Kafka failure, 5 the sink could not store a batch
+(nothing committed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.cli.common import fail, install_signal_handlers
+from pipeline.contract.exceptions import ConfigError, KafkaIOError
+
+
+@click.group()
+def alerts() -> None:
+    """Read the alert topic: follow it in a terminal, or copy it to a sink."""
+
+
+def _alert_options(f: Callable[..., None]) -> Callable[..., None]:
+    """Connection and filter options shared by `alerts tail` and `alerts sink`."""
+    options = [
+        click.option(
+            "--bootstrap",
+            envvar="PIPELINE_KAFKA__BOOTSTRAP_SERVERS",
+            help="Kafka host:port list [env PIPELINE_KAFKA__BOOTSTRAP_SERVERS]; other "
+            "PIPELINE_KAFKA__* settings (SASL, TLS) apply too.",
+        ),
+        click.option(
+            "--topic",
+            envvar="PIPELINE_ALERT_TOPIC",
+            default="anomalies",
+            show_default=True,
+            help="Alert topic [env PIPELINE_ALERT_TOPIC].",
+        ),
+        click.option("--model", "model_name", help="Only alerts of this model name."),
+        click.option("--version", "model_version", help="Only alerts of this model version."),
+        click.option("--min-score", type=float, help="Only alerts with at least this score."),
+        click.option(
+            "--since", help="Only records from this time on: 15m, 2h, 1d or ISO 8601 (UTC)."
+        ),
+        click.option(
+            "--cooldown",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            help="Seconds: at most one alert per entity key per window; the rest are "
+            "counted as suppressed.",
+        ),
+        click.option(
+            "--idle-timeout", type=float, help="Stop after this many seconds without records."
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _alert_kafka(bootstrap: str | None) -> Any:
+    from pipeline.kafka.settings import KafkaSettings
+    from pipeline.worker.settings import load_worker_settings
+
+    try:
+        kafka: KafkaSettings = load_worker_settings().kafka
+    except ConfigError as exc:
+        fail(2, str(exc))
+    return kafka.model_copy(update={"bootstrap_servers": bootstrap}) if bootstrap else kafka
+
+
+def _alert_filter(
+    model_name: str | None, model_version: str | None, min_score: float | None, since: str | None
+) -> Any:
+    from pipeline.alert_consumers.tail import AlertFilter, parse_since
+
+    try:
+        since_ms = parse_since(since) if since else None
+    except ConfigError as exc:
+        fail(2, str(exc))
+    return AlertFilter(model_name, model_version, min_score, since_ms)
+
+
+@alerts.command()
+@_alert_options
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest alert, not the newest.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "pretty", "json"]),
+    default="auto",
+    show_default=True,
+    help="auto: pretty on a terminal, JSON lines when piped.",
+)
+@click.option("--max", "max_alerts", type=click.IntRange(1), help="Stop after this many alerts.")
+def tail(
+    bootstrap: str | None,
+    topic: str,
+    model_name: str | None,
+    model_version: str | None,
+    min_score: float | None,
+    since: str | None,
+    cooldown: float,
+    idle_timeout: float | None,
+    from_beginning: bool,
+    fmt: str,
+    max_alerts: int | None,
+) -> None:
+    """Follow the alert topic and print alerts as they arrive (no consumer group, no commits)."""
+    import threading
+
+    from pipeline.alert_consumers.tail import Cooldown, format_pretty
+    from pipeline.alert_consumers.tail import tail as run_tail
+
+    kafka = _alert_kafka(bootstrap)
+    keep = _alert_filter(model_name, model_version, min_score, since)
+    tty = sys.stdout.isatty()
+    pretty = fmt == "pretty" or (fmt == "auto" and tty)
+
+    def emit(event: dict[str, Any]) -> None:
+        line = format_pretty(event, color=tty) if pretty else json.dumps(event)
+        click.echo(line)
+
+    stop = threading.Event()
+    install_signal_handlers(stop.set)
+    try:
+        stats = run_tail(
+            kafka,
+            topic,
+            emit,
+            keep=keep,
+            cooldown=Cooldown(cooldown) if cooldown else None,
+            start="beginning" if from_beginning else "end",
+            max_alerts=max_alerts,
+            idle_timeout_s=idle_timeout,
+            stop=stop,
+        )
+    except KafkaIOError as exc:
+        fail(4, str(exc))
+    click.echo(
+        f"{stats.shown} shown, {stats.filtered} filtered out, {stats.suppressed} suppressed "
+        f"by cooldown, {stats.invalid} not alert events",
+        err=True,
+    )
+
+
+@alerts.command()
+@_alert_options
+@click.option("--group", default="alert-sink", show_default=True, help="Consumer group.")
+@click.option("--jsonl", type=click.Path(path_type=Path), help="Append alerts to this file.")
+@click.option(
+    "--parquet", type=click.Path(path_type=Path), help="Write alert files to this directory."
+)
+@click.option("--webhook", help="POST each alert as JSON to this http(s) URL.")
+@click.option(
+    "--header", "headers", multiple=True, help="Webhook header 'Name: value' (repeatable)."
+)
+def sink(
+    bootstrap: str | None,
+    topic: str,
+    model_name: str | None,
+    model_version: str | None,
+    min_score: float | None,
+    since: str | None,
+    cooldown: float,
+    idle_timeout: float | None,
+    group: str,
+    jsonl: Path | None,
+    parquet: Path | None,
+    webhook: str | None,
+    headers: tuple[str, ...],
+) -> None:
+    """Copy alerts to a JSONL file, Parquet files or a webhook (commit after each write,
+    duplicates dropped by event_id). Exit codes: 2 bad options, 4 Kafka, 5 sink failure."""
+    import threading
+
+    from pipeline.alert_consumers.sinks import (
+        AlertSink,
+        JsonlSink,
+        ParquetSink,
+        SinkError,
+        WebhookSink,
+        run_sink,
+    )
+    from pipeline.alert_consumers.tail import Cooldown
+    from pipeline.common.logs import configure_logging
+
+    configure_logging("INFO", "json")
+    chosen = [x for x in (jsonl, parquet, webhook) if x]
+    if len(chosen) != 1:
+        fail(2, "choose exactly one of --jsonl, --parquet, --webhook")
+    kafka = _alert_kafka(bootstrap)
+    keep = _alert_filter(model_name, model_version, min_score, since)
+    extra = {}
+    for header in headers:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            fail(2, f"--header {header!r}: expected 'Name: value'")
+        extra[name.strip()] = value.strip()
+    stop = threading.Event()
+    install_signal_handlers(stop.set)
+    try:
+        target: AlertSink
+        if jsonl:
+            target = JsonlSink(jsonl)
+        elif parquet:
+            target = ParquetSink(parquet)
+        else:
+            target = WebhookSink(str(webhook), headers=extra)
+        stats = run_sink(
+            kafka,
+            topic,
+            group,
+            target,
+            keep=keep,
+            cooldown=Cooldown(cooldown) if cooldown else None,
+            idle_timeout_s=idle_timeout,
+            stop=stop,
+        )
+    except SinkError as exc:
+        fail(5, str(exc))
+    except KafkaIOError as exc:
+        fail(4, str(exc))
+    click.echo(json.dumps(stats.as_dict()))

@@ -1,0 +1,129 @@
+"""``python -m pipeline kafka start|stop|status``: the local broker from a shell.
+
+``start`` prints progress on stderr and the bootstrap address as its last stdout line, so
+scripts can do ``BOOTSTRAP=$(python -m pipeline kafka start | tail -n1)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from pipeline.devstack.localkafka import (
+    ENV_STATE_DIR,
+    ENV_VERSION,
+    LocalKafka,
+    LocalKafkaError,
+    ScramUser,
+)
+
+ENV_SCRAM_PASSWORD = "PIPELINE_KAFKA_SCRAM_PASSWORD"  # noqa: S105  (a variable name, not a secret)
+EXIT_NOT_RUNNING = 3  # LSB convention for `status` of a stopped service
+
+state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=ENV_STATE_DIR,
+    default=None,
+    help=f"Broker state directory [env {ENV_STATE_DIR}; default ./.kafka-local].",
+)
+
+
+@click.group(name="kafka")
+def kafka_group() -> None:
+    """Run a local single-node Apache Kafka broker (real jars from Maven Central)."""
+    _configure_logging()
+
+
+@kafka_group.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Client port.")
+@state_dir_option
+@click.option("--version", "kafka_version", envvar=ENV_VERSION, default=None, help="Kafka release.")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to ready.")
+@click.option("--heap", default="512m", show_default=True, help="JVM -Xmx of the broker.")
+@click.option(
+    "--scram-user",
+    "scram_names",
+    multiple=True,
+    help=f"Enable SASL/SCRAM and create this user; password from ${ENV_SCRAM_PASSWORD}.",
+)
+def start(
+    port: int | None,
+    state_dir: Path | None,
+    kafka_version: str | None,
+    timeout: float,
+    heap: str,
+    scram_names: tuple[str, ...],
+) -> None:
+    """Start the broker in the background; the last stdout line is its bootstrap address."""
+    try:
+        broker = LocalKafka(
+            state_dir, port=port, version=kafka_version, scram_users=_scram_users(scram_names),
+            heap=heap,
+        )  # fmt: skip
+        timing = broker.start(timeout=timeout)
+    except LocalKafkaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    state = "already running" if timing.adopted else f"ready in {timing.seconds:.1f}s"
+    click.echo(f"kafka {state}; log: {broker.log_path}", err=True)
+    click.echo(broker.bootstrap)
+
+
+@kafka_group.command()
+@state_dir_option
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="SIGKILL after.")
+def stop(state_dir: Path | None, timeout: float) -> None:
+    """Stop the broker started from the state directory (no-op if none runs)."""
+    try:
+        stopped = LocalKafka(state_dir).stop(timeout=timeout)
+    except LocalKafkaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("stopped" if stopped else "not running", err=True)
+
+
+@kafka_group.command()
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+@click.pass_context
+def status(ctx: click.Context, state_dir: Path | None, as_json: bool) -> None:
+    """Say whether a broker runs (exit 0) or not (exit 3), with its bootstrap and pid."""
+    record = LocalKafka(state_dir).status()
+    if as_json:
+        click.echo(
+            json.dumps({"running": record is not None, **(asdict(record) if record else {})})
+        )
+    elif record is None:
+        click.echo("not running")
+    else:
+        click.echo(f"running bootstrap={record.bootstrap} pid={record.pid} log={record.log_path}")
+    if record is None:
+        ctx.exit(EXIT_NOT_RUNNING)
+
+
+def _scram_users(names: tuple[str, ...]) -> list[ScramUser]:
+    """Passwords come from the environment, never argv, so `ps` and shell history stay clean."""
+    if not names:
+        return []
+    password = os.environ.get(ENV_SCRAM_PASSWORD)
+    if not password:
+        raise LocalKafkaError(f"--scram-user needs the password in ${ENV_SCRAM_PASSWORD}")
+    return [ScramUser(name, password) for name in names]
+
+
+def _configure_logging() -> None:
+    """Progress on stderr (stdout is reserved for results); our INFO, others' warnings."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            stream=sys.stderr,
+            level=logging.WARNING,
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )
+    package_logger = logging.getLogger("pipeline")
+    if package_logger.level == logging.NOTSET:
+        package_logger.setLevel(logging.INFO)

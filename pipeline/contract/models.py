@@ -1,0 +1,221 @@
+"""Autoencoder architectures and their registry, shared by the trainer and the worker.
+
+A model is fully described by a ``ModelConfig``; the artifact stores that config so the
+worker rebuilds the exact module from the manifest alone, then loads the weights.
+
+Every model maps a standardised input x (B, D_in) to an output (B, D_out) whose first C
+columns reconstruct the continuous block and whose remaining columns are logits for each
+categorical column (see ``pipeline.contract.features``). In eval mode the output is deterministic.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+ModelKind = Literal["ae", "vae", "dae"]
+Activation = Literal["relu", "gelu", "silu", "tanh", "leaky_relu"]
+Norm = Literal["none", "batch", "layer"]
+ScoreKind = Literal["reconstruction", "elbo"]
+
+
+class ModelConfig(BaseModel):
+    """Architecture hyper-parameters; stored verbatim in the artifact manifest."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: ModelKind = "ae"
+    input_dim: int = Field(gt=0)
+    output_dim: int = Field(gt=0)
+    hidden_dims: list[int] = Field(default_factory=lambda: [64, 32])
+    latent_dim: int = Field(default=8, gt=0)
+    activation: Activation = "relu"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    norm: Norm = "none"
+    beta: float = Field(default=1.0, ge=0.0, description="VAE: weight of the KL term")
+    noise: Literal["gaussian", "mask"] = Field(default="gaussian", description="DAE corruption")
+    noise_level: float = Field(default=0.1, ge=0.0, description="DAE: std or mask probability")
+    score: ScoreKind = Field(
+        default="reconstruction",
+        description=(
+            "the record score the threshold was computed with, honoured by the scorer: "
+            "reconstruction error, or (VAE only) 'elbo' = reconstruction error plus the "
+            "record's KL term weighted as in training (negative ELBO up to constants)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _positive_hidden(self) -> ModelConfig:
+        if any(h <= 0 for h in self.hidden_dims):
+            raise ValueError(f"hidden_dims must be positive, got {self.hidden_dims}")
+        if self.score == "elbo" and self.kind != "vae":
+            raise ValueError(f"score='elbo' needs kind='vae', got kind={self.kind!r}")
+        return self
+
+
+def default_hidden_dims(input_dim: int) -> tuple[list[int], int]:
+    """Layer sizes that scale with the input: a funnel from ~input/2 down to the latent.
+
+    Chosen so small tabular inputs (tens of features) get a modest network and
+    image-sized inputs (hundreds) get enough capacity, without per-dataset tuning.
+    """
+    first = max(16, min(512, _round_pow2(input_dim)))
+    second = max(8, first // 4)
+    latent = max(4, min(32, input_dim // 4))
+    return [first, second], min(latent, second)
+
+
+def default_config(input_dim: int) -> ModelConfig:
+    """The autoencoder ``trainer fit`` builds for this input width with default settings."""
+    hidden, latent = default_hidden_dims(input_dim)
+    return ModelConfig(
+        input_dim=input_dim, output_dim=input_dim, hidden_dims=hidden, latent_dim=latent
+    )
+
+
+def _round_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+def _activation(name: Activation) -> nn.Module:
+    return _ACTIVATIONS[name]()
+
+
+def _mlp(dims: list[int], cfg: ModelConfig, last_plain: bool) -> nn.Sequential:
+    """Linear layers with norm/activation/dropout between them; optionally a bare last layer."""
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
+        layers.append(nn.Linear(d_in, d_out))
+        if last_plain and i == len(dims) - 2:
+            break
+        if cfg.norm == "batch":
+            layers.append(nn.BatchNorm1d(d_out))
+        elif cfg.norm == "layer":
+            layers.append(nn.LayerNorm(d_out))
+        layers.append(_activation(cfg.activation))
+        if cfg.dropout > 0:
+            layers.append(nn.Dropout(cfg.dropout))
+    return nn.Sequential(*layers)
+
+
+class AnomalyModel(nn.Module):
+    """Base class: ``forward`` reconstructs, ``training_forward`` adds a regulariser."""
+
+    config: ModelConfig
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(reconstruction (B, D_out), extra loss scalar) for one training step."""
+        return self(x), x.new_zeros(())
+
+    def score_extra(self, x: Tensor) -> Tensor | None:
+        """(B,) term added to a record's mean unit error to form its score, or None.
+
+        Only the VAE with ``score='elbo'`` has one; deterministic in eval mode.
+        """
+        return None
+
+
+class AutoEncoder(AnomalyModel):
+    """Plain deterministic autoencoder."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        enc = [config.input_dim, *config.hidden_dims, config.latent_dim]
+        dec = [config.latent_dim, *reversed(config.hidden_dims), config.output_dim]
+        self.encoder = _mlp(enc, config, last_plain=True)
+        self.decoder = _mlp(dec, config, last_plain=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.decoder(self.encoder(x))  # (B, D_in) -> (B, L) -> (B, D_out)
+        return out
+
+
+class DenoisingAutoEncoder(AutoEncoder):
+    """Trained to reconstruct clean input from a corrupted copy; scores uncorrupted input."""
+
+    def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self(self.corrupt(x)), x.new_zeros(())
+
+    def corrupt(self, x: Tensor) -> Tensor:
+        level = self.config.noise_level
+        if self.config.noise == "mask":
+            keep = torch.rand_like(x) >= level
+            return x * keep
+        return x + level * torch.randn_like(x)
+
+
+class VariationalAutoEncoder(AnomalyModel):
+    """VAE with a Gaussian latent; the score uses the reconstruction from the latent mean."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        hidden = config.hidden_dims
+        self.encoder = _mlp([config.input_dim, *hidden], config, last_plain=False)
+        self.to_mu = nn.Linear(hidden[-1] if hidden else config.input_dim, config.latent_dim)
+        self.to_logvar = nn.Linear(hidden[-1] if hidden else config.input_dim, config.latent_dim)
+        dec = [config.latent_dim, *reversed(hidden), config.output_dim]
+        self.decoder = _mlp(dec, config, last_plain=True)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.encoder(x)  # (B, H)
+        return self.to_mu(h), self.to_logvar(h).clamp(-10.0, 10.0)  # (B, L) each
+
+    def forward(self, x: Tensor) -> Tensor:
+        mu, _ = self.encode(x)
+        out: Tensor = self.decoder(mu)
+        return out
+
+    def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        kl = _kl(mu, logvar).mean()
+        return self.decoder(z), self.config.beta * kl / max(1, self.config.output_dim)
+
+    def kl_per_record(self, x: Tensor) -> Tensor:
+        """KL(q(z|x) || N(0, I)) for each record (B,), for ELBO-style scores."""
+        mu, logvar = self.encode(x)
+        return _kl(mu, logvar)
+
+    def score_extra(self, x: Tensor) -> Tensor | None:
+        """With score='elbo': the KL term of the training loss, per record (B,).
+
+        Training minimises mean(unit errors) + beta * mean(KL) / D_out over a batch, so a
+        record's share of that objective is its mean unit error plus beta * KL / D_out.
+        """
+        if self.config.score != "elbo":
+            return None
+        return self.config.beta * self.kl_per_record(x) / max(1, self.config.output_dim)
+
+
+def _kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row (B,)."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+
+
+MODEL_REGISTRY: dict[str, type[AnomalyModel]] = {
+    "ae": AutoEncoder,
+    "vae": VariationalAutoEncoder,
+    "dae": DenoisingAutoEncoder,
+}
+
+
+def build_model(config: ModelConfig) -> AnomalyModel:
+    """Instantiate the architecture named by ``config.kind``."""
+    return MODEL_REGISTRY[config.kind](config)

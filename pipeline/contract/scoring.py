@@ -1,0 +1,204 @@
+"""Reconstruction scoring: raw feature arrays in, per-record scores and top features out.
+
+The trainer computes its threshold with exactly this code, so a record scores the same in
+training, batch scoring and the streaming worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+
+from pipeline.contract.exceptions import ConfigError
+from pipeline.contract.features import FeatureSpec, FloatArray, IndexArray
+from pipeline.contract.models import AnomalyModel
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+
+def resolve_device(choice: str) -> torch.device:
+    """'auto' picks CUDA when present, else CPU; an explicit 'cuda' without a GPU is an error."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={choice!r} but no CUDA device is available (use auto or cpu)")
+    try:
+        return torch.device(choice)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={choice!r} is not a valid torch device") from exc
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` intra-op CPU threads (0: leave torch's choice), then restore the count.
+
+    The worker defaults to 1: its other threads (Kafka I/O, decoding, the loop) need the
+    remaining cores, and on a busy machine torch's thread pool spins against them; on two
+    shared cores two threads made a 784-wide model 5x slower per batch (BENCHMARKS.md).
+    """
+    previous = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n > 0:
+            torch.set_num_threads(previous)
+
+
+class ReconstructionScorer(nn.Module):
+    """Spec-aware wrapper around a model: standardise, reconstruct, measure error per unit."""
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, spec: FeatureSpec, model: AnomalyModel) -> None:
+        super().__init__()
+        self.model = model
+        mean, std = spec.continuous_mean_std()
+        self.register_buffer("mean", torch.from_numpy(mean), persistent=False)
+        self.register_buffer("std", torch.from_numpy(np.maximum(std, 1e-6)), persistent=False)
+        self.n_cont = spec.n_continuous
+        self.cardinalities = spec.cardinalities
+
+    def model_input(self, cont: Tensor, cat: Tensor) -> Tensor:
+        """(B, C) raw + (B, K) indices -> (B, D_in) standardised input; NaN imputed as mean."""
+        z = torch.nan_to_num((cont - self.mean) / self.std, nan=0.0)  # (B, C)
+        if not self.cardinalities:
+            return z
+        hots = [F.one_hot(cat[:, j], k).to(z.dtype) for j, k in enumerate(self.cardinalities)]
+        return torch.cat([z, *hots], dim=1)  # (B, C + sum k)
+
+    def unit_errors(self, x: Tensor, recon: Tensor, cat: Tensor) -> Tensor:
+        """(B, U) error per unit: squared error per continuous value, CE per categorical."""
+        c = self.n_cont
+        errs = [(recon[:, :c].float() - x[:, :c].float()).pow(2)]  # (B, C)
+        offset = c
+        for j, k in enumerate(self.cardinalities):
+            logits = recon[:, offset : offset + k].float()  # (B, k)
+            errs.append(F.cross_entropy(logits, cat[:, j], reduction="none").unsqueeze(1))
+            offset += k
+        return torch.cat(errs, dim=1)
+
+    def forward(self, cont: Tensor, cat: Tensor) -> Tensor:
+        x = self.model_input(cont, cat)
+        return self.unit_errors(x, self.model(x), cat)  # (B, U)
+
+    def score_terms(self, cont: Tensor, cat: Tensor) -> tuple[Tensor, Tensor]:
+        """(unit errors (B, U), record scores (B,)): the score is what the threshold applies to.
+
+        The score is the mean unit error, plus the model's ``score_extra`` (the KL term of a
+        VAE whose config says ``score='elbo'``); unit errors stay reconstruction-only, so
+        top features explain the reconstruction part.
+        """
+        x = self.model_input(cont, cat)
+        errors = self.unit_errors(x, self.model(x), cat)
+        scores = errors.mean(dim=1)
+        extra = self.model.score_extra(x)
+        if extra is not None:
+            scores = scores + extra.float()
+        return errors, scores
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """Scores of one batch, on the host."""
+
+    scores: npt.NDArray[np.float32]  # (B,)
+    top_index: npt.NDArray[np.int64]  # (B, k) unit indices, largest error first
+    top_error: npt.NDArray[np.float32]  # (B, k)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+class HostStaging:
+    """Reusable host buffers for copies to the device, page-locked on CUDA.
+
+    Pinning memory is a costly system call, so buffers are allocated once, grown when a
+    larger batch arrives and never shrunk; each batch is copied into a view of them. Before a
+    buffer is overwritten the previous asynchronous copy out of it is awaited (``wait``).
+    """
+
+    def __init__(self, pin: bool) -> None:
+        self.pin = pin
+        self.allocations = 0  # number of buffers allocated (tests check reuse)
+        self._buffers: dict[str, Tensor] = {}
+
+    def stage(self, name: str, array: np.ndarray[Any, Any]) -> Tensor:
+        """A host tensor with ``array``'s shape and contents, in a reused buffer."""
+        src = torch.from_numpy(array)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < src.numel() or buf.dtype != src.dtype:
+            size = max(src.numel(), 2 * buf.numel() if buf is not None else 0, 1)
+            buf = torch.empty(size, dtype=src.dtype, pin_memory=self.pin)
+            self._buffers[name] = buf
+            self.allocations += 1
+        view = buf[: src.numel()].view(src.shape)
+        view.copy_(src)
+        return view
+
+
+class Scorer:
+    """Runs a ReconstructionScorer on its device under inference mode.
+
+    On CUDA, inputs go through reused pinned buffers with non-blocking copies; the device
+    work is queued and the host waits only when it reads the results back (``.cpu()``).
+    """
+
+    def __init__(
+        self, spec: FeatureSpec, model: AnomalyModel, device: torch.device, top_k: int = 3
+    ) -> None:
+        self.spec = spec
+        self.device = device
+        self.top_k = max(0, min(top_k, spec.n_units))
+        self.module = ReconstructionScorer(spec, model).to(device).eval()
+        self._cuda = device.type == "cuda"
+        self._staging = HostStaging(pin=self._cuda)
+        self._copied: torch.cuda.Event | None = None
+
+    def score(self, cont: FloatArray, cat: IndexArray) -> BatchScores:
+        """Score raw arrays (B, C) and (B, K); B may be 0."""
+        with torch.inference_mode():
+            errors, scores = self.score_terms(cont, cat)  # (B, U), (B,)
+            top_err, top_idx = torch.topk(errors, self.top_k, dim=1)
+        return BatchScores(
+            scores=scores.float().cpu().numpy(),
+            top_index=top_idx.cpu().numpy(),
+            top_error=top_err.float().cpu().numpy(),
+        )
+
+    def unit_errors(self, cont: FloatArray, cat: IndexArray) -> Tensor:
+        """(B, U) errors on the scorer's device; call under inference mode."""
+        errors: Tensor = self.module(*self._to_device(cont, cat))
+        return errors
+
+    def score_terms(self, cont: FloatArray, cat: IndexArray) -> tuple[Tensor, Tensor]:
+        """(unit errors (B, U), scores (B,)) on the scorer's device; call under inference mode.
+
+        The trainer computes its threshold with this, so it scores exactly like the worker.
+        """
+        return self.module.score_terms(*self._to_device(cont, cat))
+
+    def _to_device(self, cont: FloatArray, cat: IndexArray) -> tuple[Tensor, Tensor]:
+        """Host arrays to the device: zero-copy on the CPU; on CUDA through reused pinned
+        buffers with non-blocking copies."""
+        cont_np = np.ascontiguousarray(cont, dtype=np.float32)
+        cat_np = np.ascontiguousarray(cat, dtype=np.int64)
+        if not self._cuda:
+            return torch.from_numpy(cont_np), torch.from_numpy(cat_np)
+        if self._copied is not None:
+            self._copied.synchronize()  # the last batch's copies out of the buffers are done
+        cont_d = self._staging.stage("cont", cont_np).to(self.device, non_blocking=True)
+        cat_d = self._staging.stage("cat", cat_np).to(self.device, non_blocking=True)
+        self._copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        self._copied.record()
+        return cont_d, cat_d

@@ -1,0 +1,207 @@
+"""Batch scoring: Parquet in, one scored row per input row out, with the worker's own code.
+
+``python -m pipeline score`` serves backfills, replays and a candidate model's dry run (how many
+alerts would it raise?). Rows are encoded with ``pipeline.contract.tabular`` and scored with
+``pipeline.contract.scoring.Scorer`` exactly as the trainer and the worker do, so a row gets the
+same score here as on the stream. Memory stays bounded: the input is read as a stream of Arrow
+record batches and each scored batch goes straight to a ``ParquetWriter``; the output is written
+to a temporary file and renamed into place when complete.
+
+Output columns: the spec's id column (or ``row``, the input position, when the model has
+none), ``score`` (float64), ``is_anomaly`` (score > threshold) and ``top_features``
+(list of {name, error, share}, as in the alert event).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.contract.artifact import load_artifact
+from pipeline.contract.exceptions import DataError
+from pipeline.contract.features import FeatureSpec
+from pipeline.contract.scoring import BatchScores, Scorer, resolve_device
+from pipeline.contract.tabular import encode_record_batch
+
+ROW_COLUMN = "row"
+TOP_FEATURE_TYPE = pa.struct(
+    [("name", pa.string()), ("error", pa.float64()), ("share", pa.float64())]
+)
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What a batch scoring run did; ``alert_rate`` is the share of rows over the threshold."""
+
+    rows: int
+    anomalies: int
+    threshold: float
+    quantile: float
+    model: str
+    version: str
+    out: str
+    seconds: float
+
+    @property
+    def alert_rate(self) -> float:
+        return self.anomalies / self.rows if self.rows else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "anomalies": self.anomalies,
+            "alert_rate": round(self.alert_rate, 6),
+            "expected_rate_on_normal_data": round(1 - self.quantile, 6),
+            "threshold": self.threshold,
+            "model": self.model,
+            "version": self.version,
+            "out": self.out,
+            "seconds": round(self.seconds, 3),
+            "rows_per_s": round(self.rows / self.seconds, 1) if self.seconds else 0.0,
+        }
+
+
+def score_parquet(
+    data: str,
+    out: str | Path,
+    model_store: str,
+    name: str,
+    version: str | None = None,
+    *,
+    device: str = "auto",
+    top_k: int = 3,
+    batch_rows: int = 65_536,
+    on_batch: Callable[[int], None] | None = None,
+) -> ScoreSummary:
+    """Score every row of ``data`` (a Parquet file or a directory of them) into ``out``."""
+    started = time.perf_counter()
+    artifact = load_artifact(model_store, name, version)
+    manifest = artifact.manifest
+    spec = manifest.features
+    scorer = Scorer(spec, artifact.model, resolve_device(device), top_k=top_k)
+    dataset = _open(data)
+    id_column = _id_column(spec, dataset.schema)
+    columns = spec.column_names + ([id_column] if id_column else [])
+    missing = [c for c in columns if c not in dataset.schema.names]
+    if missing:
+        raise DataError(f"{data}: columns missing from the data: {missing}")
+    out_path = Path(out)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    rows = anomalies = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for rb in _batches(dataset, columns, batch_rows, data):
+            if rb.num_rows == 0:
+                continue
+            cont, cat = encode_record_batch(rb, spec)
+            scores = scorer.score(cont, cat)
+            ids = rb.column(id_column) if id_column else pa.array(np.arange(rows, rows + len(cont)))
+            table = output_table(
+                ids, id_column or ROW_COLUMN, scores, manifest.threshold.value, spec
+            )
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            rows += table.num_rows
+            anomalies += int((scores.scores > manifest.threshold.value).sum())
+            if on_batch is not None:
+                on_batch(rows)
+        if writer is None:  # no rows: still write a file with the output schema
+            empty = _empty_scores(scorer.top_k)
+            ids = pa.array([], dataset.schema.field(id_column).type if id_column else pa.int64())
+            table = output_table(
+                ids, id_column or ROW_COLUMN, empty, manifest.threshold.value, spec
+            )
+            writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+        writer.close()
+        writer = None
+        os.replace(tmp, out_path)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return ScoreSummary(
+        rows=rows,
+        anomalies=anomalies,
+        threshold=manifest.threshold.value,
+        quantile=manifest.threshold.quantile,
+        model=manifest.name,
+        version=manifest.version,
+        out=str(out_path),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def output_table(
+    ids: pa.Array, id_name: str, scores: BatchScores, threshold: float, spec: FeatureSpec
+) -> pa.Table:
+    """One output batch: id, score, is_anomaly, top_features (shares as in the alert)."""
+    score = scores.scores.astype(np.float64)  # (B,) exact widening of the float32 scores
+    n, k = scores.top_index.shape
+    error = scores.top_error.astype(np.float64)  # (B, k)
+    total = (score * spec.n_units)[:, None]  # (B, 1) as build_event computes it
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(total > 0, np.minimum(1.0, error / total), 0.0)
+    names = np.asarray(spec.unit_names, dtype=object)[scores.top_index.reshape(-1)]
+    top = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, n * k + 1, k, dtype=np.int32) if n else np.zeros(1, np.int32)),
+        pa.StructArray.from_arrays(
+            [
+                pa.array(names, pa.string()),
+                pa.array(error.reshape(-1)),
+                pa.array(share.reshape(-1)),
+            ],
+            fields=list(TOP_FEATURE_TYPE),
+        ),
+    )
+    return pa.table(
+        {
+            id_name: ids,
+            "score": pa.array(score),
+            "is_anomaly": pa.array(score > threshold),
+            "top_features": top,
+        }
+    )
+
+
+def _open(data: str) -> ds.Dataset:
+    try:
+        return ds.dataset(data, format="parquet")
+    except (FileNotFoundError, pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"cannot read Parquet data {data}: {exc}") from exc
+
+
+def _batches(
+    dataset: ds.Dataset, columns: list[str], batch_rows: int, data: str
+) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from dataset.to_batches(columns=columns, batch_size=batch_rows)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"cannot read Parquet data {data}: {exc}") from exc
+
+
+def _id_column(spec: FeatureSpec, schema: pa.Schema) -> str | None:
+    """The spec's id column; a model trained with one needs it in the data."""
+    if spec.id_column is None:
+        return None
+    if spec.id_column not in schema.names:
+        raise DataError(f"id column {spec.id_column!r} of the model is not in the data")
+    return spec.id_column
+
+
+def _empty_scores(top_k: int) -> BatchScores:
+    return BatchScores(
+        scores=np.zeros(0, np.float32),
+        top_index=np.zeros((0, top_k), np.int64),
+        top_error=np.zeros((0, top_k), np.float32),
+    )

@@ -1,0 +1,85 @@
+"""The worker's consumer: subscribing the group, rewinding a failed batch, lag, leaving.
+
+Offsets are never auto-committed (``pipeline.kafka.clients.make_consumer``): they move only
+when the sink commits a batch whose output is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kafka import KafkaConsumer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import TopicPartition
+
+from pipeline.contract.exceptions import KafkaFatalError, KafkaIOError
+from pipeline.kafka.clients import make_consumer
+from pipeline.kafka.errors import is_fatal
+from pipeline.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def subscribe(settings: WorkerSettings, listener: ConsumerRebalanceListener) -> KafkaConsumer:
+    """A group member subscribed to the input topics (or pattern)."""
+    s = settings
+    consumer = make_consumer(
+        s.kafka,
+        s.group_id,
+        max_poll_records=s.batch.max_size,
+        auto_offset_reset=s.auto_offset_reset,
+        session_timeout_ms=s.session_timeout_ms,
+        heartbeat_interval_ms=min(3_000, s.session_timeout_ms // 3),
+    )
+    if s.input_pattern:
+        consumer.subscribe(pattern=s.input_pattern, listener=listener)
+        return consumer
+    # Without the topics' metadata at the first JoinGroup, kafka-python's assignor hands out
+    # nothing and a second rebalance follows at once; once in a while (seen in ~1 of 10
+    # test runs) that rejoin stalled for most of a session timeout. Fetch it first.
+    for topic in s.input_topics:
+        try:
+            known = consumer.partitions_for_topic(topic)
+        except KafkaError as exc:
+            close_consumer(consumer)
+            cls = KafkaFatalError if is_fatal(exc) else KafkaIOError
+            raise cls(f"cannot read metadata of input topic {topic}: {exc!r}") from exc
+        if not known:
+            log.warning("input topic does not exist (yet)", extra={"topic": topic})
+    consumer.subscribe(topics=s.input_topics, listener=listener)
+    return consumer
+
+
+def rewind(consumer: KafkaConsumer, records: list[Any]) -> None:
+    """Seek each partition back to the batch's first offset so the retry sees the same data."""
+    first: dict[TopicPartition, int] = {}
+    for rec in records:
+        tp = TopicPartition(rec.topic, rec.partition)
+        first[tp] = min(first.get(tp, rec.offset), rec.offset)
+    for tp, offset in first.items():
+        if tp in consumer.assignment():
+            consumer.seek(tp, offset)
+
+
+def lag(consumer: KafkaConsumer, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+    """Records behind the high watermark, for the partitions whose positions are known."""
+    behind: dict[TopicPartition, int] = {}
+    for tp in list(partitions):
+        try:
+            high = consumer.highwater(tp)
+            pos = consumer.position(tp, timeout_ms=0) if high is not None else None
+        except (KafkaError, AssertionError, ValueError):
+            continue
+        if high is not None and pos is not None:
+            behind[tp] = max(0, high - pos)
+    return behind
+
+
+def close_consumer(consumer: KafkaConsumer) -> None:
+    """Leave the group promptly so partitions move to other members at once."""
+    try:
+        consumer.close(autocommit=False)
+    except KafkaError as exc:
+        log.warning("consumer close failed", extra={"error": repr(exc)})

@@ -1,0 +1,108 @@
+"""Scored records to alert and score events on a sink: the one place events are built.
+
+The live model sends an alert per record over its threshold and, with a scores topic, a score
+event per record; the shadow model sends only score events to its own topic. Both go through
+``emit_events`` so an event looks the same whoever scored it. Per-record work is kept to
+building one dict and one send: arrays are turned into Python lists once per batch, not
+indexed element by element.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+
+from pipeline.contract.alerts import build_event, encode_event, utc_now_iso
+from pipeline.contract.scoring import BatchScores
+from pipeline.worker.codec import DecodedBatch
+from pipeline.worker.serving import ModelHandle
+
+Headers = list[tuple[str, bytes]]
+MAX_RECORD_COPY_BYTES = 900_000  # include_record: larger records are not copied into alerts
+
+
+class Sink(Protocol):
+    def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Headers | None = None
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class EventTopics:
+    """Where a model's events go: alerts (over the threshold) and/or every record's score."""
+
+    alerts: str | None
+    scores: str | None
+    include_record: bool = False  # copy the input record into alerts
+
+
+def emit_events(
+    records: list[Any],
+    decoded: DecodedBatch,
+    scores: BatchScores,
+    model: ModelHandle,
+    sink: Sink,
+    topics: EventTopics,
+) -> int:
+    """Send the batch's events; returns how many records were over the threshold."""
+    threshold = model.threshold
+    over = scores.scores > threshold
+    n_over = int(over.sum())
+    if topics.scores:
+        rows = np.arange(len(scores))
+    elif topics.alerts:
+        rows = np.flatnonzero(over)
+    else:
+        return n_over
+    if not rows.size:
+        return n_over
+    detected_at = utc_now_iso()
+    names = model.spec.unit_names
+    n_units = model.spec.n_units
+    ref = (model.name, model.version)
+    accepted, record_ids = decoded.accepted, decoded.record_ids
+    send = sink.send
+    for j, score, anomalous, top_idx, top_err in zip(
+        rows.tolist(),
+        scores.scores[rows].tolist(),
+        over[rows].tolist(),
+        scores.top_index[rows].tolist(),
+        scores.top_error[rows].tolist(),
+        strict=True,
+    ):
+        rec = records[accepted[j]]
+        copy = topics.include_record and anomalous and topics.alerts
+        event = build_event(
+            source=(rec.topic, rec.partition, rec.offset, rec.timestamp),
+            key=rec.key,
+            record_id=record_ids[j],
+            score=score,
+            threshold=threshold,
+            model=ref,
+            top_features=[(names[u], e) for u, e in zip(top_idx, top_err, strict=True)],
+            total_error=score * n_units,
+            detected_at=detected_at,
+            record=record_copy(rec.value) if copy else None,
+        )
+        payload = encode_event(event)
+        if anomalous and topics.alerts:
+            send(topics.alerts, payload, key=rec.key)
+        if topics.scores:
+            send(topics.scores, payload, key=rec.key)
+    return n_over
+
+
+def record_copy(value: bytes | None) -> dict[str, Any] | None:
+    """The input record for an alert; None when it is not a JSON object (binary path), is
+    larger than MAX_RECORD_COPY_BYTES, or cannot be copied (the decoder skips ignored fields
+    unchecked, so a scored record can hold invalid UTF-8 or deep nesting there)."""
+    if value is not None and len(value) > MAX_RECORD_COPY_BYTES:
+        return None  # the alert would not fit a 1 MiB request
+    try:
+        obj = msgspec.json.decode(value or b"")
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None

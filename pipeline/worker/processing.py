@@ -1,0 +1,165 @@
+"""One micro-batch from consumed records to produced output: decode, score, alert, dead-letter.
+
+Kept free of the consume/commit loop so it can be reused by batch scoring and tested alone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.contract.artifact import Manifest
+from pipeline.contract.deadletter import dead_letter_headers, dead_letter_value
+from pipeline.contract.scoring import BatchScores
+from pipeline.worker.codec import DecodedBatch, Rejection
+from pipeline.worker.drift import DriftMonitor
+from pipeline.worker.events import EventTopics, Sink, emit_events
+from pipeline.worker.metrics import PipelineMetrics
+from pipeline.worker.overlap import timed
+from pipeline.worker.serving import ModelHandle
+
+WhileScoring = Callable[[Callable[[], bool]], None]
+
+# Below this model time per batch, handing the batch to the scoring thread costs more than
+# the overlap wins (tiny tabular models take well under a millisecond per batch).
+OVERLAP_MIN_INFERENCE_S = 0.002
+
+
+@dataclass(frozen=True)
+class Topics:
+    alerts: str
+    dead_letter: str
+    scores: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one attempt at a batch produced. Its metrics are applied by ``observe`` once the
+    batch is committed, so a retried batch counts once, not once per attempt."""
+
+    consumed: int
+    scored: int
+    anomalies: int
+    rejected: int
+    inference_s: float
+    scores: np.ndarray[Any, Any] = field(default_factory=lambda: np.zeros(0))
+    reasons: tuple[str, ...] = ()  # dead-letter reason of each rejected record
+    manifest: Manifest | None = None  # the model that scored it, for the drift monitor
+
+
+class BatchProcessor:
+    """Turns a list of consumer records into sends on a sink."""
+
+    def __init__(
+        self,
+        topics: Topics,
+        metrics: PipelineMetrics,
+        include_record: bool = False,
+        drift: DriftMonitor | None = None,
+    ) -> None:
+        self.topics = topics
+        self.metrics = metrics
+        self.include_record = include_record
+        self.drift = drift if drift is not None else DriftMonitor(metrics)
+        self._scoring_thread: ThreadPoolExecutor | None = None
+        self._last_inference_s = 0.0
+
+    def process(
+        self,
+        records: list[Any],
+        model: ModelHandle,
+        sink: Sink,
+        while_scoring: WhileScoring | None = None,
+    ) -> BatchResult:
+        """Decode, score, and send the batch's alerts / dead letters / scores to ``sink``.
+
+        ``while_scoring(done)``, if given, runs in this thread while the model scores the
+        batch in a helper thread (torch releases the GIL), until ``done()`` is true: the
+        worker polls its next batch there (``pipeline.worker.overlap``). It is used only once a
+        batch's model time is large enough for the overlap to pay.
+        """
+        decoded = model.decoder.decode_records(records)
+        for rejection in decoded.rejected:
+            self._dead_letter(records[rejection.index], rejection, model, sink)
+        scores, inference_s = self._score(decoded, model, while_scoring)
+        events = EventTopics(self.topics.alerts, self.topics.scores, self.include_record)
+        anomalies = emit_events(records, decoded, scores, model, sink, events)
+        return BatchResult(
+            consumed=len(records),
+            scored=len(scores),
+            anomalies=anomalies,
+            rejected=len(decoded.rejected),
+            inference_s=inference_s,
+            scores=scores.scores,
+            reasons=tuple(r.reason.value for r in decoded.rejected),
+            manifest=model.artifact.manifest,
+        )
+
+    def _score(
+        self, decoded: DecodedBatch, model: ModelHandle, while_scoring: WhileScoring | None
+    ) -> tuple[BatchScores, float]:
+        run = timed(lambda: model.scorer.score(decoded.cont, decoded.cat))
+        if while_scoring is None or self._last_inference_s < OVERLAP_MIN_INFERENCE_S:
+            scores, seconds = run()
+        else:
+            if self._scoring_thread is None:
+                self._scoring_thread = ThreadPoolExecutor(1, thread_name_prefix="scoring")
+            future = self._scoring_thread.submit(run)
+            while_scoring(future.done)
+            scores, seconds = future.result()
+        self._last_inference_s = seconds
+        return scores, seconds
+
+    def close(self) -> None:
+        """Stop the scoring thread, if one was started."""
+        if self._scoring_thread is not None:
+            self._scoring_thread.shutdown(wait=True)
+            self._scoring_thread = None
+
+    def _dead_letter(self, rec: Any, rejection: Rejection, model: ModelHandle, sink: Sink) -> None:
+        value, truncated = dead_letter_value(rec.value)
+        headers = dead_letter_headers(
+            reason=rejection.reason.value,
+            detail=rejection.detail,
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            timestamp=rec.timestamp,
+            model=f"{model.name}/{model.version}",
+            original=rec.headers or [],
+            truncated=truncated,
+        )
+        sink.send(self.topics.dead_letter, value, key=rec.key, headers=headers)
+
+    def observe(self, result: BatchResult) -> None:
+        """Count a batch in the metrics; the worker calls this after the batch's commit."""
+        m = self.metrics
+        m.records_consumed.inc(result.consumed)
+        m.records_scored.inc(result.scored)
+        m.anomalies.inc(result.anomalies)
+        m.batch_size.observe(result.consumed)
+        m.inference_seconds.observe(result.inference_s)
+        m.score.observe_many(result.scores)
+        for reason, n in Counter(result.reasons).items():
+            m.records_invalid.labels(reason=reason).inc(n)
+        if result.manifest is not None:
+            self.drift.observe(result.manifest, result.scores)
+
+
+def observe_end_to_end(metrics: PipelineMetrics, records: list[Any], now_ms: float) -> None:
+    """Record each record's latency from its timestamp to ``now_ms``, in one histogram call.
+
+    Records without a timestamp (None, or <= 0 from old producers) are left out.
+    """
+    stamps = np.fromiter(
+        (-1 if r.timestamp is None else r.timestamp for r in records),
+        dtype=np.float64,
+        count=len(records),
+    )
+    stamps = stamps[stamps > 0]
+    metrics.end_to_end_latency.observe_many(np.maximum(0.0, (now_ms - stamps) / 1000))

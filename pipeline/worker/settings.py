@@ -1,0 +1,217 @@
+"""Worker settings, read once at start from env vars (prefix ``PIPELINE_``) and ``.env``.
+
+Nested groups use ``__``: ``PIPELINE_KAFKA__BOOTSTRAP_SERVERS``, ``PIPELINE_BATCH__MAX_SIZE``.
+An invalid value fails at start with the field named (``load_worker_settings``). Secrets are
+``SecretStr`` so they never appear in reprs or logs. Every field is documented in README.md;
+the env-var diagnostics (typos, Kubernetes service links) live in ``pipeline.common.envvars``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.common.envvars import describe_validation_error
+from pipeline.common.fields import Host, Regex, StoreName, Topic, Topics
+from pipeline.contract.exceptions import ConfigError
+from pipeline.kafka.settings import KafkaSettings
+
+
+class BatchSettings(BaseModel):
+    """Micro-batching: a batch closes at max_size records or max_wait_ms after its first."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_size: int = Field(
+        default=1024, gt=0, le=1_000_000, description="Most records in one micro-batch."
+    )
+    max_wait_ms: int = Field(
+        default=50,
+        ge=0,
+        le=60_000,
+        description="Longest a record waits for its batch to fill, from the batch's first record.",
+    )
+
+
+class WorkerSettings(BaseSettings):
+    """Everything the streaming worker needs; see README "Configuration"."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PIPELINE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    input_topic: Topics = Field(
+        default="records", min_length=1, description="Topic(s) to consume, comma-separated."
+    )
+    input_pattern: Regex | None = Field(
+        default=None, description="Regex of topics to consume instead of input_topic."
+    )
+    alert_topic: Topic = Field(
+        default="anomalies", min_length=1, description="Where anomaly events go."
+    )
+    dlq_topic: Topic = Field(
+        default="records-dlq", min_length=1, description="Where records that fail decoding go."
+    )
+    scores_topic: Topic | None = Field(
+        default=None, description="Optional: every record's score event (audit, analytics)."
+    )
+    group_id: str = Field(
+        default="anomaly-worker", min_length=1, description="Consumer group of the workers."
+    )
+    session_timeout_ms: int = Field(
+        default=45_000,
+        ge=6_000,
+        le=1_800_000,
+        description="How long the group waits for a silent member (a crashed worker) before"
+        " its partitions move to the others.",
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest", description="Where a new group starts reading."
+    )
+    create_topics: bool = Field(default=True, description="Create missing output topics at start.")
+    topic_partitions: int = Field(default=3, ge=1, description="Partitions of created topics.")
+    topic_replication: int = Field(
+        default=1, ge=1, description="Replication factor of created topics."
+    )
+    model_store: str = Field(
+        default="model-store", min_length=1, description="Directory of the model store."
+    )
+    model_name: StoreName = Field(
+        default="default", min_length=1, description="Model name inside the store."
+    )
+    model_version: StoreName | None = Field(
+        default=None, description="Pin a version (disables hot reload); LATEST when unset."
+    )
+    id_field: str | None = Field(
+        default=None, description="Record field carried into alerts as record_id."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where the model runs; auto = CUDA when present."
+    )
+    torch_threads: int = Field(
+        default=1,
+        ge=0,
+        le=1024,
+        description="CPU threads per model call; 0 = torch's default. 1 leaves the other "
+        "cores to Kafka I/O and decoding; more threads spun against them (BENCHMARKS.md).",
+    )
+    overlap_compute: bool = Field(
+        default=False,
+        description="Experimental: poll the next batch while the model scores this one (when "
+        "it takes over 2 ms a batch). Did not pay on 2 busy CPU cores; a rebalance during the "
+        "overlap can stall kafka-python's group join (README: Throughput).",
+    )
+    top_k: int = Field(
+        default=3, ge=0, le=100, description="Features with the largest error in each alert."
+    )
+    include_record: bool = Field(
+        default=False, description="Copy the input record into each alert."
+    )
+    max_record_bytes: int = Field(
+        default=1_048_576, gt=0, description="Larger records are dead-lettered as oversized."
+    )
+    metrics_port: int = Field(
+        default=9108,
+        ge=0,
+        le=65535,
+        description="Port of /metrics, /healthz, /readyz; 0 disables the server.",
+    )
+    metrics_host: Host = Field(default="0.0.0.0", description="Interface of the metrics server.")
+    delivery: Literal["at-least-once", "exactly-once"] = Field(
+        default="at-least-once", description="Delivery guarantee (README: Delivery)."
+    )
+    transactional_id: str | None = Field(
+        default=None,
+        description=(
+            "exactly-once: id unique to this replica and stable across its restarts (e.g. a"
+            " StatefulSet pod name); default group_id-hostname-N, N the lowest slot no live"
+            " worker on this host holds (a restart gets its predecessor's id back)."
+        ),
+    )
+    reload_interval_s: float = Field(
+        default=10.0, ge=0, description="How often to check LATEST for a new model; 0 disables."
+    )
+    drift_half_life_records: int = Field(
+        default=20_000,
+        gt=0,
+        description="Drift window: a record's weight halves after this many newer records.",
+    )
+    announce_topic: Topic | None = Field(
+        default=None,
+        description="Optional: topic where the trainer announces versions; LATEST is read at once.",
+    )
+    shadow_model_name: StoreName | None = Field(
+        default=None,
+        description="Shadow scoring: candidate model scored beside the live one (metrics only).",
+    )
+    shadow_model_version: StoreName | None = Field(
+        default=None,
+        description="Pin the shadow version; LATEST of the shadow name (hot reload) when unset.",
+    )
+    shadow_topic: Topic | None = Field(
+        default=None, description="Optional: the shadow model's score event for every record."
+    )
+    liveness_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="/healthz fails when the loop has not gone round for this long.",
+    )
+    max_batch_retries: int = Field(
+        default=5, ge=0, description="Failed attempts of one batch before the worker exits."
+    )
+    retry_backoff_s: float = Field(
+        default=0.5, ge=0, description="First retry delay; doubles per attempt, capped at 30 s."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one object per line; text: for people."
+    )
+
+    @model_validator(mode="after")
+    def _shadow_complete(self) -> WorkerSettings:
+        if self.shadow_topic and not self.shadow_enabled:
+            raise ValueError("shadow_topic needs shadow_model_name or shadow_model_version")
+        same_name = self.shadow_enabled and self.shadow_name == self.model_name
+        if same_name and self.shadow_model_version is None:
+            raise ValueError(
+                "a shadow of the live model's own name needs shadow_model_version"
+                " (following the same LATEST it would just repeat the live model)"
+            )
+        return self
+
+    @property
+    def input_topics(self) -> list[str]:
+        return [t.strip() for t in self.input_topic.split(",") if t.strip()]
+
+    @property
+    def output_topics(self) -> list[str]:
+        """The topics the worker writes to (created at start with ``create_topics``)."""
+        outputs = [self.alert_topic, self.dlq_topic, self.scores_topic, self.shadow_topic]
+        return [t for t in outputs if t]
+
+    @property
+    def shadow_enabled(self) -> bool:
+        return bool(self.shadow_model_name or self.shadow_model_version)
+
+    @property
+    def shadow_name(self) -> str:
+        """The shadow's model name: a version alone names a candidate of the live model."""
+        return self.shadow_model_name or self.model_name
+
+
+def load_worker_settings(**overrides: Any) -> WorkerSettings:
+    """Build settings once at start; a bad value raises ConfigError naming the env var."""
+    try:
+        return WorkerSettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, "PIPELINE_", WorkerSettings)) from exc

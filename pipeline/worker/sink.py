@@ -1,0 +1,220 @@
+"""The sink that makes a batch's output durable, then commits the batch's offsets.
+
+Delivery (README "Delivery guarantees"):
+- at-least-once: send alerts / dead letters / scores, flush, check every ack, then commit the
+  batch's offsets. A crash before the commit replays the batch (same event ids).
+- exactly-once: the same sends inside a Kafka transaction that also carries the consumer
+  offsets (``send_offsets_to_transaction``); readers use ``isolation_level=read_committed``.
+
+After any failure the sink replaces its producer: an idempotent or transactional producer that
+saw an error refuses every later send.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import kafka.errors as kerr
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from pipeline.contract.exceptions import CommitRejected, DeliveryError, KafkaIOError
+from pipeline.kafka.clients import close_quietly
+
+log = logging.getLogger(__name__)
+
+DeliveryMode = Literal["at-least-once", "exactly-once"]
+Headers = list[tuple[str, bytes]]
+_FLUSH_SLICE_S = 1.0
+_REBALANCED = (kerr.CommitFailedError, kerr.RebalanceInProgressError)
+
+
+def next_offsets(records: Iterable[Any]) -> dict[TopicPartition, OffsetAndMetadata]:
+    """Offsets to commit after a batch: one past the last record of each partition."""
+    last: dict[tuple[str, int], int] = {}  # plain tuples: this runs for every record
+    get = last.get
+    for rec in records:
+        key = (rec.topic, rec.partition)
+        offset = rec.offset
+        if offset > get(key, -1):
+            last[key] = offset
+    return {TopicPartition(*key): OffsetAndMetadata(off + 1, "", -1) for key, off in last.items()}
+
+
+class OutputSink:
+    """Collects one batch's produced records and commits them together with the offsets.
+
+    Owns the producer: it is created on first use from ``make``, and ``reset`` replaces it
+    after a failure (the next batch then starts with a fresh, healthy producer; in
+    exactly-once mode the new one's ``init_transactions`` also aborts what the old one left).
+    """
+
+    def __init__(
+        self,
+        make: Callable[[], KafkaProducer],
+        mode: DeliveryMode,
+        flush_timeout_s: float = 60,
+    ) -> None:
+        self._make = make
+        self.mode = mode
+        self.flush_timeout_s = flush_timeout_s
+        self._producer: KafkaProducer | None = None
+        self._pending: list[tuple[str, FutureRecordMetadata]] = []
+        self._in_txn = False
+        self.waiting_since: float | None = None  # monotonic start of a wait for the broker
+
+    @property
+    def producer(self) -> KafkaProducer:
+        if self._producer is None:
+            with self._waiting():  # bootstrap, and init_transactions in exactly-once mode
+                self._producer = self._make()
+        return self._producer
+
+    def waited_s(self) -> float:
+        """How long the current call has been waiting for Kafka (0 outside such calls)."""
+        since = self.waiting_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    @contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """Mark a call that waits for the broker. While the broker is away these calls block
+        (kafka-python waits for a transaction commit without a timeout, a flush for up to
+        ``flush_timeout_s``); the worker reports itself alive meanwhile, since restarting it
+        would not bring the broker back (``pipeline_kafka_wait_seconds``)."""
+        outer = self.waiting_since is None
+        if outer:
+            self.waiting_since = time.monotonic()
+        try:
+            yield
+        finally:
+            if outer:
+                self.waiting_since = None
+
+    def begin(self) -> None:
+        if self.mode == "exactly-once" and not self._in_txn:
+            producer = self.producer
+            try:
+                producer.begin_transaction()
+            except KafkaError as exc:
+                raise DeliveryError(f"begin_transaction failed: {exc!r}") from exc
+            self._in_txn = True
+
+    def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Headers | None = None
+    ) -> None:
+        try:
+            future = self.producer.send(topic, value=value, key=key, headers=headers or [])
+        except KafkaError as exc:
+            raise DeliveryError(f"send to {topic} failed: {exc!r}") from exc
+        self._pending.append((topic, future))
+
+    def commit(
+        self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
+    ) -> None:
+        """Make the batch's output durable, then (atomically, in EOS mode) its offsets.
+
+        Raises CommitRejected when the group rebalanced meanwhile (at-least-once: the output
+        is durable and the new owner replays), DeliveryError / KafkaIOError otherwise."""
+        if self.mode == "exactly-once":
+            with self._waiting():
+                self._commit_transaction(consumer, offsets)
+            return
+        with self._waiting():
+            self._flush_and_check()
+        if not offsets:
+            return
+        try:
+            with self._waiting():
+                consumer.commit(offsets=offsets)
+        except _REBALANCED as exc:
+            raise CommitRejected(f"offset commit refused for {_fmt(offsets)}: {exc!r}") from exc
+        except KafkaError as exc:
+            raise KafkaIOError(f"offset commit failed for {_fmt(offsets)}: {exc!r}") from exc
+
+    def abort(self) -> None:
+        """Drop the batch's output: abort the transaction (EOS) or forget the futures."""
+        self._pending.clear()
+        if self._in_txn:
+            self._in_txn = False
+            try:
+                with self._waiting():
+                    self.producer.abort_transaction()
+            except KafkaError as exc:
+                log.warning("abort_transaction failed", extra={"error": repr(exc)})
+
+    def reset(self) -> None:
+        """Close the producer (after a failure); the next batch creates a new one."""
+        self._pending.clear()
+        self._in_txn = False
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with self._waiting():
+                close_quietly(producer)
+
+    def close(self) -> None:
+        self.reset()
+
+    def _commit_transaction(
+        self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
+    ) -> None:
+        self.begin()
+        try:
+            if offsets:
+                self.producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
+            self.producer.commit_transaction()
+        except KafkaError as exc:
+            raise DeliveryError(f"transaction commit failed for {_fmt(offsets)}: {exc!r}") from exc
+        finally:
+            self._in_txn = False
+        self._check_futures()
+
+    def _flush_and_check(self) -> None:
+        """Wait for every send of the batch, but stop as soon as one of them failed.
+
+        The flush goes in one-second slices: kafka-python 3.0.12 can leave a batch it split
+        after MessageSizeTooLarge incomplete forever, so a plain flush would sit out its whole
+        timeout although the batch is known to have failed."""
+        deadline = time.monotonic() + self.flush_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                self.producer.flush(timeout=max(0.0, min(_FLUSH_SLICE_S, remaining)))
+                break
+            except KafkaError as exc:
+                failed = self._first_failure()
+                if failed is not None:
+                    topic, error = failed
+                    raise DeliveryError(
+                        f"record to {topic} was not delivered: {error!r} (flush: {exc!r})"
+                    ) from error
+                timed_out = isinstance(exc, kerr.KafkaTimeoutError)
+                if not timed_out or remaining <= _FLUSH_SLICE_S:
+                    raise DeliveryError(
+                        f"flush failed after {self.flush_timeout_s - remaining:.1f}s: {exc!r}"
+                    ) from exc
+        self._check_futures()
+
+    def _first_failure(self) -> tuple[str, BaseException] | None:
+        for topic, future in self._pending:
+            if future.is_done and future.failed():
+                return topic, future.exception
+        return None
+
+    def _check_futures(self) -> None:
+        pending, self._pending = self._pending, []
+        for topic, future in pending:
+            if not future.is_done:
+                raise DeliveryError(f"record to {topic} not acknowledged in time")
+            if future.failed():
+                error = future.exception
+                raise DeliveryError(f"record to {topic} was not delivered: {error!r}") from error
+
+
+def _fmt(offsets: dict[TopicPartition, OffsetAndMetadata]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}] offset={om.offset}" for tp, om in offsets.items())

@@ -1,0 +1,140 @@
+"""A hypothesis-generated corpus of hostile records through a real worker and broker: the worker
+never stops, and every record is scored or dead-lettered (with its reason and original bytes)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
+from kafka import KafkaProducer
+
+from pipeline.alert_consumers.audit import audit
+from pipeline.contract.deadletter import parse_dead_letter
+from pipeline.kafka.settings import KafkaSettings
+from pipeline.worker.codec import BINARY_CONTENT_TYPE, Reason
+from pipeline.worker.loop import Worker
+from pipeline.worker.metrics import PipelineMetrics
+from tests.support.factories import mixed_spec, publish_model
+from tests.support.faults import SCALED_TIMEOUT, record_result, scaled
+from tests.support.fuzzing import MAX_BYTES, hostile_values
+from tests.support.kafka import read_all
+from tests.support.workers import NAME
+from tests.support.workers import settings as worker_settings
+
+pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("torch_one_thread"), SCALED_TIMEOUT]
+REASONS = {r.value for r in Reason}
+SPEC = mixed_spec()
+_HEADERS = st.lists(
+    st.tuples(st.text(max_size=8), st.binary(max_size=8))
+    | st.just(("content-type", BINARY_CONTENT_TYPE.encode())),
+    max_size=2,
+)
+_RECORD = st.tuples(st.none() | st.binary(max_size=12), hostile_values(SPEC, "txn"), _HEADERS) | (
+    st.tuples(st.binary(min_size=1, max_size=4), st.none(), _HEADERS)  # tombstones
+)
+
+
+def generate(strategy: st.SearchStrategy[Any], n: int, seed: int) -> list[Any]:
+    """``n`` distinct examples of ``strategy`` (reproducible through ``seed``)."""
+    out: list[Any] = []
+
+    @hypothesis_seed(seed)
+    @settings(max_examples=n, database=None, phases=[Phase.generate], deadline=None)
+    @given(strategy)
+    def collect(example: Any) -> None:
+        out.append(example)
+
+    collect()
+    return out
+
+
+def test_a_hostile_corpus_is_scored_or_dead_lettered_record_by_record(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    seed = int(os.environ.get("FUZZ_SEED", "20261124"))
+    corpus = generate(_RECORD, scaled(400), seed)
+    publish_model(tmp_path, SPEC, name=NAME, threshold=0.5)
+    source, scores = make_topic(1), make_topic(1)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+    try:
+        for key, value, headers in corpus:
+            producer.send(source, key=key, value=value, headers=headers)
+        producer.flush(60)
+    finally:
+        producer.close()
+    s = worker_settings(
+        kafka_bootstrap,
+        tmp_path,
+        source,
+        scores_topic=scores,
+        id_field="txn",
+        max_record_bytes=MAX_BYTES,
+        batch={"max_size": 32},
+        max_batch_retries=0,  # a record that fails its batch must show, not be retried away
+    )
+    metrics = PipelineMetrics()
+    summary = Worker(s, metrics).run(idle_timeout_s=2)  # raises if the worker gives up
+    assert summary.consumed == len(corpus)
+
+    report = audit(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap), [source], scores, s.dlq_topic,
+        group_id=s.group_id,
+    )  # fmt: skip
+    assert (report.records, report.due, report.lost, report.duplicates) == (
+        len(corpus), len(corpus), 0, 0,
+    )  # fmt: skip
+    assert report.scored + report.dead_lettered == len(corpus)
+    assert report.dead_letters_without_reason == report.foreign_dead_letters == 0
+    assert set(report.dlq_reasons) <= REASONS
+    assert report.scored > 0 and report.dead_lettered > 0
+    record_result(
+        "hostile input (hypothesis corpus)", sent=len(corpus),
+        faults=f"random bytes, nesting, wrong types, NaN/inf, odd unicode, oversized (seed {seed})",
+        lost=report.lost, duplicates=report.duplicates, scored=report.scored,
+        dead_lettered=report.dead_lettered, reasons=dict(report.dlq_reasons),
+    )  # fmt: skip
+    for dead in read_all(kafka_bootstrap, s.dlq_topic):
+        letter = parse_dead_letter(dead.headers)
+        key, value, headers = corpus[letter.offset]
+        assert (dead.key, dead.value) == (key, value or b"")
+        assert letter.detail
+        assert [h for h in dead.headers if not h[0].startswith("dlq.")] == [
+            (k, v) for k, v in headers if not k.startswith("dlq.")
+        ]
+
+
+def test_records_too_big_for_the_dead_letter_topic_are_dead_lettered_truncated(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    """A malformed record just under the broker's default 1 MiB limit, and an oversized one
+    from an input topic that allows 3 MB: neither fits in a dead letter with its headers."""
+    publish_model(tmp_path, SPEC, name=NAME, threshold=0.5)
+    source = make_topic(1, config={"max.message.bytes": str(3 << 20)})
+    near_limit = b"{" + b"x" * 1_048_399  # bad JSON, fits a default topic as a record
+    big = b'{"amount": 1.0, "pad": "' + b"y" * 1_500_000 + b'"}'  # valid JSON, oversized
+    good = b'{"amount": 1.0, "channel": "web", "foreign": true, "emb": [1, 2, 3], "txn": "ok"}'
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=3 << 20
+    )
+    try:
+        for value in (good, near_limit, big, good):
+            producer.send(source, key=b"k", value=value).get(60)
+    finally:
+        producer.close()
+    s = worker_settings(
+        kafka_bootstrap, tmp_path, source, id_field="txn", max_batch_retries=0,
+        batch={"max_size": 2},
+    )  # fmt: skip
+    summary = Worker(s).run(idle_timeout_s=2)
+    assert (summary.consumed, summary.scored, summary.rejected) == (4, 2, 2)
+    dead = {parse_dead_letter(d.headers).offset: d for d in read_all(kafka_bootstrap, s.dlq_topic)}
+    assert sorted(dead) == [1, 2]
+    for offset, original, reason in ((1, near_limit, "bad_json"), (2, big, "oversized")):
+        letter, headers = dead[offset], dict(dead[offset].headers)
+        assert parse_dead_letter(letter.headers).reason == reason
+        assert headers["dlq.truncated"] == str(len(original)).encode()
+        assert original.startswith(letter.value) and len(letter.value) == 1_000_000

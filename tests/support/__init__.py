@@ -1,0 +1,1 @@
+"""Helpers the tests share (fixtures themselves live in tests/conftest.py)."""

@@ -1,0 +1,88 @@
+import pytest
+import torch
+from pydantic import ValidationError
+
+from pipeline.contract.models import (
+    MODEL_REGISTRY,
+    ModelConfig,
+    build_model,
+    default_config,
+    default_hidden_dims,
+)
+
+
+@pytest.mark.parametrize("kind", sorted(MODEL_REGISTRY))
+@pytest.mark.parametrize("norm", ["none", "batch", "layer"])
+def test_every_model_reconstructs_with_the_right_shape(kind, norm):
+    cfg = ModelConfig(
+        kind=kind,
+        input_dim=12,
+        output_dim=12,
+        hidden_dims=[16, 8],
+        latent_dim=3,
+        norm=norm,
+        dropout=0.1,
+    )
+    model = build_model(cfg)
+    x = torch.randn(5, 12)
+    recon, extra = model.training_forward(x)
+    assert recon.shape == (5, 12)
+    assert extra.shape == ()
+    model.eval()
+    with torch.inference_mode():
+        a, b = model(x), model(x)
+    assert torch.equal(a, b), "eval output must be deterministic"
+
+
+def test_vae_regulariser_is_positive_and_scaled_by_beta():
+    torch.manual_seed(0)
+    x = torch.randn(64, 6)
+    base = ModelConfig(kind="vae", input_dim=6, output_dim=6, hidden_dims=[8], latent_dim=2)
+    m1 = build_model(base)
+    m2 = build_model(base.model_copy(update={"beta": 0.0}))
+    m2.load_state_dict(m1.state_dict())
+    assert float(m1.training_forward(x)[1].detach()) > 0
+    assert float(m2.training_forward(x)[1].detach()) == 0
+    assert m1.kl_per_record(x).shape == (64,)  # type: ignore[operator]
+
+
+def test_denoising_model_corrupts_only_in_training():
+    cfg = ModelConfig(
+        kind="dae",
+        input_dim=4,
+        output_dim=4,
+        hidden_dims=[4],
+        latent_dim=2,
+        noise="mask",
+        noise_level=0.5,
+    )
+    model = build_model(cfg)
+    torch.manual_seed(0)
+    corrupted = model.corrupt(torch.ones(1000, 4))  # type: ignore[operator]
+    assert 0.4 < float((corrupted == 0).float().mean()) < 0.6
+
+
+def test_config_validation_names_the_problem():
+    with pytest.raises(ValidationError, match="hidden_dims"):
+        ModelConfig(input_dim=4, output_dim=4, hidden_dims=[0])
+    with pytest.raises(ValidationError):
+        ModelConfig(kind="gan", input_dim=4, output_dim=4)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("dim", "first"), [(4, 16), (13, 16), (32, 32), (784, 512)])
+def test_default_sizes_scale_with_input(dim, first):
+    hidden, latent = default_hidden_dims(dim)
+    assert hidden[0] == first
+    assert latent <= hidden[-1]
+
+
+@pytest.mark.parametrize("dim", [12, 784])
+def test_default_config_is_what_trainer_fit_builds_with_default_settings(dim, tmp_path):
+    """The benchmarks time ``default_config``: it must stay the trainer's default model."""
+    from pipeline.contract.features import FeatureSpec, NumericFeature
+    from trainer.fit import model_config
+    from trainer.settings import load_trainer_settings
+
+    spec = FeatureSpec(features=[NumericFeature(name=f"f{j}", mean=0, std=1) for j in range(dim)])
+    settings = load_trainer_settings(data="x.parquet", model_store=str(tmp_path), name="m")
+    assert model_config(spec, settings) == default_config(dim)

@@ -1,0 +1,103 @@
+from dataclasses import dataclass, field
+
+import msgspec
+import numpy as np
+import pytest
+import torch
+
+from pipeline.worker import processing
+from pipeline.worker.metrics import PipelineMetrics
+from pipeline.worker.processing import BatchProcessor, Topics
+from pipeline.worker.serving import open_model
+from tests.support.factories import numeric_spec, publish_model
+
+
+@dataclass
+class Rec:
+    offset: int
+    value: bytes
+    topic: str = "in"
+    partition: int = 0
+    timestamp: int = 1_700_000_000_000
+    key: bytes = b"k"
+    headers: list = field(default_factory=list)
+
+
+class ListSink:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, topic, value, key=None, headers=None):
+        self.sent.append((topic, msgspec.json.decode(value) if topic != "dlq" else value))
+
+
+@pytest.fixture
+def model(tmp_path):
+    publish_model(tmp_path, numeric_spec(4), name="m", threshold=0.5)
+    return open_model(
+        str(tmp_path), "m", None, torch.device("cpu"), id_field=None, top_k=2, max_record_bytes=1000
+    )
+
+
+def batch(n=300):
+    rows = np.random.default_rng(0).standard_normal((n, 4)) * 3
+    return [
+        Rec(i, msgspec.json.encode({f"x{j}": v for j, v in enumerate(r)}))
+        for i, r in enumerate(rows.tolist())
+    ]
+
+
+def test_overlapped_scoring_sends_exactly_what_the_plain_path_sends(model, monkeypatch):
+    records = [*batch(), Rec(999, b"{bad")]
+    plain_sink, overlap_sink = ListSink(), ListSink()
+    topics = Topics("alerts", "dlq", "scores")
+    plain = BatchProcessor(topics, PipelineMetrics()).process(records, model, plain_sink)
+
+    monkeypatch.setattr(processing, "OVERLAP_MIN_INFERENCE_S", 0.0)
+    calls = []
+
+    def while_scoring(done):
+        calls.append(1)
+        while not done():
+            pass
+
+    proc = BatchProcessor(topics, PipelineMetrics())
+    try:
+        for _ in range(2):
+            overlap_sink.sent.clear()
+            result = proc.process(records, model, overlap_sink, while_scoring)
+    finally:
+        proc.close()
+    assert calls == [1, 1]
+    assert result.anomalies == plain.anomalies > 0
+    assert _without_time(overlap_sink.sent) == _without_time(plain_sink.sent)
+    assert ("dlq", b"{bad") in overlap_sink.sent
+
+
+def _without_time(sent):
+    return [
+        (t, {k: v for k, v in e.items() if k != "detected_at"} if isinstance(e, dict) else e)
+        for t, e in sent
+    ]
+
+
+def test_score_histogram_counts_every_scored_record(model):
+    metrics = PipelineMetrics()
+    processor = BatchProcessor(Topics("alerts", "dlq"), metrics)
+    result = processor.process(batch(50), model, ListSink())
+    assert metrics.registry.get_sample_value("pipeline_score_count") == 0  # not committed yet
+    processor.observe(result)
+    assert metrics.registry.get_sample_value("pipeline_score_count") == 50
+
+
+def test_next_offsets_are_one_past_the_last_record_of_each_partition():
+    from kafka.structs import TopicPartition
+
+    from pipeline.worker.sink import next_offsets
+
+    records = [Rec(o, b"", partition=p) for p, o in [(0, 5), (1, 9), (0, 7), (0, 6), (1, 3)]]
+    offsets = next_offsets(records)
+    assert {tp: om.offset for tp, om in offsets.items()} == {
+        TopicPartition("in", 0): 8,
+        TopicPartition("in", 1): 10,
+    }
