@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,20 @@ def alerts() -> None:
     """Read the alert topic: follow it in a terminal, or copy it to a sink."""
 
 
+@dataclass(frozen=True)
+class AlertSource:
+    """Where alerts are read and which are kept: the options `tail` and `sink` share."""
+
+    kafka: Any
+    topic: str
+    keep: Any
+    cooldown: Any
+    idle_timeout_s: float | None
+
+
 def _alert_options(f: Callable[..., None]) -> Callable[..., None]:
-    """Connection and filter options shared by `alerts tail` and `alerts sink`."""
+    """Connection and filter options shared by `alerts tail` and `alerts sink`, handed to the
+    command as one ``source: AlertSource``."""
     options = [
         click.option(
             "--bootstrap",
@@ -56,9 +70,35 @@ def _alert_options(f: Callable[..., None]) -> Callable[..., None]:
             "--idle-timeout", type=float, help="Stop after this many seconds without records."
         ),
     ]
+
+    @functools.wraps(f)
+    def with_source(
+        *,
+        bootstrap: str | None,
+        topic: str,
+        model_name: str | None,
+        model_version: str | None,
+        min_score: float | None,
+        since: str | None,
+        cooldown: float,
+        idle_timeout: float | None,
+        **rest: Any,
+    ) -> None:
+        from pipeline.alert_consumers.tail import Cooldown
+
+        source = AlertSource(
+            kafka=_alert_kafka(bootstrap),
+            topic=topic,
+            keep=_alert_filter(model_name, model_version, min_score, since),
+            cooldown=Cooldown(cooldown) if cooldown else None,
+            idle_timeout_s=idle_timeout,
+        )
+        f(source=source, **rest)
+
+    command: Callable[..., None] = with_source
     for option in reversed(options):
-        f = option(f)
-    return f
+        command = option(command)
+    return command
 
 
 def _alert_kafka(bootstrap: str | None) -> Any:
@@ -97,14 +137,7 @@ def _alert_filter(
 )
 @click.option("--max", "max_alerts", type=click.IntRange(1), help="Stop after this many alerts.")
 def tail(
-    bootstrap: str | None,
-    topic: str,
-    model_name: str | None,
-    model_version: str | None,
-    min_score: float | None,
-    since: str | None,
-    cooldown: float,
-    idle_timeout: float | None,
+    source: AlertSource,
     from_beginning: bool,
     fmt: str,
     max_alerts: int | None,
@@ -112,11 +145,9 @@ def tail(
     """Follow the alert topic and print alerts as they arrive (no consumer group, no commits)."""
     import threading
 
-    from pipeline.alert_consumers.tail import Cooldown, format_pretty
+    from pipeline.alert_consumers.tail import format_pretty
     from pipeline.alert_consumers.tail import tail as run_tail
 
-    kafka = _alert_kafka(bootstrap)
-    keep = _alert_filter(model_name, model_version, min_score, since)
     tty = sys.stdout.isatty()
     pretty = fmt == "pretty" or (fmt == "auto" and tty)
 
@@ -128,14 +159,14 @@ def tail(
     install_signal_handlers(stop.set)
     try:
         stats = run_tail(
-            kafka,
-            topic,
+            source.kafka,
+            source.topic,
             emit,
-            keep=keep,
-            cooldown=Cooldown(cooldown) if cooldown else None,
+            keep=source.keep,
+            cooldown=source.cooldown,
             start="beginning" if from_beginning else "end",
             max_alerts=max_alerts,
-            idle_timeout_s=idle_timeout,
+            idle_timeout_s=source.idle_timeout_s,
             stop=stop,
         )
     except KafkaIOError as exc:
@@ -159,14 +190,7 @@ def tail(
     "--header", "headers", multiple=True, help="Webhook header 'Name: value' (repeatable)."
 )
 def sink(
-    bootstrap: str | None,
-    topic: str,
-    model_name: str | None,
-    model_version: str | None,
-    min_score: float | None,
-    since: str | None,
-    cooldown: float,
-    idle_timeout: float | None,
+    source: AlertSource,
     group: str,
     jsonl: Path | None,
     parquet: Path | None,
@@ -185,15 +209,12 @@ def sink(
         WebhookSink,
         run_sink,
     )
-    from pipeline.alert_consumers.tail import Cooldown
     from pipeline.common.logs import configure_logging
 
     configure_logging("INFO", "json")
     chosen = [x for x in (jsonl, parquet, webhook) if x]
     if len(chosen) != 1:
         fail(2, "choose exactly one of --jsonl, --parquet, --webhook")
-    kafka = _alert_kafka(bootstrap)
-    keep = _alert_filter(model_name, model_version, min_score, since)
     extra = {}
     for header in headers:
         name, sep, value = header.partition(":")
@@ -211,13 +232,13 @@ def sink(
         else:
             target = WebhookSink(str(webhook), headers=extra)
         stats = run_sink(
-            kafka,
-            topic,
+            source.kafka,
+            source.topic,
             group,
             target,
-            keep=keep,
-            cooldown=Cooldown(cooldown) if cooldown else None,
-            idle_timeout_s=idle_timeout,
+            keep=source.keep,
+            cooldown=source.cooldown,
+            idle_timeout_s=source.idle_timeout_s,
             stop=stop,
         )
     except SinkError as exc:
