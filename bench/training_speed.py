@@ -9,8 +9,8 @@ Same architecture: the trainer's default layer sizes for the input width
 16-8-4-8-16 -> 12), ReLU, no batch norm or dropout, given to PyOD as ``hidden_neuron_list``
 (PyOD also puts a ReLU on the bottleneck; ours is linear). Same epochs (``--epochs``; ours
 runs every one of them: patience = epochs, no early stop). Same data: the trainer holds out
-a validation share for its threshold, so PyOD gets exactly the trainer's training rows
-(``trainer.data.split_mask``, same seed). Run r uses seed r on both sides (split and
+select and calibration rows, so PyOD gets exactly the trainer's fit rows
+(``trainer.split.split_indices``, same seed). Run r uses seed r on both sides (split and
 initialisation), so the ROC-AUC columns are means over as many seeds as runs. Everything
 else is each library's default: Adam lr 1e-3 (PyOD adds weight decay 1e-5), batch 256 for
 ours and 32 for PyOD; ``--our-batch-size 32`` runs ours at PyOD's batch size too (the same
@@ -78,14 +78,15 @@ def layers(width: int) -> list[int]:
     return [*hidden, latent]
 
 
-def trainer_rows(
-    x: npt.NDArray[np.float64], seed: int, fraction: float = 0.2
-) -> npt.NDArray[np.float64]:
-    """The rows ``fit`` trains on when given ``x`` in one Parquet file (validation held out)."""
-    from trainer.data import split_mask
+def trainer_rows(x: npt.NDArray[np.float64], seed: int) -> npt.NDArray[np.float64]:
+    """The rows ``fit`` fits on when given ``x`` in one Parquet file (select and calibration
+    rows held out)."""
+    import pyarrow as pa
 
-    held_out = split_mask(np.arange(len(x), dtype=np.uint64), fraction, seed)
-    return x[~held_out]
+    from trainer.split import SplitOptions, split_indices
+
+    parts = split_indices(pa.table({"row": np.arange(len(x))}), SplitOptions(seed=seed))
+    return x[parts["fit"]]
 
 
 def time_ours(

@@ -63,8 +63,16 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option("--noise", type=click.Choice(["gaussian", "mask"]), help="DAE corruption.")
 @click.option("--noise-level", type=float, help="DAE: noise std or masking probability.")
 @click.option("--score", type=click.Choice(["reconstruction", "elbo"]), help="Record score.")
-@click.option("--quantile", type=float, help="Threshold quantile of held-out scores.")
-@click.option("--validation-fraction", type=float)
+@click.option("--quantile", type=float, help="Threshold quantile of calibration scores.")
+@click.option(
+    "--target-fpr", type=float, help="False-alarm rate to aim for (instead of --quantile)."
+)
+@click.option("--validation-fraction", type=float, help="Share of rows selecting the model.")
+@click.option("--calibration-fraction", type=float, help="Share of rows calibrating the threshold.")
+@click.option("--split-by", help="Time or entity column keeping related rows on one side.")
+@click.option(
+    "--split-kind", type=click.Choice(["auto", "time", "entity"]), help="How --split-by is read."
+)
 @click.option("--seed", type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option(

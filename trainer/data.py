@@ -2,9 +2,10 @@
 
 Memory stays bounded by the read batch size (and Parquet's row-group size): nothing here holds
 more than a few Arrow record batches. Rows have a global *position*: files sorted by path, row
-groups in file order, rows in row-group order. The train/validation split is a pure function
-of (position, seed), so every pass (statistics, training, threshold) and every process agrees
-on which rows are held out, whatever the number of processes.
+groups in file order, rows in row-group order. The fit/select/calibrate split
+(``trainer.split``) is a pure function of the position (and optionally one column), so every
+pass (statistics, training, threshold) and every process agrees on which rows are held out,
+whatever the number of processes.
 
 Sharding (multi-process training): the positions 0..N are cut into ``world`` contiguous
 ranges of (almost) equal length; a process reads only the row groups that overlap its range,
@@ -190,14 +191,19 @@ def _open_dataset(location: str) -> ds.Dataset:
 def split_mask(
     positions: npt.NDArray[np.uint64], fraction: float, seed: int
 ) -> npt.NDArray[np.bool_]:
-    """True for validation rows: a hash of (position, seed) below ``fraction``.
+    """True for a hashed share ``fraction`` of the rows at these positions (a sample).
 
-    A pure function of the row's position, so every pass (statistics, training, threshold)
-    agrees on which rows are held out, with no list of ids kept in memory.
+    A pure function of the row's position, so every pass and every process agrees on it with
+    no list of ids kept in memory. The training split itself is ``trainer.split``.
     """
+    return unit_hash(positions, seed) < fraction
+
+
+def unit_hash(keys: npt.NDArray[np.uint64], seed: int) -> npt.NDArray[np.float64]:
+    """A uniform [0, 1) value per key (splitmix64 of key and seed)."""
     with np.errstate(over="ignore"):
-        z = positions + np.uint64(seed) * _GOLDEN + _GOLDEN
+        z = keys.astype(np.uint64) + np.uint64(seed % 2**64) * _GOLDEN + _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)

@@ -29,6 +29,7 @@ from pipeline.contract.features import category_key
 from pipeline.contract.scoring import Scorer, resolve_device
 from pipeline.contract.tabular import encode_record_batch
 from trainer import detection_metrics
+from trainer.calibration import rate_interval
 from trainer.data import ParquetSource
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class Evaluation:
             "recall": round(t.recall, 6),
             "f1": round(t.f1, 6),
             "false_positive_rate": round(t.false_positive_rate, 6),
+            "false_positive_rate_90": [round(v, 6) for v in rate_interval(t.fp, t.fp + t.tn)],
+            **expected_false_alarms(self.manifest),
             "confusion": {"tp": t.tp, "fp": t.fp, "tn": t.tn, "fn": t.fn},
             "rows": int(self.labels.size),
             "anomalies": n_anom,
@@ -88,6 +91,19 @@ class Evaluation:
             "data": self.data,
             "label_column": self.label_column,
         }
+
+
+def expected_false_alarms(manifest: Manifest) -> dict[str, Any]:
+    """What the threshold promised at training time (the rate on normal rows, with its 90%
+    interval), to set beside the false-positive rate measured here."""
+    t = manifest.threshold
+    if t.expected_false_alarm_rate is None:
+        return {"expected_false_alarm_rate": None}
+    return {
+        "expected_false_alarm_rate": round(t.expected_false_alarm_rate, 6),
+        "expected_false_alarm_rate_90": [round(v, 6) for v in t.false_alarm_rate_interval or ()],
+        "calibration_rows": t.rows,
+    }
 
 
 def evaluate(request: EvaluationRequest) -> Evaluation:

@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from pipeline.contract import artifact
@@ -35,7 +36,24 @@ from trainer.loop import TrainResult, train
 from trainer.progress import make_reporter
 from trainer.rows import SplitRows, bytes_per_row
 from trainer.settings import TrainerSettings
-from trainer.spec import SpecOptions, SpecStats, build_spec, column_kinds, gather_stats
+from trainer.spec import (
+    SpecOptions,
+    SpecStats,
+    build_spec,
+    column_kinds,
+    constant_columns,
+    gather_stats,
+)
+from trainer.split import (
+    CALIBRATE,
+    FIT,
+    SELECT,
+    RowSplit,
+    SplitOptions,
+    plan_from_sample,
+    split_kind,
+    time_sample,
+)
 from trainer.threshold import HeldOut, held_out_stats
 
 log = logging.getLogger(__name__)
@@ -56,14 +74,14 @@ _NOT_IN_RUN_FINGERPRINT = {
 
 @dataclass(frozen=True)
 class Prepared:
-    """The data opened and understood: source, spec, and this rank's row counts."""
+    """The data opened and understood: source, split, spec, and the rows of each part."""
 
     source: ParquetSource
+    split: RowSplit
     spec: FeatureSpec
-    rows_train: int  # all ranks
-    rows_validation: int  # all ranks
-    local_train: int  # this rank
-    local_validation: int  # this rank
+    part_rows: list[int]  # fit, select, calibrate over all ranks
+    local_rows: list[int]  # the same on this rank
+    constant_columns: list[str]
 
 
 def fit(settings: TrainerSettings) -> Manifest:
@@ -90,32 +108,31 @@ def _fit(s: TrainerSettings, d: Dist) -> Manifest:
     spec = data.spec
     config = model_config(spec, s)
     spans = data.source.shard(d.rank, d.world)
-    cache = (data.local_train + data.local_validation) * bytes_per_row(spec) <= (
-        s.memory_budget_mb * 2**20
-    )
-    train_rows, val_rows = (
+    cache = sum(data.local_rows) * bytes_per_row(spec) <= (s.memory_budget_mb * 2**20)
+    fit_rows, select_rows, calibrate_rows = (
         SplitRows(
             data.source,
             spec,
             spans,
-            fraction=s.validation_fraction,
-            seed=s.seed,
-            validation=validation,
-            rows=data.local_validation if validation else data.local_train,
+            split=data.split,
+            part=part,
+            rows=data.local_rows[part],
             cache=cache,
         )
-        for validation in (False, True)
+        for part in (FIT, SELECT, CALIBRATE)
     )
     log.info(
         "training",
         extra={
             "rank": d.rank,
             "world_size": d.world,
-            "rows_train": data.local_train,
-            "rows_validation": data.local_validation,
+            "rows_fit": data.local_rows[FIT],
+            "rows_select": data.local_rows[SELECT],
+            "rows_calibrate": data.local_rows[CALIBRATE],
+            "split": data.split.kind,
             "first_row": data.source.total_rows * d.rank // d.world,
             "end_row": data.source.total_rows * (d.rank + 1) // d.world,
-            "data_mode": train_rows.mode,
+            "data_mode": fit_rows.mode,
             "model": config.kind,
             "device": str(device),
         },
@@ -126,9 +143,9 @@ def _fit(s: TrainerSettings, d: Dist) -> Manifest:
         else None
     )
     reporter = make_reporter(s.progress, s.epochs, d.is_main)
-    result = train(spec, config, train_rows, val_rows, s, device, d, reporter, checkpointer)
-    held = held_out_stats(spec, result.model, val_rows, device, d, s.seed)
-    summary = _summary(s, data, result, device, d, train_rows.mode, started)
+    result = train(spec, config, fit_rows, select_rows, s, device, d, reporter, checkpointer)
+    held = held_out_stats(spec, result.model, calibrate_rows, device, d, s.seed)
+    summary = _summary(s, data, result, device, d, fit_rows.mode, started)
     manifest = _publish_on_rank0(s, d, spec, config, result, held, summary, data)
     if checkpointer is not None:
         checkpointer.remove()
@@ -136,26 +153,46 @@ def _fit(s: TrainerSettings, d: Dist) -> Manifest:
 
 
 def prepare(s: TrainerSettings, d: Dist) -> Prepared:
-    """Open the data, infer kinds, gather statistics over this rank's shard and merge them
-    across ranks. A failure on any rank is raised on every rank."""
+    """Open the data, plan the split, infer kinds, gather statistics over this rank's shard
+    and merge them across ranks. A failure on any rank is raised on every rank."""
     error: PipelineError | None = None
     opts = _spec_options(s)
     location = s.data or ""
     try:
         source = ParquetSource(location, batch_rows=s.read_batch_rows)
-        kinds = column_kinds(source, opts)
-        local = gather_stats(source, kinds, opts, d.rank, d.world)
+        kind = split_kind(source.schema, opts.split)
+        sample = time_sample(source, opts.split.by, d.rank, d.world) if kind == "time" else None
     except PipelineError as exc:
         error = exc
     d.agree(error)
-    local_train, local_val = local.rows, local.validation_rows
+    if sample is not None:
+        sample = np.concatenate(d.gather(sample))
+    try:
+        split = plan_from_sample(source.total_rows, opts.split, kind, sample)
+        kinds = column_kinds(source, opts)
+        local = gather_stats(source, kinds, split, d.rank, d.world)
+    except PipelineError as exc:
+        error = exc
+    d.agree(error)
     merged = SpecStats()
     for part in d.gather(local):
         merged.merge(part)
     spec = build_spec(kinds, merged, opts, location)
-    if merged.validation_rows == 0:
-        raise DataError(f"no validation rows in {s.data!r}: too little data to hold out")
-    return Prepared(source, spec, merged.rows, merged.validation_rows, local_train, local_val)
+    _check_parts(merged.part_rows, s)
+    return Prepared(
+        source, split, spec, merged.part_rows, local.part_rows, constant_columns(kinds, merged)
+    )
+
+
+def _check_parts(rows: list[int], s: TrainerSettings) -> None:
+    """Every part needs rows; too few calibration rows for the quantile is only a warning
+    (``trainer.calibration``)."""
+    for part, name in ((SELECT, "validation (select)"), (CALIBRATE, "calibration")):
+        if rows[part] == 0:
+            raise DataError(
+                f"no {name} rows in {s.data!r} ({rows[FIT]} fit rows): too little data to "
+                f"hold out, or a --split-by column with too few distinct values"
+            )
 
 
 def model_config(spec: FeatureSpec, s: TrainerSettings) -> ModelConfig:
@@ -186,8 +223,11 @@ def _summary(
     started: float,
 ) -> TrainingSummary:
     return TrainingSummary(
-        rows_train=data.rows_train,
-        rows_validation=data.rows_validation,
+        rows_train=data.part_rows[FIT],
+        rows_validation=data.part_rows[SELECT],
+        rows_calibration=data.part_rows[CALIBRATE],
+        split=data.split.describe(),
+        constant_columns=data.constant_columns,
         epochs=len(result.train_loss),
         best_epoch=result.best_epoch,
         train_loss=result.train_loss,
@@ -225,11 +265,7 @@ def _publish_on_rank0(
                     "name": s.name,
                     "model": config,
                     "features": spec,
-                    "threshold": ThresholdInfo(
-                        value=held.threshold(s.quantile),
-                        quantile=s.quantile,
-                        rows=len(held.scores),
-                    ),
+                    "threshold": threshold_info(held, s),
                     "score_quantiles": held.quantiles(),
                     "unit_error_mean": held.unit_mean,
                     "unit_error_p99": held.unit_p99,
@@ -250,10 +286,26 @@ def _publish_on_rank0(
                 "model": published.name,
                 "version": published.version,
                 "threshold": published.threshold.value,
-                "rows_validation": published.threshold.rows,
+                "rows_calibration": published.threshold.rows,
+                "expected_false_alarm_rate": published.threshold.expected_false_alarm_rate,
             },
         )
     return published
+
+
+def threshold_info(held: HeldOut, s: TrainerSettings) -> ThresholdInfo:
+    """The conformal threshold over the calibration scores, with what it promises."""
+    t = held.threshold(s.threshold_quantile)
+    return ThresholdInfo(
+        value=t.value,
+        quantile=t.quantile,
+        rows=t.rows,
+        rank=t.rank,
+        target_fpr=s.target_fpr,
+        expected_false_alarm_rate=t.expected_false_alarm_rate,
+        false_alarm_rate_interval=t.false_alarm_rate_interval,
+        enough_rows=t.enough_rows,
+    )
 
 
 def data_fingerprint(source: ParquetSource, spec: FeatureSpec) -> str:
@@ -287,6 +339,11 @@ def _spec_options(s: TrainerSettings) -> SpecOptions:
         numeric_columns=tuple(s.numeric_columns),
         max_categories=s.max_categories,
         missing=s.missing,
-        validation_fraction=s.validation_fraction,
-        seed=s.seed,
+        split=SplitOptions(
+            validation_fraction=s.validation_fraction,
+            calibration_fraction=s.calibration_fraction,
+            seed=s.seed,
+            by=s.split_by,
+            kind=s.split_kind,
+        ),
     )

@@ -34,9 +34,9 @@ from trainer.distributed import Dist
 from trainer.progress import Reporter
 from trainer.rows import SplitRows, bytes_per_row
 from trainer.settings import TrainerSettings
+from trainer.threshold import scored_chunks
 
 log = logging.getLogger(__name__)
-EVAL_BATCH = 8192
 LOSS_EVERY = 20  # steps between loss read-backs for progress (each one syncs the GPU)
 
 
@@ -256,21 +256,15 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContex
 def validation_loss(
     scorer: ReconstructionScorer, rows: SplitRows, device: torch.device, d: Dist
 ) -> float:
-    """Mean record score over every rank's held-out rows (float32, like the worker)."""
-    scorer.eval()
+    """Mean record score over every rank's select rows (float32, like the worker)."""
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    with torch.inference_mode():
-        for chunk in rows.chunks():
-            for start in range(0, len(chunk), EVAL_BATCH):
-                cont = torch.from_numpy(chunk.cont[start : start + EVAL_BATCH]).to(device)
-                cat = torch.from_numpy(chunk.cat[start : start + EVAL_BATCH]).to(device)
-                _, scores = scorer.score_terms(cont, cat)
-                total += scores.double().sum()
-                count += int(scores.shape[0])
+    for _, _, scores in scored_chunks(scorer, rows, device):
+        total += scores.double().sum()
+        count += int(scores.shape[0])
     summed = d.all_sum([float(total), float(count)])
     if summed[1] == 0:
-        raise DataError("no validation rows: too little data to hold out")
+        raise DataError("no validation (select) rows: too little data to hold out")
     return summed[0] / summed[1]
 
 

@@ -131,15 +131,8 @@ def _roc(ax: Any, r: Evaluation) -> None:
     t = r.at_threshold
     ax.plot(curve.x, curve.y, color=ANOMALY_COLOR, label=f"ROC-AUC {r.roc_auc:.3f}")
     ax.plot([0, 1], [0, 1], color="#999999", linestyle=":", label="chance")
-    ax.plot(
-        t.false_positive_rate, t.recall, "o", color=THRESHOLD_COLOR, label="published threshold"
-    )
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate (recall)")
-    ax.set_title("ROC curve")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.legend(loc="lower right", frameon=False)
+    _finish_curve(ax, (t.false_positive_rate, t.recall), "ROC curve", "lower right",
+                  ("false positive rate", "true positive rate (recall)"))  # fmt: skip
 
 
 def _pr(ax: Any, r: Evaluation) -> None:
@@ -148,13 +141,21 @@ def _pr(ax: Any, r: Evaluation) -> None:
     prevalence = float(r.labels.mean())
     ax.step(curve.x, curve.y, where="pre", color=ANOMALY_COLOR, label=f"PR-AUC {r.pr_auc:.3f}")
     ax.axhline(prevalence, color="#999999", linestyle=":", label=f"chance ({prevalence:.3f})")
-    ax.plot(t.recall, t.precision, "o", color=THRESHOLD_COLOR, label="published threshold")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title("Precision-recall curve")
+    _finish_curve(ax, (t.recall, t.precision), "Precision-recall curve", "lower left",
+                  ("recall", "precision"))  # fmt: skip
+
+
+def _finish_curve(
+    ax: Any, point: tuple[float, float], title: str, legend: str, labels: tuple[str, str]
+) -> None:
+    """The published threshold's operating point, axes, title and legend of a [0, 1] curve."""
+    ax.plot(*point, "o", color=THRESHOLD_COLOR, label="published threshold")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(title)
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
-    ax.legend(loc="lower left", frameon=False)
+    ax.legend(loc=legend, frameon=False)
 
 
 def _loss(ax: Any, r: Evaluation) -> None:
@@ -201,7 +202,8 @@ def _html(r: Evaluation, images: dict[str, Path]) -> str:
         ("precision at threshold", f"{s['precision']:.4f}"),
         ("recall at threshold", f"{s['recall']:.4f}"),
         ("F1 at threshold", f"{s['f1']:.4f}"),
-        ("false positive rate at threshold", f"{s['false_positive_rate']:.4f}"),
+        ("false positive rate at threshold", _rate(s["false_positive_rate"], s)),
+        ("expected false-alarm rate (calibration)", _expected(s)),
         ("confusion (tp / fp / tn / fn)", " / ".join(str(v) for v in s["confusion"].values())),
         ("rows (anomalous / normal)", f"{s['rows']} ({s['anomalies']} / {s['normals']})"),
         ("model", f"{r.manifest.name}/{r.manifest.version} ({r.manifest.model.kind})"),
@@ -234,6 +236,21 @@ figure {{ margin: 0; }} img {{ max-width: 100%; }} figcaption {{ color: #555; }}
 {figures}
 </div></body></html>
 """
+
+
+def _rate(value: float, s: dict[str, Any]) -> str:
+    low, high = s["false_positive_rate_90"]
+    return f"{value:.4f} (90% interval {low:.4f} to {high:.4f})"
+
+
+def _expected(s: dict[str, Any]) -> str:
+    if s.get("expected_false_alarm_rate") is None:
+        return "not recorded (model from before conformal thresholds)"
+    low, high = s["expected_false_alarm_rate_90"]
+    return (
+        f"{s['expected_false_alarm_rate']:.4f} (90% interval {low:.4f} to {high:.4f}, "
+        f"{s['calibration_rows']} calibration rows)"
+    )
 
 
 def _b64(path: Path) -> str:

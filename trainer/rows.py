@@ -1,7 +1,8 @@
-"""Encoded training and validation rows: cached in RAM when they fit, streamed otherwise.
+"""Encoded rows of one part (fit, select or calibrate): cached in RAM when they fit, streamed
+otherwise.
 
-One process sees the rows of its shard, split into training and validation by
-``split_mask``. A ``SplitRows`` yields them as encoded chunks (raw continuous block,
+One process sees the rows of its shard, split into three parts by ``trainer.split``. A
+``SplitRows`` yields them as encoded chunks (raw continuous block,
 category indices, global positions), either from a cache filled once or by re-reading and
 re-encoding Parquet every time. Both produce *the same chunks in the same order*, and an
 epoch's minibatches come from the same seeded shuffle (row groups in a random order, then a
@@ -20,7 +21,8 @@ import pyarrow as pa
 from pipeline.contract.exceptions import DataError
 from pipeline.contract.features import FeatureSpec, FloatArray, IndexArray
 from pipeline.contract.tabular import encode_record_batch
-from trainer.data import ParquetSource, Span, split_mask
+from trainer.data import ParquetSource, Span
+from trainer.split import PART_NAMES, RowSplit
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def bytes_per_row(spec: FeatureSpec) -> int:
 
 
 class SplitRows:
-    """The training (or validation) rows of this process's shard."""
+    """The rows of one part of the split (``trainer.split``) in this process's shard."""
 
     def __init__(
         self,
@@ -62,22 +64,24 @@ class SplitRows:
         spec: FeatureSpec,
         spans: list[Span],
         *,
-        fraction: float,
-        seed: int,
-        validation: bool,
+        split: RowSplit,
+        part: int,
         rows: int,
         cache: bool,
     ) -> None:
         self.source = source
         self.spec = spec
         self.spans = spans
-        self.fraction = fraction
-        self.seed = seed
-        self.validation = validation
+        self.split = split
+        self.part = part
         self.rows = rows
         self._cache: list[list[Chunk]] | None = None
         if cache:
             self._cache = [list(self._read(span)) for span in spans]
+
+    @property
+    def part_name(self) -> str:
+        return PART_NAMES[self.part]
 
     @property
     def mode(self) -> str:
@@ -102,10 +106,9 @@ class SplitRows:
                 yield from self._read(self.spans[i])
 
     def _read(self, span: Span) -> Iterator[Chunk]:
-        columns = self.spec.column_names
+        columns = [*self.spec.column_names, *self.split.columns]
         for batch in self.source.read(span, columns):
-            held_out = split_mask(batch.positions, self.fraction, self.seed)
-            keep = held_out if self.validation else ~held_out
+            keep = self.split.parts(batch.positions, batch.table) == self.part
             if not keep.any():
                 continue
             try:

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.common.envvars import describe_validation_error
@@ -111,10 +117,44 @@ class TrainerSettings(BaseSettings):
         default=5, ge=1, description="Early stopping: epochs without validation gain."
     )
     validation_fraction: float = Field(
-        default=0.2, gt=0, lt=1, description="Share of rows held out (never fitted)."
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="Share of rows that select the model (schedule, early stopping, best "
+        "epoch); never fitted.",
+    )
+    calibration_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Share of rows that only calibrate the threshold and the score "
+        "statistics; never fitted nor used to select the model.",
+    )
+    split_by: str | None = Field(
+        default=None,
+        description="Column that keeps related rows on one side of the split: a time column "
+        "(calibration takes the latest rows, selection the ones before) or an entity column "
+        "(all rows of one value on one side). Never a feature. Unset: blocks of neighbouring "
+        "rows are hashed.",
+    )
+    split_kind: Literal["auto", "time", "entity"] = Field(
+        default="auto",
+        description="How split_by is read: auto = time for timestamp/date/time columns, "
+        "entity otherwise.",
     )
     quantile: float = Field(
-        default=0.99, gt=0, lt=1, description="Threshold = this quantile of held-out scores."
+        default=0.99,
+        gt=0,
+        lt=1,
+        description="Threshold = the conformal quantile (rank ceil((n+1)q)) of calibration "
+        "scores; a normal record exceeds it with probability at most 1-q.",
+    )
+    target_fpr: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Alternative to quantile: the false-alarm rate to aim for on normal "
+        "records (quantile = 1 - target_fpr).",
     )
     seed: int = Field(default=0, description="Seed of the split, initialisation and shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -154,6 +194,22 @@ class TrainerSettings(BaseSettings):
         if isinstance(value, list):
             return [int(v) for v in value]
         return value
+
+    @model_validator(mode="after")
+    def _one_threshold_rule(self) -> TrainerSettings:
+        if self.target_fpr is not None and "quantile" in self.model_fields_set:
+            raise ValueError("give quantile or target_fpr, not both")
+        if self.validation_fraction + self.calibration_fraction >= 1:
+            raise ValueError(
+                f"validation_fraction + calibration_fraction must leave rows to fit "
+                f"(got {self.validation_fraction} + {self.calibration_fraction})"
+            )
+        return self
+
+    @property
+    def threshold_quantile(self) -> float:
+        """The quantile the threshold is taken at: 1 - target_fpr when that is given."""
+        return 1 - self.target_fpr if self.target_fpr is not None else self.quantile
 
     @field_validator("score")
     @classmethod

@@ -11,6 +11,7 @@ merge (``SpecStats.merge``).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,9 +31,13 @@ from pipeline.contract.features import (
     category_key,
 )
 from pipeline.contract.tabular import column_values
-from trainer.data import ParquetSource, split_mask
+from trainer.data import ParquetSource
+from trainer.split import FIT, RowSplit, SplitOptions, plan_split
 
 Kind = str  # "numeric" | "boolean" | "categorical" | "vector"
+log = logging.getLogger(__name__)
+CONSTANT_STD = 1e-9  # relative std at or below which a column counts as constant
+CONSTANT_RELATIVE_SCALE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,7 @@ class SpecOptions:
     numeric_columns: tuple[str, ...] = ()
     max_categories: int = 50
     missing: str = "impute"
-    validation_fraction: float = 0.2
-    seed: int = 0
+    split: SplitOptions = field(default_factory=SplitOptions)
 
 
 def column_kinds(source: ParquetSource, opts: SpecOptions) -> dict[str, Kind]:
@@ -59,7 +63,9 @@ def column_kinds(source: ParquetSource, opts: SpecOptions) -> dict[str, Kind]:
     both = sorted(set(opts.categorical_columns) & set(opts.numeric_columns))
     if both:
         raise DataError(f"columns forced both categorical and numeric: {both}")
-    named = [c for c in (opts.id_column, opts.label_column, *opts.ignore_columns) if c]
+    named = [
+        c for c in (opts.id_column, opts.label_column, opts.split.by, *opts.ignore_columns) if c
+    ]
     forced = [*opts.categorical_columns, *opts.numeric_columns]
     missing = [c for c in [*named, *forced] if c not in schema.names]
     if missing:
@@ -78,7 +84,9 @@ def column_kinds(source: ParquetSource, opts: SpecOptions) -> dict[str, Kind]:
         else:
             kinds[f.name] = _kind_of(f)
     if not kinds:
-        raise DataError("no feature columns left after removing id, label and ignored columns")
+        raise DataError(
+            "no feature columns left after removing id, label, split and ignored columns"
+        )
     _check_files(source, kinds, opts)
     return kinds
 
@@ -196,8 +204,12 @@ class SpecStats:
 
     moments: dict[str, _Moments] = field(default_factory=dict)
     counts: dict[str, Counter[str]] = field(default_factory=dict)
-    rows: int = 0  # training rows
-    validation_rows: int = 0
+    part_rows: list[int] = field(default_factory=lambda: [0, 0, 0])  # fit, select, calibrate
+
+    @property
+    def rows(self) -> int:
+        """Rows the weights are fitted on (the statistics are theirs)."""
+        return self.part_rows[FIT]
 
     def merge(self, other: SpecStats) -> None:
         for name, mom in other.moments.items():
@@ -210,14 +222,13 @@ class SpecStats:
                 mine.merge(mom)
         for name, counts in other.counts.items():
             self.counts.setdefault(name, Counter()).update(counts)
-        self.rows += other.rows
-        self.validation_rows += other.validation_rows
+        self.part_rows = [a + b for a, b in zip(self.part_rows, other.part_rows, strict=True)]
 
 
 def infer_spec(source: ParquetSource, opts: SpecOptions) -> tuple[FeatureSpec, int]:
-    """The feature spec of the training rows, and how many training rows there are."""
+    """The feature spec of the fit rows, and how many fit rows there are."""
     kinds = column_kinds(source, opts)
-    stats = gather_stats(source, kinds, opts)
+    stats = gather_stats(source, kinds, plan_split(source, opts.split))
     return build_spec(kinds, stats, opts, source.location), stats.rows
 
 
@@ -238,18 +249,19 @@ def build_spec(
 
 
 def gather_stats(
-    source: ParquetSource, kinds: dict[str, Kind], opts: SpecOptions, rank: int = 0, world: int = 1
+    source: ParquetSource, kinds: dict[str, Kind], split: RowSplit, rank: int = 0, world: int = 1
 ) -> SpecStats:
     """One streaming pass over this process's shard: moments and category counts of the
-    training rows, and the number of training and validation rows."""
+    fit rows, and the number of rows in each part of the split."""
     stats = SpecStats()
-    for batch in source.batches(list(kinds), rank, world):
-        held_out = split_mask(batch.positions, opts.validation_fraction, opts.seed)
-        stats.validation_rows += int(held_out.sum())
-        if held_out.all():
+    for batch in source.batches([*kinds, *split.columns], rank, world):
+        parts = split.parts(batch.positions, batch.table)
+        for part in range(3):
+            stats.part_rows[part] += int((parts == part).sum())
+        fit = parts == FIT
+        if not fit.any():
             continue
-        rb = batch.table.filter(pa.array(~held_out))
-        stats.rows += rb.num_rows
+        rb = batch.table.filter(pa.array(fit))
         try:
             _add_batch(stats, rb, kinds)
         except DataError as exc:
@@ -302,13 +314,50 @@ def _feature(
         # 0.95 with this policy.
         std = np.full_like(std, float(np.sqrt(np.mean(std**2))) or 1.0)
         return VectorFeature(name=name, length=len(std), mean=mom.mean.tolist(), std=std.tolist())
-    if std[0] <= 1e-12:
-        raise DataError(
-            f"column {name!r} is constant ({mom.mean[0]:g}); it carries no signal to learn: "
-            f"drop it with --ignore-columns {name}"
-        )
     if not np.isfinite(mom.mean[0]) or not np.isfinite(std[0]):
         raise DataError(f"column {name!r} has infinite values")
+    scale = float(std[0])
+    if _is_constant(mom):
+        scale = constant_scale(name, float(mom.mean[0]))
     if kind == "boolean":
-        return BooleanFeature(name=name, mean=float(mom.mean[0]), std=float(std[0]))
-    return NumericFeature(name=name, mean=float(mom.mean[0]), std=float(std[0]))
+        return BooleanFeature(name=name, mean=float(mom.mean[0]), std=scale)
+    return NumericFeature(name=name, mean=float(mom.mean[0]), std=scale)
+
+
+def constant_columns(kinds: dict[str, Kind], stats: SpecStats) -> list[str]:
+    """Numeric and boolean columns that do not move in the fit rows (kept, see below)."""
+    return [
+        name
+        for name, kind in kinds.items()
+        if kind in ("numeric", "boolean")
+        and name in stats.moments
+        and stats.moments[name].n.any()
+        and _is_constant(stats.moments[name])
+    ]
+
+
+def _is_constant(mom: _Moments) -> bool:
+    return bool(mom.std()[0] <= CONSTANT_STD * max(1.0, abs(float(mom.mean[0]))))
+
+
+def constant_scale(name: str, value: float) -> float:
+    """The scale of a column that is constant in the fit rows, with a warning.
+
+    A column that never moves in normal data and then moves is one of the clearest anomaly
+    signals, so it is kept: its scale is a thousandth of the value's magnitude (at least
+    1e-3), so a record that leaves the constant by 1% of it (or by 0.01 around zero) adds
+    ~100 squared units of error, far above any normal record's.
+    """
+    scale = CONSTANT_RELATIVE_SCALE * max(1.0, abs(value))
+    log.warning(
+        "constant column kept",
+        extra={
+            "column": name,
+            "value": value,
+            "scale": scale,
+            "detail": f"column {name!r} is constant ({value:g}) in the fit rows; kept: any "
+            f"other value scores as an anomaly (scale {scale:g}). Drop it with "
+            f"--ignore-columns {name} if it is expected to change.",
+        },
+    )
+    return scale

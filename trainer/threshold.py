@@ -1,27 +1,32 @@
-"""The threshold and the statistics stored with it, from every held-out row.
+"""The threshold and the statistics stored with it, from every calibration row; and the one
+loop that scores held-out rows (also the loop's validation loss).
 
-Held-out rows are scored by the worker's own ``Scorer`` (float32, the manifest's score kind),
-so the threshold means the same thing in training and serving. Per process, memory is the
-scores (4 bytes per held-out row) plus a bounded sample of per-unit errors for the p99s;
-the mean unit errors are exact sums. Under torchrun every rank scores its shard and the
-results are combined, so the threshold is a quantile over *all* held-out rows.
+Calibration rows (``trainer.split``) are scored by the worker's own ``ReconstructionScorer``
+(float32, the manifest's score kind), so the threshold means the same thing in training and
+serving; the threshold is their conformal quantile (``trainer.calibration``). Per process,
+memory is the scores (4 bytes per calibration row) plus a bounded sample of per-unit errors
+for the p99s; the mean unit errors are exact sums. Under torchrun every rank scores its
+shard and the results are combined, so the threshold is over *all* calibration rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import Tensor
 
 from pipeline.contract.exceptions import DataError
 from pipeline.contract.features import FeatureSpec
 from pipeline.contract.models import AnomalyModel
-from pipeline.contract.scoring import Scorer
+from pipeline.contract.scoring import ReconstructionScorer
+from trainer.calibration import ConformalThreshold, conformal_threshold
 from trainer.data import split_mask
 from trainer.distributed import Dist
-from trainer.rows import SplitRows
+from trainer.rows import Chunk, SplitRows
 
 QUANTILE_LEVELS = [round(0.05 * i, 2) for i in range(21)] + [0.99, 0.995, 0.999]
 UNIT_SAMPLE_ROWS = 100_000  # most held-out rows whose unit errors are kept for the p99s
@@ -32,19 +37,37 @@ EVAL_BATCH = 8192
 
 @dataclass(frozen=True)
 class HeldOut:
-    """Scores of every held-out row and per-unit error statistics."""
+    """Scores of every calibration row and per-unit error statistics."""
 
-    scores: npt.NDArray[np.float32]  # (N_val,) over all ranks
+    scores: npt.NDArray[np.float32]  # (N_cal,) over all ranks
     unit_mean: list[float]  # (U,) exact
     unit_p99: list[float]  # (U,) over a sample of at most UNIT_SAMPLE_ROWS rows
     sample_rows: int
 
-    def threshold(self, quantile: float) -> float:
-        return float(np.quantile(self.scores, quantile))
+    def threshold(self, quantile: float) -> ConformalThreshold:
+        """The conformal threshold at ``quantile`` with its expected false-alarm rate."""
+        return conformal_threshold(self.scores, quantile)
 
     def quantiles(self) -> dict[str, float]:
         """Score quantiles keyed '0.05' ... '0.999', for drift monitoring."""
         return {f"{q:g}": float(np.quantile(self.scores, q)) for q in QUANTILE_LEVELS}
+
+
+def scored_chunks(
+    scorer: ReconstructionScorer, rows: SplitRows, device: torch.device
+) -> Iterator[tuple[Chunk, Tensor, Tensor]]:
+    """(rows, unit errors (B, U), scores (B,)) for every row of ``rows`` in batches of
+    ``EVAL_BATCH``, scored in eval mode under inference mode: the held-out scoring of both
+    the training loop (validation loss) and the threshold."""
+    scorer.eval()
+    with torch.inference_mode():
+        for chunk in rows.chunks():
+            for start in range(0, len(chunk), EVAL_BATCH):
+                part = chunk.take(slice(start, start + EVAL_BATCH))
+                cont = torch.from_numpy(part.cont).to(device)
+                cat = torch.from_numpy(part.cat).to(device)
+                errors, scores = scorer.score_terms(cont, cat)
+                yield part, errors, scores
 
 
 def held_out_stats(
@@ -55,27 +78,23 @@ def held_out_stats(
     d: Dist,
     seed: int,
 ) -> HeldOut:
-    """Score this rank's held-out rows and combine with the other ranks."""
+    """Score this rank's calibration rows and combine with the other ranks."""
     total_rows = d.all_sum([float(rows.rows)])[0]
     if total_rows == 0:
-        raise DataError("no validation rows: too little data to hold out")
+        raise DataError(f"no {rows.part_name} rows: too little data to hold out")
     sample_max = max(1000, min(UNIT_SAMPLE_ROWS, UNIT_SAMPLE_BYTES // (4 * spec.n_units)))
     fraction = min(1.0, sample_max / total_rows)
-    scorer = Scorer(spec, model, device, top_k=0)
+    scorer = ReconstructionScorer(spec, model).to(device)
     scores: list[npt.NDArray[np.float32]] = []
     sample: list[npt.NDArray[np.float32]] = []
     unit_sum = torch.zeros(spec.n_units, dtype=torch.float64)
-    with torch.inference_mode():
-        for chunk in rows.chunks():
-            for start in range(0, len(chunk), EVAL_BATCH):
-                part = chunk.take(slice(start, start + EVAL_BATCH))
-                errors, batch_scores = scorer.score_terms(part.cont, part.cat)
-                errors = errors.float().cpu()
-                unit_sum += errors.double().sum(dim=0)
-                scores.append(batch_scores.float().cpu().numpy())
-                pick = split_mask(part.positions, fraction, seed ^ _SAMPLE_SALT)
-                if pick.any():
-                    sample.append(errors.numpy()[pick])
+    for part, errors_d, batch_scores in scored_chunks(scorer, rows, device):
+        errors = errors_d.float().cpu()
+        unit_sum += errors.double().sum(dim=0)
+        scores.append(batch_scores.float().cpu().numpy())
+        pick = split_mask(part.positions, fraction, seed ^ _SAMPLE_SALT)
+        if pick.any():
+            sample.append(errors.numpy()[pick])
     all_scores = np.concatenate([s for part in d.gather(scores) for s in part] or [_empty()])
     units = d.all_sum(unit_sum.tolist())
     sampled = [s for part in d.gather(sample) for s in part]

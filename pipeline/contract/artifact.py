@@ -44,10 +44,37 @@ _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
 class ThresholdInfo(BaseModel):
+    """The alert threshold and what it promises about false alarms on normal records."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     value: float
     quantile: float = Field(gt=0, lt=1)
-    rows: int = Field(ge=1, description="held-out normal rows the quantile was taken over")
+    rows: int = Field(ge=1, description="calibration rows the quantile was taken over")
+    rank: int | None = Field(
+        default=None,
+        ge=1,
+        description="the threshold is the rank-th smallest calibration score, ceil((n+1)q) "
+        "(n when too few rows); None in manifests from before conformal thresholds",
+    )
+    target_fpr: float | None = Field(
+        default=None, description="the false-alarm rate asked for (--target-fpr), if any"
+    )
+    expected_false_alarm_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="mean false-alarm rate on new normal records, (n+1-rank)/(n+1)",
+    )
+    false_alarm_rate_interval: tuple[float, float] | None = Field(
+        default=None,
+        description="90% interval of that rate over draws of the calibration rows "
+        "(Beta(n+1-rank, rank) quantiles)",
+    )
+    enough_rows: bool = Field(
+        default=True,
+        description="False when the calibration rows were too few for the quantile (the "
+        "threshold is then the largest calibration score)",
+    )
 
 
 class WeightsInfo(BaseModel):
@@ -81,6 +108,18 @@ class TrainingSummary(BaseModel):
     rows_per_s: float = Field(default=0.0, ge=0, description="training rows per second")
     resumed_from_epoch: int = Field(
         default=0, ge=0, description="epochs restored from a checkpoint (0: fresh run)"
+    )
+    rows_calibration: int = Field(
+        default=0, ge=0, description="rows used only for the threshold and score statistics"
+    )
+    split: dict[str, Any] = Field(
+        default_factory=dict,
+        description="how rows were split into fit / select (validation) / calibrate: kind "
+        "(rows, entity, time), column, fractions",
+    )
+    constant_columns: list[str] = Field(
+        default_factory=list,
+        description="columns constant in the fit rows, kept (any other value scores high)",
     )
 
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from pipeline.contract.artifact import Manifest
 from pipeline.devstack.sampledata import normal_frame
-from trainer.data import split_mask
+from trainer.split import PART_NAMES, SplitOptions, split_indices
 
 
 def write_sensors(path: Path, rows: int, *, files: int = 1, row_group: int | None = None) -> Path:
@@ -27,8 +27,17 @@ def write_sensors(path: Path, rows: int, *, files: int = 1, row_group: int | Non
     return path
 
 
-def held_out_count(rows: int, fraction: float = 0.2, seed: int = 0) -> int:
-    return int(split_mask(np.arange(rows, dtype=np.uint64), fraction, seed).sum())
+def part_rows(rows: int, seed: int = 0) -> dict[str, int]:
+    """Rows of each part ('fit', 'select', 'calibrate') of the default split of ``rows`` rows."""
+    table = pa.table({"i": np.arange(rows)})
+    parts = split_indices(table, SplitOptions(seed=seed))
+    return {name: len(parts[name]) for name in PART_NAMES}
+
+
+def part_mask(positions: np.ndarray, total_rows: int, part: str, seed: int = 0) -> np.ndarray:
+    """True for the rows at ``positions`` (of ``total_rows``) in ``part`` of the default split."""
+    table = pa.table({"i": np.arange(total_rows)})
+    return np.isin(positions, split_indices(table, SplitOptions(seed=seed))[part])
 
 
 def trainer_env() -> dict[str, str]:

@@ -13,8 +13,8 @@ import torch
 from pipeline.contract.artifact import load_artifact
 from pipeline.contract.scoring import Scorer
 from pipeline.contract.tabular import encode_record_batch
-from tests.support.training import held_out_count, trainer_env, write_sensors
-from trainer.data import ParquetSource, split_mask
+from tests.support.training import part_mask, part_rows, trainer_env, write_sensors
+from trainer.data import ParquetSource
 
 ROWS = 4000
 
@@ -67,16 +67,17 @@ def test_two_ranks_train_on_their_own_shards_and_rank0_publishes_one_model(tmp_p
     shards = sorted((r["rank"], r["first_row"], r["end_row"]) for r in training)
     assert shards == [(0, 0, ROWS // 2), (1, ROWS // 2, ROWS)]
 
-    # the threshold is a quantile over the held-out rows of *both* shards
-    held_out = held_out_count(ROWS)
+    # the threshold is a quantile over the calibration rows of *both* shards
+    parts = part_rows(ROWS)
+    held_out = parts["calibrate"]
     assert manifest.threshold.rows == held_out
-    assert manifest.training.rows_validation == held_out
-    assert manifest.training.rows_train == ROWS - held_out
+    assert manifest.training.rows_validation == parts["select"]
+    assert manifest.training.rows_train == parts["fit"]
     loaded = load_artifact(store, "ddp")
     spec = loaded.manifest.features
     conts, cats = [], []
     for batch in ParquetSource(str(data)).batches(spec.column_names):
-        keep = split_mask(batch.positions, 0.2, 0)
+        keep = part_mask(batch.positions, ROWS, "calibrate")
         cont, cat = encode_record_batch(batch.table.filter(pa.array(keep)), spec)
         conts.append(cont)
         cats.append(cat)
@@ -86,7 +87,8 @@ def test_two_ranks_train_on_their_own_shards_and_rank0_publishes_one_model(tmp_p
         .scores
     )
     assert len(scores) == held_out
-    assert manifest.threshold.value == pytest.approx(np.quantile(scores, 0.99), rel=1e-5)
+    k = int(np.ceil((held_out + 1) * 0.99))
+    assert manifest.threshold.value == pytest.approx(np.sort(scores)[k - 1], rel=1e-5)
 
 
 def test_a_data_error_on_one_rank_fails_every_rank_and_publishes_nothing(tmp_path):

@@ -11,6 +11,7 @@ from pipeline.contract.tabular import encode_record_batch
 from tests.support.factories import tiny_model
 from trainer.data import ParquetSource
 from trainer.spec import SpecOptions, infer_spec
+from trainer.split import SplitOptions
 
 
 def _vectors(tmp_path, values):
@@ -26,7 +27,7 @@ def test_one_scale_for_the_whole_vector_and_a_mean_per_element(tmp_path):
     values[:, 0] = rng.normal(5.0, 10.0, 400)  # a busy pixel
     values[:, 1] = rng.normal(0.0, 2.0, 400)
     values[7, 2] = 1.0  # a border pixel lit once: near-constant
-    opts = SpecOptions(validation_fraction=0.01, seed=0)
+    opts = SpecOptions(split=SplitOptions(validation_fraction=0.005, calibration_fraction=0.005))
     spec, _ = infer_spec(_vectors(tmp_path, values), opts)
     (feature,) = spec.features
     assert feature.kind == "vector"
@@ -43,7 +44,10 @@ def test_a_stray_value_in_a_near_constant_element_does_not_dominate_the_score(tm
     values = rng.normal(0.0, 1.0, (300, 4))
     values[:, 3] = 0.0
     values[0, 3] = 0.5  # the only non-zero value: the element's own std is ~0.03
-    spec, _ = infer_spec(_vectors(tmp_path, values), SpecOptions(validation_fraction=0.01))
+    spec, _ = infer_spec(
+        _vectors(tmp_path, values),
+        SpecOptions(split=SplitOptions(validation_fraction=0.005, calibration_fraction=0.005)),
+    )
     scorer = Scorer(spec, tiny_model(spec), torch.device("cpu"), top_k=0)
     probe = np.zeros((2, 4))
     probe[1, 3] = 1.0  # a stroke where training rows were blank

@@ -147,7 +147,8 @@ def test_fsspec_url_with_a_glob_trains_and_publishes(tmp_path):
         manifest = fit(settings)
     finally:
         fs.rm("/trainer-test", recursive=True)
-    assert manifest.training.rows_train + manifest.training.rows_validation == 600
+    training = manifest.training
+    assert training.rows_train + training.rows_validation + training.rows_calibration == 600
     assert load_artifact(tmp_path / "store", "default").version == manifest.version
 
 

@@ -20,8 +20,8 @@ from pipeline.contract.exceptions import ArtifactNotFound, ConfigError
 from pipeline.contract.models import ModelConfig, VariationalAutoEncoder, build_model
 from pipeline.contract.scoring import ReconstructionScorer, Scorer
 from pipeline.contract.tabular import encode_record_batch
-from tests.support.training import held_out_count, trainer_cmd, trainer_env, write_sensors
-from trainer.data import ParquetSource, split_mask
+from tests.support.training import part_mask, part_rows, trainer_cmd, trainer_env, write_sensors
+from trainer.data import ParquetSource
 from trainer.fit import fit
 from trainer.loop import CPU_BF16_MIN_PARAMS, TrainStep, _train_epoch, autocast_dtype
 from trainer.progress import BarReporter, LogReporter, NullReporter, make_reporter
@@ -71,26 +71,33 @@ def test_streaming_from_parquet_trains_the_same_model_as_caching_in_ram(sensors,
     assert cached.threshold == streamed.threshold
 
 
-def _held_out_rows(data, spec, seed=4, fraction=0.2):
-    """Every held-out row, read and encoded independently of the trainer's own path."""
+def _held_out_rows(data, spec, seed=4):
+    """Every calibration row, read and encoded independently of the trainer's own path."""
     conts, cats = [], []
-    for batch in ParquetSource(str(data)).batches(spec.column_names):
-        keep = split_mask(batch.positions, fraction, seed)
+    source = ParquetSource(str(data))
+    for batch in source.batches(spec.column_names):
+        keep = part_mask(batch.positions, source.total_rows, "calibrate", seed)
         cont, cat = encode_record_batch(batch.table.filter(pa.array(keep)), spec)
         conts.append(cont)
         cats.append(cat)
     return np.concatenate(conts), np.concatenate(cats)
 
 
-def test_threshold_and_unit_statistics_come_from_all_held_out_rows(sensors, tmp_path):
+def conformal(scores, q):
+    """The ceil((n+1)q)-th smallest score, computed here independently of the trainer."""
+    k = int(np.ceil((len(scores) + 1) * q))
+    return np.sort(scores)[k - 1]
+
+
+def test_threshold_and_unit_statistics_come_from_all_calibration_rows(sensors, tmp_path):
     manifest = _fit(sensors, tmp_path, quantile=0.95)
     loaded = load_artifact(tmp_path, "m")
     spec = loaded.manifest.features
     cont, cat = _held_out_rows(sensors, spec)
-    assert manifest.threshold.rows == len(cont) == held_out_count(3000, seed=4)
+    assert manifest.threshold.rows == len(cont) == part_rows(3000, seed=4)["calibrate"]
     scorer = Scorer(spec, loaded.model, torch.device("cpu"))
     scores = scorer.score(cont, cat).scores
-    assert manifest.threshold.value == pytest.approx(np.quantile(scores, 0.95), rel=1e-5)
+    assert manifest.threshold.value == pytest.approx(conformal(scores, 0.95), rel=1e-5)
     assert manifest.score_quantiles["0.99"] == pytest.approx(np.quantile(scores, 0.99), rel=1e-5)
     with torch.inference_mode():
         errors = scorer.unit_errors(cont, cat).numpy()
@@ -98,7 +105,9 @@ def test_threshold_and_unit_statistics_come_from_all_held_out_rows(sensors, tmp_
     p99 = np.quantile(errors, 0.99, axis=0)
     np.testing.assert_allclose(manifest.unit_error_p99, p99, rtol=1e-4)
     assert len(manifest.unit_error_p99) == spec.n_units
-    assert manifest.training.rows_train == 3000 - len(cont)
+    assert manifest.training.rows_calibration == len(cont)
+    assert manifest.training.rows_train == part_rows(3000, seed=4)["fit"]
+    assert manifest.training.rows_validation == part_rows(3000, seed=4)["select"]
 
 
 def test_vae_elbo_score_is_stored_and_the_worker_scorer_uses_it(sensors, tmp_path):
@@ -116,7 +125,7 @@ def test_vae_elbo_score_is_stored_and_the_worker_scorer_uses_it(sensors, tmp_pat
         kl = loaded.model.kl_per_record(x).numpy() / spec.input_dim
     np.testing.assert_allclose(elbo, recon + kl, rtol=1e-5, atol=1e-6)
     assert (kl > 0).all()
-    assert manifest.threshold.value == pytest.approx(np.quantile(elbo, 0.99), rel=1e-5)
+    assert manifest.threshold.value == pytest.approx(conformal(elbo, 0.99), rel=1e-5)
 
 
 def test_elbo_needs_a_vae():
@@ -230,7 +239,7 @@ def test_categorical_and_id_columns_survive_streaming_spec_inference(sensors):
     kinds = {f.name: f.kind for f in spec.features}
     assert kinds["mode"] == "categorical" and kinds["door_open"] == "boolean"
     assert "machine_id" not in kinds
-    assert rows == 3000 - held_out_count(3000)
+    assert rows == part_rows(3000)["fit"]
 
 
 def test_the_autocast_step_trains_in_bfloat16_on_the_cpu_too(sensors):
@@ -275,7 +284,7 @@ def test_a_big_model_trained_under_cpu_bfloat16_keeps_a_float32_threshold(
     loaded = load_artifact(tmp_path, "bf16")
     cont, cat = _held_out_rows(sensors, loaded.manifest.features)
     scores = Scorer(loaded.manifest.features, loaded.model, torch.device("cpu")).score(cont, cat)
-    assert manifest.threshold.value == pytest.approx(np.quantile(scores.scores, 0.99), rel=1e-5)
+    assert manifest.threshold.value == pytest.approx(conformal(scores.scores, 0.99), rel=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
