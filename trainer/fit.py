@@ -29,6 +29,7 @@ from pipeline.contract.exceptions import ArtifactError, DataError, PipelineError
 from pipeline.contract.features import FeatureSpec
 from pipeline.contract.models import ModelConfig, default_hidden_dims
 from pipeline.contract.scoring import resolve_device
+from trainer.budget import Budget, plan_budget
 from trainer.checkpoint import Checkpointer
 from trainer.data import ParquetSource
 from trainer.distributed import Dist, device_for, init_distributed, shutdown
@@ -54,7 +55,7 @@ from trainer.split import (
     split_kind,
     time_sample,
 )
-from trainer.threshold import HeldOut, held_out_stats
+from trainer.threshold import HeldOut, fit_unit_scale, held_out_stats
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,15 @@ def _fit(s: TrainerSettings, d: Dist) -> Manifest:
         if s.checkpoint_dir
         else None
     )
-    reporter = make_reporter(s.progress, s.epochs, d.is_main)
-    result = train(spec, config, fit_rows, select_rows, s, device, d, reporter, checkpointer)
+    budget = plan_budget(data.part_rows[FIT], s, d.world)
+    reporter = make_reporter(s.progress, budget.epochs, d.is_main)
+    result = train(
+        spec, config, fit_rows, select_rows, s, budget, device, d, reporter, checkpointer
+    )
+    if config.error_units:
+        fit_unit_scale(spec, result.model, select_rows, device, d)
     held = held_out_stats(spec, result.model, calibrate_rows, device, d, s.seed)
-    summary = _summary(s, data, result, device, d, fit_rows.mode, started)
+    summary = _summary(s, data, result, device, d, fit_rows.mode, started, budget)
     manifest = _publish_on_rank0(s, d, spec, config, result, held, summary, data)
     if checkpointer is not None:
         checkpointer.remove()
@@ -196,7 +202,10 @@ def _check_parts(rows: list[int], s: TrainerSettings) -> None:
 
 
 def model_config(spec: FeatureSpec, s: TrainerSettings) -> ModelConfig:
-    hidden, latent = default_hidden_dims(spec.input_dim)
+    """The architecture for this spec: sized from the input width unless given; an ensemble
+    of ``members`` where the kind allows it; error units normalised unless turned off."""
+    members = s.members if s.model != "vae" and s.norm != "batch" else 1
+    hidden, latent = default_hidden_dims(spec.input_dim, members)
     return ModelConfig(
         kind=s.model,
         input_dim=spec.input_dim,
@@ -210,6 +219,8 @@ def model_config(spec: FeatureSpec, s: TrainerSettings) -> ModelConfig:
         noise=s.noise,
         noise_level=s.noise_level,
         score=s.score,
+        members=members,
+        error_units=spec.n_units if s.normalize_errors else 0,
     )
 
 
@@ -221,8 +232,12 @@ def _summary(
     d: Dist,
     mode: str,
     started: float,
+    budget: Budget,
 ) -> TrainingSummary:
     return TrainingSummary(
+        budget=budget.describe(),
+        learning_rate=s.learning_rate,
+        weight_decay=s.weight_decay,
         rows_train=data.part_rows[FIT],
         rows_validation=data.part_rows[SELECT],
         rows_calibration=data.part_rows[CALIBRATE],

@@ -29,6 +29,7 @@ from pipeline.contract.exceptions import DataError
 from pipeline.contract.features import FeatureSpec
 from pipeline.contract.models import AnomalyModel, ModelConfig, build_model
 from pipeline.contract.scoring import ReconstructionScorer
+from trainer.budget import Budget
 from trainer.checkpoint import Checkpointer, rng_state, set_rng_state
 from trainer.distributed import Dist
 from trainer.progress import Reporter
@@ -121,6 +122,7 @@ def train(
     train_rows: SplitRows,
     val_rows: SplitRows,
     s: TrainerSettings,
+    budget: Budget,
     device: torch.device,
     d: Dist,
     reporter: Reporter,
@@ -139,7 +141,7 @@ def train(
         model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay, fused=True
     )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=0.5, patience=max(1, s.patience // 2)
+        optimizer, factor=0.5, patience=max(1, budget.patience // 2)
     )
     dtype = autocast_dtype(device, s.mixed_precision, sum(p.numel() for p in model.parameters()))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
@@ -150,15 +152,15 @@ def train(
     if saved is not None:
         best_weights = _restore(saved, state, model, optimizer, scheduler, scaler)
     resumed = state.epoch
-    steps = _steps_per_epoch(train_rows.rows, s.batch_size, d)
+    steps = _steps_per_epoch(train_rows.rows, budget.batch_size, d)
     buffer_rows = max(1, int(s.shuffle_buffer_mb * 2**20) // bytes_per_row(spec))
     has_batchnorm = any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
-    for epoch in range(state.epoch, s.epochs):
+    for epoch in range(state.epoch, budget.epochs):
         if state.stopped:
             break
         reporter.start_epoch(epoch + 1, steps)
         rng = np.random.default_rng([s.seed, epoch, d.rank])
-        batches = train_rows.epoch_batches(rng, s.batch_size, buffer_rows)
+        batches = train_rows.epoch_batches(rng, budget.batch_size, buffer_rows)
         started = time.monotonic()
         loss = _train_epoch(
             step, optimizer, scaler, batches, steps, device, dtype, reporter,
@@ -178,7 +180,7 @@ def train(
             best_weights = _clone(model.state_dict())
         else:
             state.stale += 1
-            state.stopped = state.stale >= s.patience
+            state.stopped = state.stale >= budget.patience
         state.epoch = epoch + 1
         if checkpointer is not None:
             checkpointer.save(_snapshot(state, model, optimizer, scheduler, scaler, best_weights))

@@ -107,14 +107,40 @@ class TrainerSettings(BaseSettings):
         "plus the KL term). Stored in the artifact; the worker scores the same way.",
     )
     # optimisation
-    epochs: int = Field(
-        default=50, ge=1, description="Most epochs (early stopping may end sooner)."
+    max_steps: int = Field(
+        default=3000,
+        ge=1,
+        description="Training budget in optimiser steps (epochs = max_steps / steps per "
+        "epoch, at least 1; early stopping may end sooner).",
     )
-    batch_size: int = Field(default=256, ge=1, description="Rows per optimisation step.")
+    epochs: int | None = Field(
+        default=None, ge=1, description="Most epochs; unset: from max_steps."
+    )
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Rows per optimisation step; unset: from the fit rows (32 for a few "
+        "hundred rows to 256 from ~10k).",
+    )
     learning_rate: float = Field(default=1e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay.")
-    patience: int = Field(
-        default=5, ge=1, description="Early stopping: epochs without validation gain."
+    patience: int | None = Field(
+        default=None,
+        ge=1,
+        description="Early stopping: epochs without validation gain; unset: a tenth of the "
+        "epochs, at least 5.",
+    )
+    members: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Autoencoders trained side by side (ae, dae), run as one batched forward "
+        "pass; each member's first layer is 1/members of the single model's width.",
+    )
+    normalize_errors: bool = Field(
+        default=True,
+        description="Divide each error unit by its mean error on the select rows before "
+        "averaging into the record score (stored with the weights).",
     )
     validation_fraction: float = Field(
         default=0.1,

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from pipeline.contract.exceptions import DataError
-from pipeline.contract.features import FeatureSpec
+from pipeline.contract.features import FeatureSpec, VectorFeature
 from pipeline.contract.models import AnomalyModel
 from pipeline.contract.scoring import ReconstructionScorer
 from trainer.calibration import ConformalThreshold, conformal_threshold
@@ -68,6 +68,40 @@ def scored_chunks(
                 cat = torch.from_numpy(part.cat).to(device)
                 errors, scores = scorer.score_terms(cont, cat)
                 yield part, errors, scores
+
+
+UNIT_SCALE_FLOOR = 1e-3  # of the median unit's mean error: a perfectly reconstructed unit
+
+
+def fit_unit_scale(
+    spec: FeatureSpec, model: AnomalyModel, rows: SplitRows, device: torch.device, d: Dist
+) -> list[float]:
+    """Set the model's ``unit_scale`` to each unit's mean error over the select rows (all
+    ranks) and return it.
+
+    A vector's elements share one scale (their mean), as its standardisation does: a
+    border pixel that is nearly always blank would otherwise turn one stray stroke into the
+    whole score. A unit the model reconstructs almost perfectly (a constant column) gets a floor of
+    ``UNIT_SCALE_FLOOR`` times the median unit's scale instead of ~0, so its errors stay
+    large when it moves without dividing by nothing. Select rows, not calibration rows: the
+    calibration scores must come from rows that shaped nothing.
+    """
+    model.unit_scale.fill_(1.0)
+    scorer = ReconstructionScorer(spec, model).to(device)
+    unit_sum = torch.zeros(spec.n_units, dtype=torch.float64)
+    for _, errors, _ in scored_chunks(scorer, rows, device):
+        unit_sum += errors.double().sum(dim=0).cpu()
+    totals = d.all_sum([*unit_sum.tolist(), float(rows.rows)])
+    mean = np.asarray(totals[:-1]) / max(1.0, totals[-1])
+    for slot in spec.continuous_slots:
+        if isinstance(slot.feature, VectorFeature):  # one scale per vector, as in the spec
+            mean[slot.start : slot.start + slot.width] = mean[
+                slot.start : slot.start + slot.width
+            ].mean()
+    floor = max(float(np.median(mean)) * UNIT_SCALE_FLOOR, 1e-12)
+    scale = np.maximum(mean, floor)
+    model.unit_scale.copy_(torch.from_numpy(scale).to(model.unit_scale))
+    return [float(v) for v in scale]
 
 
 def held_out_stats(

@@ -117,6 +117,13 @@ class TrainingSummary(BaseModel):
         description="how rows were split into fit / select (validation) / calibrate: kind "
         "(rows, entity, time), column, fractions",
     )
+    budget: dict[str, int] = Field(
+        default_factory=dict,
+        description="batch_size, epochs, patience and max_steps the run used (from the fit "
+        "rows unless given)",
+    )
+    learning_rate: float | None = Field(default=None, description="Adam learning rate")
+    weight_decay: float | None = Field(default=None, description="Adam weight decay")
     constant_columns: list[str] = Field(
         default_factory=list,
         description="columns constant in the fit rows, kept (any other value scores high)",
@@ -265,6 +272,11 @@ def read_manifest(path: Path) -> Manifest:
             f"{file}: model.input_dim={manifest.model.input_dim} but the feature spec needs "
             f"{manifest.features.input_dim}"
         )
+    if manifest.model.error_units not in (0, manifest.features.n_units):
+        raise ArtifactInvalid(
+            f"{file}: model.error_units={manifest.model.error_units} but the feature spec has "
+            f"{manifest.features.n_units} error units"
+        )
     if manifest.model.output_dim != manifest.features.input_dim:
         raise ArtifactInvalid(
             f"{file}: model.output_dim={manifest.model.output_dim} but the feature spec needs "
@@ -317,7 +329,11 @@ def _smoke_test(model: AnomalyModel, manifest: Manifest, path: Path) -> None:
     """Run a small batch through the model and refuse it unless the output is finite."""
     with torch.inference_mode():
         out = model(torch.zeros(4, manifest.model.input_dim))
-    if out.shape != (4, manifest.model.output_dim) or not torch.isfinite(out).all():
+    members = manifest.model.members
+    expected = (
+        (4, manifest.model.output_dim) if members == 1 else (members, 4, manifest.model.output_dim)
+    )
+    if out.shape != expected or not torch.isfinite(out).all():
         raise ArtifactInvalid(f"{path}: smoke batch gave shape {tuple(out.shape)} or non-finite")
 
 

@@ -11,6 +11,7 @@ categorical column (see ``pipeline.contract.features``). In eval mode the output
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Literal
 
 import torch
@@ -47,6 +48,19 @@ class ModelConfig(BaseModel):
             "record's KL term weighted as in training (negative ELBO up to constants)"
         ),
     )
+    members: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="autoencoders trained side by side from different initial weights, run "
+        "as one batched forward pass; a unit's error is their mean (ae and dae only)",
+    )
+    error_units: int = Field(
+        default=0,
+        ge=0,
+        description="error units normalised by the model's ``unit_scale`` buffer (each unit's "
+        "mean error on the select rows); 0: raw errors (models from before normalisation)",
+    )
 
     @model_validator(mode="after")
     def _positive_hidden(self) -> ModelConfig:
@@ -54,26 +68,44 @@ class ModelConfig(BaseModel):
             raise ValueError(f"hidden_dims must be positive, got {self.hidden_dims}")
         if self.score == "elbo" and self.kind != "vae":
             raise ValueError(f"score='elbo' needs kind='vae', got kind={self.kind!r}")
+        if self.members > 1 and (self.kind == "vae" or self.norm == "batch"):
+            raise ValueError(
+                f"members={self.members} needs kind ae or dae without batch norm "
+                f"(got kind={self.kind!r}, norm={self.norm!r})"
+            )
         return self
 
 
-def default_hidden_dims(input_dim: int) -> tuple[list[int], int]:
-    """Layer sizes that scale with the input: a funnel from ~input/2 down to the latent.
+def default_hidden_dims(input_dim: int, members: int = 1) -> tuple[list[int], int]:
+    """Layer sizes of each member that scale with the input: a funnel down to the latent.
 
-    Chosen so small tabular inputs (tens of features) get a modest network and
-    image-sized inputs (hundreds) get enough capacity, without per-dataset tuning.
+    The input rounded up to a power of two (at most 512) is the first layer's width, split
+    between the members (at least 32 each), so the widest and costliest layers of a wide
+    input (input x first, and its mirror) cost about what one model's do however many
+    members there are; then half of that, and a latent of a quarter of the input (4 to 32).
+    Narrower members underfit the 24-wide diamonds set (ROC-AUC 0.89 at 16-8 vs 0.93 at
+    32-16, BENCHMARKS.md "Detection quality").
     """
-    first = max(16, min(512, _round_pow2(input_dim)))
-    second = max(8, first // 4)
+    first = max(32, min(512, _round_pow2(input_dim)) // members)
+    second = max(16, first // 2)
     latent = max(4, min(32, input_dim // 4))
     return [first, second], min(latent, second)
 
 
-def default_config(input_dim: int) -> ModelConfig:
-    """The autoencoder ``trainer fit`` builds for this input width with default settings."""
-    hidden, latent = default_hidden_dims(input_dim)
+DEFAULT_MEMBERS = 4
+
+
+def default_config(input_dim: int, n_units: int | None = None) -> ModelConfig:
+    """The autoencoder ``trainer fit`` builds for this input width with default settings
+    (``n_units``: error units of the spec, the input width when every feature is continuous)."""
+    hidden, latent = default_hidden_dims(input_dim, DEFAULT_MEMBERS)
     return ModelConfig(
-        input_dim=input_dim, output_dim=input_dim, hidden_dims=hidden, latent_dim=latent
+        input_dim=input_dim,
+        output_dim=input_dim,
+        hidden_dims=hidden,
+        latent_dim=latent,
+        members=DEFAULT_MEMBERS,
+        error_units=n_units if n_units is not None else input_dim,
     )
 
 
@@ -94,11 +126,29 @@ def _activation(name: Activation) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
+class EnsembleLinear(nn.Module):
+    """``members`` independent linear layers applied as one batched matmul:
+    (M, B, in) -> (M, B, out). Each member is initialised like ``nn.Linear``."""
+
+    def __init__(self, members: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(d_in)
+        self.weight = nn.Parameter(torch.empty(members, d_in, d_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, d_out).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def _linear(cfg: ModelConfig, d_in: int, d_out: int) -> nn.Module:
+    return nn.Linear(d_in, d_out) if cfg.members == 1 else EnsembleLinear(cfg.members, d_in, d_out)
+
+
 def _mlp(dims: list[int], cfg: ModelConfig, last_plain: bool) -> nn.Sequential:
     """Linear layers with norm/activation/dropout between them; optionally a bare last layer."""
     layers: list[nn.Module] = []
     for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
-        layers.append(nn.Linear(d_in, d_out))
+        layers.append(_linear(cfg, d_in, d_out))
         if last_plain and i == len(dims) - 2:
             break
         if cfg.norm == "batch":
@@ -112,13 +162,21 @@ def _mlp(dims: list[int], cfg: ModelConfig, last_plain: bool) -> nn.Sequential:
 
 
 class AnomalyModel(nn.Module):
-    """Base class: ``forward`` reconstructs, ``training_forward`` adds a regulariser."""
+    """Base class: ``forward`` reconstructs, ``training_forward`` adds a regulariser.
+
+    The reconstruction is (B, D_out), or (M, B, D_out) for an ensemble of M members. With
+    ``config.error_units`` the model carries ``unit_scale`` (U,), saved with the weights: the
+    scorer divides each unit's error by it (``pipeline.contract.scoring``).
+    """
 
     config: ModelConfig
+    unit_scale: Tensor
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        if config.error_units:
+            self.register_buffer("unit_scale", torch.ones(config.error_units))
 
     def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(reconstruction (B, D_out), extra loss scalar) for one training step."""
@@ -143,7 +201,9 @@ class AutoEncoder(AnomalyModel):
         self.decoder = _mlp(dec, config, last_plain=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.decoder(self.encoder(x))  # (B, D_in) -> (B, L) -> (B, D_out)
+        if self.config.members > 1:
+            x = x.unsqueeze(0).expand(self.config.members, -1, -1)  # (M, B, D_in)
+        out: Tensor = self.decoder(self.encoder(x))  # (..., B, D_in) -> L -> (..., B, D_out)
         return out
 
 

@@ -78,29 +78,44 @@ class ReconstructionScorer(nn.Module):
         return torch.cat([z, *hots], dim=1)  # (B, C + sum k)
 
     def unit_errors(self, x: Tensor, recon: Tensor, cat: Tensor) -> Tensor:
-        """(B, U) error per unit: squared error per continuous value, CE per categorical."""
+        """(B, U) error per unit: squared error per continuous value, CE per categorical.
+
+        An ensemble's reconstruction (M, B, D_out) gives each member's errors, averaged over
+        the members. This is the training objective's error (never normalised).
+        """
         c = self.n_cont
-        errs = [(recon[:, :c].float() - x[:, :c].float()).pow(2)]  # (B, C)
+        errs = [(recon[..., :c].float() - x[:, :c].float()).pow(2)]  # (..., B, C)
         offset = c
         for j, k in enumerate(self.cardinalities):
-            logits = recon[:, offset : offset + k].float()  # (B, k)
-            errs.append(F.cross_entropy(logits, cat[:, j], reduction="none").unsqueeze(1))
+            logits = recon[..., offset : offset + k].float()  # (..., B, k)
+            target = cat[:, j].expand(logits.shape[:-1])  # (..., B)
+            ce = F.cross_entropy(logits.reshape(-1, k), target.reshape(-1), reduction="none")
+            errs.append(ce.view(target.shape).unsqueeze(-1))
             offset += k
-        return torch.cat(errs, dim=1)
+        errors = torch.cat(errs, dim=-1)
+        return errors.mean(dim=0) if errors.dim() == 3 else errors
+
+    def scaled(self, errors: Tensor) -> Tensor:
+        """Unit errors divided by the model's per-unit scale, when it has one: each unit's
+        error in multiples of its typical error on normal rows, so units the model
+        reconstructs well are not drowned out by noisy ones."""
+        if not self.model.config.error_units:
+            return errors
+        return errors / self.model.unit_scale
 
     def forward(self, cont: Tensor, cat: Tensor) -> Tensor:
         x = self.model_input(cont, cat)
-        return self.unit_errors(x, self.model(x), cat)  # (B, U)
+        return self.scaled(self.unit_errors(x, self.model(x), cat))  # (B, U)
 
     def score_terms(self, cont: Tensor, cat: Tensor) -> tuple[Tensor, Tensor]:
         """(unit errors (B, U), record scores (B,)): the score is what the threshold applies to.
 
-        The score is the mean unit error, plus the model's ``score_extra`` (the KL term of a
-        VAE whose config says ``score='elbo'``); unit errors stay reconstruction-only, so
-        top features explain the reconstruction part.
+        The score is the mean (normalised) unit error, plus the model's ``score_extra`` (the
+        KL term of a VAE whose config says ``score='elbo'``); unit errors stay
+        reconstruction-only, so top features explain the reconstruction part.
         """
         x = self.model_input(cont, cat)
-        errors = self.unit_errors(x, self.model(x), cat)
+        errors = self.scaled(self.unit_errors(x, self.model(x), cat))
         scores = errors.mean(dim=1)
         extra = self.model.score_extra(x)
         if extra is not None:

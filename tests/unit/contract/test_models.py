@@ -69,9 +69,12 @@ def test_config_validation_names_the_problem():
         ModelConfig(kind="gan", input_dim=4, output_dim=4)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("dim", "first"), [(4, 16), (13, 16), (32, 32), (784, 512)])
-def test_default_sizes_scale_with_input(dim, first):
-    hidden, latent = default_hidden_dims(dim)
+@pytest.mark.parametrize(
+    ("dim", "members", "first"),
+    [(4, 1, 32), (13, 4, 32), (32, 1, 32), (784, 1, 512), (784, 4, 128)],
+)
+def test_default_sizes_scale_with_input(dim, members, first):
+    hidden, latent = default_hidden_dims(dim, members)
     assert hidden[0] == first
     assert latent <= hidden[-1]
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from scipy import stats  # type: ignore[import-untyped]
+from scipy import stats
 
 from pipeline.contract.artifact import load_artifact
 from pipeline.contract.exceptions import ConfigError
