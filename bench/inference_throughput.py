@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.inference_throughput                  # CPU (and CUDA if present)
     .venv/bin/python -m bench.inference_throughput --sizes 256,4096 --repeats 5
+    .venv/bin/python -m bench.inference_throughput --compare-previous   # cost of the defaults
 
 For the two model shapes of the worker benchmark (32 numeric features; a 784-value vector,
 with the layer sizes the trainer picks by default), prints rows/s per batch size from 256 to
@@ -9,6 +10,11 @@ with the layer sizes the trainer picks by default), prints rows/s per batch size
 GPU is present: host arrays in, scores and top features back on the host (what the worker
 pays, copies included). With CUDA it also checks score parity with the CPU (largest relative
 difference; the contract wants < 1e-5).
+
+``--compare-previous`` times the default model against the default before the ensemble and
+error normalisation (``previous_default``: one autoencoder, input -> pow2 (16..512) ->
+quarter -> latent), interleaved, one thread, at the worker's batch sizes: microseconds of
+model time per record and the ratio (the budget is 1.5x).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 import torch
 
 from pipeline.contract.features import FeatureSpec, NumericFeature, VectorFeature
-from pipeline.contract.models import build_model, default_config
+from pipeline.contract.models import ModelConfig, build_model, default_config
 from pipeline.contract.scoring import Scorer, torch_threads
 from pipeline.worker.codec import RecordDecoder
 
@@ -44,8 +50,46 @@ def specs() -> dict[str, FeatureSpec]:
 
 def make_scorer(spec: FeatureSpec, device: torch.device) -> Scorer:
     torch.manual_seed(0)
-    model = build_model(default_config(spec.input_dim)).eval()
+    model = build_model(default_config(spec.input_dim, spec.n_units)).eval()
     return Scorer(spec, model, device, top_k=3)
+
+
+def previous_default(input_dim: int) -> ModelConfig:
+    """The trainer's default model before the ensemble and normalisation (one autoencoder)."""
+    first = max(16, min(512, 1 << max(0, (input_dim - 1).bit_length())))
+    second = max(8, first // 4)
+    latent = min(max(4, min(32, input_dim // 4)), second)
+    return ModelConfig(
+        input_dim=input_dim, output_dim=input_dim, hidden_dims=[first, second], latent_dim=latent
+    )
+
+
+def compare_previous(repeats: int, sizes: list[int]) -> list[str]:
+    """Markdown rows: model microseconds per record, previous vs current default, 1 thread."""
+    rng = np.random.default_rng(0)
+    lines = [
+        "| model | batch | previous default µs/record | default µs/record | ratio |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    cpu = torch.device("cpu")
+    for name, spec in specs().items():
+        torch.manual_seed(0)
+        before = Scorer(spec, build_model(previous_default(spec.input_dim)).eval(), cpu)
+        now = make_scorer(spec, cpu)
+        for size in sizes:
+            cont = rng.standard_normal((size, spec.n_continuous)).astype(np.float32)
+            cat = np.zeros((size, 0), np.int64)
+            old_rates, new_rates = [], []
+            with torch_threads(1):
+                for _ in range(repeats):  # interleaved, so load changes hit both alike
+                    old_rates.append(rows_per_s(before, cont, cat, 3))
+                    new_rates.append(rows_per_s(now, cont, cat, 3))
+            old_us = 1e6 / statistics.median(old_rates)
+            new_us = 1e6 / statistics.median(new_rates)
+            lines.append(
+                f"| {name} | {size:,} | {old_us:.2f} | {new_us:.2f} | {new_us / old_us:.2f}x |"
+            )
+    return lines
 
 
 def rows_per_s(scorer: Scorer, cont: np.ndarray, cat: np.ndarray, repeats: int) -> float:
@@ -99,8 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--compare-previous", action="store_true", help="only the cost against the old default"
+    )
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.compare_previous:
+        print(f"Model time per record, 1 thread (median of {args.repeats}, interleaved); "
+              f"load average {os.getloadavg()}\n")  # fmt: skip
+        print("\n".join(compare_previous(args.repeats, [64, 256, 1024])))
+        return 0
     rng = np.random.default_rng(0)
     targets: list[tuple[str, torch.device, int]] = [
         ("cpu, 1 thread", torch.device("cpu"), 1),

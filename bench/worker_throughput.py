@@ -116,7 +116,7 @@ def publish_model(store: Path, name: str, w: Workload) -> float:
     percentile of the workload's own scores, so about 1% of records raise alerts."""
     spec = w.spec
     torch.manual_seed(0)
-    model = build_model(default_config(spec.input_dim)).eval()
+    model = build_model(default_config(spec.input_dim, spec.n_units)).eval()
     decoded = RecordDecoder(spec, id_field="id").decode(
         w.values, [BINARY_CONTENT_TYPE if w.binary else None] * len(w.values)
     )

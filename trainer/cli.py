@@ -49,11 +49,18 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option("--numeric-columns", help="Comma-separated columns to treat as numeric.")
 @click.option("--max-categories", type=int, help="Most frequent values kept per categorical.")
 @click.option("--missing", type=click.Choice(["impute", "reject"]), help="Serving null policy.")
-@click.option("--epochs", type=int)
+@click.option("--max-steps", type=int, help="Training budget in optimiser steps.")
+@click.option("--epochs", type=int, help="Most epochs (default: from --max-steps).")
 @click.option("--batch-size", type=int)
 @click.option("--learning-rate", type=float)
 @click.option("--weight-decay", type=float)
 @click.option("--patience", type=int, help="Early stopping: epochs without validation gain.")
+@click.option("--members", type=int, help="Autoencoders in the ensemble (ae, dae).")
+@click.option(
+    "--normalize-errors/--no-normalize-errors",
+    default=None,
+    help="Divide each error unit by its mean error on the select rows.",
+)
 @click.option("--hidden-dims", help="Comma-separated layer sizes, e.g. 64,32.")
 @click.option("--latent-dim", type=int)
 @click.option("--activation", type=click.Choice(["relu", "gelu", "silu", "tanh", "leaky_relu"]))

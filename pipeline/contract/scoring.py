@@ -54,6 +54,19 @@ def torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
+def _squared_error(recon: Tensor, x: Tensor) -> Tensor:
+    """(B, C) squared error of a reconstruction (B, C), or the members' mean for an
+    ensemble's (M, B, C), accumulated member by member: one (B, C) buffer instead of an
+    (M, B, C) one keeps a 784-wide ensemble's scoring at the cost of a single model's."""
+    x = x.float()
+    if recon.dim() == 2:
+        return (recon.float() - x).pow(2)
+    total = (recon[0].float() - x).pow(2)
+    for member in recon[1:]:
+        total = total + (member.float() - x).pow(2)
+    return total / recon.shape[0]
+
+
 class ReconstructionScorer(nn.Module):
     """Spec-aware wrapper around a model: standardise, reconstruct, measure error per unit."""
 
@@ -84,16 +97,16 @@ class ReconstructionScorer(nn.Module):
         the members. This is the training objective's error (never normalised).
         """
         c = self.n_cont
-        errs = [(recon[..., :c].float() - x[:, :c].float()).pow(2)]  # (..., B, C)
+        errs = [_squared_error(recon[..., :c], x[:, :c])]  # (B, C)
         offset = c
         for j, k in enumerate(self.cardinalities):
             logits = recon[..., offset : offset + k].float()  # (..., B, k)
             target = cat[:, j].expand(logits.shape[:-1])  # (..., B)
             ce = F.cross_entropy(logits.reshape(-1, k), target.reshape(-1), reduction="none")
-            errs.append(ce.view(target.shape).unsqueeze(-1))
+            ce = ce.view(target.shape)
+            errs.append((ce.mean(dim=0) if ce.dim() == 2 else ce).unsqueeze(-1))
             offset += k
-        errors = torch.cat(errs, dim=-1)
-        return errors.mean(dim=0) if errors.dim() == 3 else errors
+        return torch.cat(errs, dim=-1)
 
     def scaled(self, errors: Tensor) -> Tensor:
         """Unit errors divided by the model's per-unit scale, when it has one: each unit's

@@ -4,6 +4,7 @@ from pydantic import ValidationError
 
 from pipeline.contract.models import (
     MODEL_REGISTRY,
+    EnsembleLinear,
     ModelConfig,
     build_model,
     default_config,
@@ -89,3 +90,33 @@ def test_default_config_is_what_trainer_fit_builds_with_default_settings(dim, tm
     spec = FeatureSpec(features=[NumericFeature(name=f"f{j}", mean=0, std=1) for j in range(dim)])
     settings = load_trainer_settings(data="x.parquet", model_store=str(tmp_path), name="m")
     assert model_config(spec, settings) == default_config(dim)
+
+
+def test_an_ensemble_is_one_batched_forward_of_independent_members():
+    torch.manual_seed(0)
+    cfg = ModelConfig(input_dim=6, output_dim=6, hidden_dims=[8, 4], latent_dim=2, members=3)
+    model = build_model(cfg).eval()
+    x = torch.randn(5, 6)
+    with torch.inference_mode():
+        out = model(x)
+    assert out.shape == (3, 5, 6)
+    assert not torch.allclose(out[0], out[1])  # members start from different weights
+    first = next(m for m in model.modules() if isinstance(m, EnsembleLinear))
+    assert isinstance(first, EnsembleLinear)
+    with torch.inference_mode():  # member 1 alone is an ordinary MLP with its own weights
+        h = torch.relu(x @ first.weight[1] + first.bias[1])
+    assert torch.allclose(h, torch.relu(first(x.expand(3, -1, -1)))[1], atol=1e-6)
+
+
+def test_ensembles_refuse_the_vae_and_batch_norm():
+    with pytest.raises(ValidationError, match="members=2 needs kind ae or dae"):
+        ModelConfig(kind="vae", input_dim=4, output_dim=4, members=2)
+    with pytest.raises(ValidationError, match="members=2"):
+        ModelConfig(input_dim=4, output_dim=4, members=2, norm="batch")
+
+
+def test_error_units_give_the_model_a_saved_unit_scale():
+    model = build_model(ModelConfig(input_dim=4, output_dim=4, error_units=4))
+    assert torch.equal(model.unit_scale, torch.ones(4))
+    assert "unit_scale" in model.state_dict()
+    assert "unit_scale" not in build_model(ModelConfig(input_dim=4, output_dim=4)).state_dict()
