@@ -131,7 +131,5 @@ def test_shadow_events_of_binary_records_carry_their_keys_as_ids(
     )
     Worker(settings).run(idle_timeout_s=2)
     for topic in (scores, shadow):
-        ids = {
-            msgspec.json.decode(r.value)["record_id"] for r in read_all(kafka_bootstrap, topic)
-        }
+        ids = {msgspec.json.decode(r.value)["record_id"] for r in read_all(kafka_bootstrap, topic)}
         assert ids == {f"b-{i}" for i in range(40)}, topic
