@@ -216,6 +216,29 @@ def test_fields_of_the_wrong_kind_are_dead_lettered_and_never_scored(
     assert sorted(d.value for d in dead) == sorted(msgspec.json.encode(v) for v in wrong.values())
 
 
+def test_any_json_scalar_is_a_record_id_and_never_costs_the_record(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    """The id field is only carried into the events: a float or a boolean id must not
+    dead-letter an otherwise valid record. It is written as its JSON text."""
+    publish_model(tmp_path, mixed_spec(), name=NAME, threshold=0.0)
+    source, scores = make_topic(), make_topic()
+    good = {"amount": 10.5, "channel": "web", "foreign": False, "emb": [0, 1, 2]}
+    ids = ["s-1", 42, 7.5, -1e-3, True, False, None]
+    produce(
+        kafka_bootstrap,
+        source,
+        [(None, msgspec.json.encode({**good, "txn": i})) for i in ids],
+    )
+    s = settings(kafka_bootstrap, tmp_path, source, scores_topic=scores, id_field="txn")
+    summary = Worker(s).run(idle_timeout_s=1.5)
+
+    assert (summary.consumed, summary.scored, summary.rejected) == (7, 7, 0)
+    got = sorted(events(kafka_bootstrap, scores), key=lambda e: e["source"]["offset"])
+    assert [e["record_id"] for e in got] == ["s-1", "42", "7.5", "-0.001", "true", "false", None]
+    assert read_all(kafka_bootstrap, s.dlq_topic) == []
+
+
 def test_the_shadow_follows_its_latest_and_may_read_other_columns(
     kafka_bootstrap, make_topic, tmp_path
 ):
