@@ -97,7 +97,7 @@ def test_tampered_index_and_non_finite_weights_are_refused(tmp_path):
     raw = json.loads(index.read_text())
     raw["thresholds"][3] = 1e-9  # silences nobody's alerts... unless checked
     index.write_text(json.dumps(raw))
-    with pytest.raises(ArtifactInvalid, match="entities.json: sha256"):
+    with pytest.raises(ArtifactInvalid, match=r"entities\.json: sha256"):
         load_artifact(tmp_path, "m")
 
     other = tmp_path / "other"
@@ -112,7 +112,7 @@ def test_tampered_index_and_non_finite_weights_are_refused(tmp_path):
         (vdir / "model.safetensors").read_bytes()
     ).hexdigest()
     mpath.write_text(json.dumps(meta))
-    with pytest.raises(ArtifactInvalid, match="layers.1.weight is not finite in slot 4"):
+    with pytest.raises(ArtifactInvalid, match=r"layers\.1\.weight is not finite in slot 4"):
         load_artifact(other, "m")
 
 
