@@ -155,18 +155,20 @@ def publish(
     model: nn.Module,
     manifest_fields: dict[str, Any],
     extra_files: dict[str, bytes] | None = None,
+    version: str | None = None,
 ) -> Manifest:
     """Write weights + manifest as a new version and point LATEST at it, atomically.
 
     ``manifest_fields`` holds every Manifest field except ``version``, ``created_at`` and
     ``weights``, which are filled here. ``extra_files`` (name -> bytes, e.g. a per-entity
     version's index) are written into the version directory before the manifest; their
-    checksums belong in ``manifest_fields``. Returns the published manifest.
+    checksums belong in ``manifest_fields``. ``version`` (default: a new one) lets a caller
+    name the version before publishing it. Returns the published manifest.
     """
     name = manifest_fields["name"]
     model_dir = Path(store) / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    version = new_version()
+    version = version or new_version()
     staging = model_dir / f".staging-{version}"
     staging.mkdir()
     weights_path = staging / WEIGHTS_FILE

@@ -69,6 +69,24 @@ class StackedWeights:
         return [(arrays[i], arrays[i + 1]) for i in range(0, len(arrays), 2)]
 
 
+class InMemoryWeights:
+    """Stacked weights held as tensors (a model just trained), with ``StackedWeights``'s
+    interface: the trainer scores its thresholds with the same ``EntityScorer`` the worker
+    uses, before anything is written."""
+
+    def __init__(self, config: ModelConfig, layers: list[Layer]) -> None:
+        self.config = config
+        self.n_slots = int(layers[0][0].shape[0])
+        self._layers = [(w.detach().cpu(), b.detach().cpu()) for w, b in layers]
+
+    def layers(self, slots: SlotArray) -> list[Layer]:
+        index = torch.from_numpy(np.asarray(slots, dtype=np.int64))
+        return [(w[index], b[index]) for w, b in self._layers]
+
+
+WeightsSource = StackedWeights | InMemoryWeights
+
+
 def _expected_shapes(config: ModelConfig, n: int) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for i, (d_in, d_out) in enumerate(layer_dims(config)):
@@ -110,7 +128,7 @@ class EntityBank:
 
     def __init__(
         self,
-        weights: StackedWeights,
+        weights: WeightsSource,
         device: torch.device,
         capacity: int,
         on_change: Callable[[BankStats], None] | None = None,

@@ -34,6 +34,7 @@ def publish_entities(
     index: EntityIndex,
     manifest_fields: dict[str, Any],
     entity_fields: dict[str, Any],
+    version: str | None = None,
 ) -> Manifest:
     """Publish stacked weights (slot 0 the fallback) with their index as one new version.
 
@@ -54,4 +55,5 @@ def publish_entities(
         model,
         {**manifest_fields, "entities": info},
         extra_files={info.index_file: data},
+        version=version,
     )

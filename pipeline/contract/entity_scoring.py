@@ -9,7 +9,7 @@ the fallback. The spec's standardisation and per-unit errors are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from pipeline.contract.entities import FALLBACK_SLOT, EntityIndex
-from pipeline.contract.entity_bank import EntityBank, SlotArray
+from pipeline.contract.entity_artifact import EntitySet
+from pipeline.contract.entity_bank import BankStats, EntityBank, SlotArray, capacity_for
 from pipeline.contract.features import FeatureSpec, FloatArray, IndexArray
 from pipeline.contract.scoring import (
     BatchScores,
@@ -123,3 +124,20 @@ class EntityScorer:
             return [(0, n)]
         step = self.bank.room
         return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def open_entity_scorer(
+    spec: FeatureSpec,
+    entities: EntitySet,
+    device: torch.device,
+    *,
+    top_k: int = 3,
+    budget_bytes: int | None = None,
+    on_change: Callable[[BankStats], None] | None = None,
+) -> EntityScorer:
+    """An ``EntityScorer`` over a loaded entity set; without a budget every model may be
+    resident (batch scoring, evaluation), with one the bank holds what fits."""
+    n = entities.n_slots
+    capacity = n if budget_bytes is None else capacity_for(entities.weights.config, n, budget_bytes)
+    bank = EntityBank(entities.weights, device, capacity, on_change=on_change)
+    return EntityScorer(spec, EntityRouter(entities.index), bank, top_k=top_k)

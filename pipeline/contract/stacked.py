@@ -120,6 +120,13 @@ class StackedAutoEncoder(nn.Module):
         dropout = self.config.dropout if self.training else 0.0
         return stacked_forward(self.stacked(), x, self.config, slots, dropout)
 
+    def forward_chunk(self, x: Tensor, start: int) -> Tensor:
+        """Grouped forward of models ``start .. start + len(x)`` on ``x (e, b, D_in)``."""
+        stop = start + x.shape[0]
+        layers = [(w[start:stop], b[start:stop]) for w, b in self.stacked()]
+        dropout = self.config.dropout if self.training else 0.0
+        return stacked_forward(layers, x, self.config, None, dropout)
+
     def corrupt(self, x: Tensor) -> Tensor:
         """The DAE's training corruption (as ``DenoisingAutoEncoder.corrupt``)."""
         level = self.config.noise_level

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Callable
 from typing import Literal
 
-import numpy as np
 import torch
 
 from pipeline.contract.exceptions import ScoringError
