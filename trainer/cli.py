@@ -52,6 +52,8 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option("--entity-column", help="One model per value of this column, plus a fallback.")
 @click.option("--min-entity-rows", type=int, help="Fewest rows for an entity's own model.")
 @click.option("--entity-batch-size", type=int, help="Rows of each entity per step.")
+@click.option("--entity-epochs", type=int, help="Most epochs of the entity models.")
+@click.option("--entity-learning-rate", type=float, help="Learning rate of the entity models.")
 @click.option("--entities", help="Comma-separated entities to refit; the rest are reused.")
 @click.option("--base-version", help="Version whose other entity models are reused.")
 @click.option("--epochs", type=int)

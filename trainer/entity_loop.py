@@ -11,7 +11,7 @@ is as many steps as the median entity needs to see its rows once, so small entit
 their rows more often in an epoch and large ones less. After every epoch each entity's
 validation loss (mean score of its held-out rows, through the routed forward the worker
 uses) decides its own early stopping: its best weights are kept, and training ends when
-every entity has gone ``patience`` epochs without improving (or at ``epochs``).
+every entity has gone ``patience`` epochs without improving (or at ``entity_epochs``).
 
 Rows live on the training device as two arrays; entities are processed in chunks of
 ``ENTITY_CHUNK`` per forward/backward (gradients accumulate) to bound activation memory.
@@ -83,7 +83,7 @@ def fit_stacked(
     torch.manual_seed(s.seed)
     model = StackedAutoEncoder(config, len(members)).to(device)
     transform = SpecTransform(spec).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=s.entity_learning_rate, weight_decay=s.weight_decay)
     sizes = np.array([len(r) for r in data.fit_rows])
     b = s.entity_batch_size
     steps = max(1, math.ceil(float(np.median(sizes)) / b))
@@ -96,7 +96,7 @@ def fit_stacked(
         best_loss=np.full(len(members), np.inf),
     )
     stale = np.zeros(len(members), dtype=np.int64)
-    for epoch in range(1, s.epochs + 1):
+    for epoch in range(1, s.entity_epochs + 1):
         order = _epoch_order(data.fit_rows, steps * b, rng)  # (E, steps * b)
         model.train()
         total = torch.zeros((), dtype=torch.float64, device=device)

@@ -81,7 +81,16 @@ class TrainerSettings(BaseSettings):
         "held-out rows for the quantile); others are scored by the fallback.",
     )
     entity_batch_size: int = Field(
-        default=64, ge=1, description="Rows of each entity per optimisation step."
+        default=16, ge=1, description="Rows of each entity per optimisation step."
+    )
+    entity_epochs: int = Field(
+        default=100,
+        ge=1,
+        description="Most epochs of the entity models (an epoch: the median entity's rows "
+        "once); each entity stops early on its own validation loss.",
+    )
+    entity_learning_rate: float = Field(
+        default=3e-3, gt=0, description="Adam learning rate of the entity models."
     )
     entities: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -131,7 +131,7 @@ class EntityBank:
         weights: WeightsSource,
         device: torch.device,
         capacity: int,
-        on_change: Callable[[BankStats], None] | None = None,
+        on_change: Callable[[int, int], None] | None = None,
     ) -> None:
         self.weights = weights
         self.device = device
@@ -166,8 +166,9 @@ class EntityBank:
         rows = np.zeros(len(slots), dtype=np.int64)
         needed = set(slots.tolist())
         missing = [s for s in needed if s != 0 and s not in self._resident]
+        evicted = 0
         if missing:
-            self._make_room(len(missing), needed)
+            evicted = self._make_room(len(missing), needed)
             new_rows = [self._free.pop() for _ in missing]
             self._copy_in(np.array(missing, dtype=np.int64), new_rows)
             self._resident.update(zip(missing, new_rows, strict=True))
@@ -178,19 +179,22 @@ class EntityBank:
                 resident.move_to_end(s)
                 rows[i] = resident[s]
         if missing and self._on_change is not None:
-            self._on_change(self.stats)
+            self._on_change(len(missing), evicted)
         return rows
 
-    def _make_room(self, count: int, keep: set[int]) -> None:
+    def _make_room(self, count: int, keep: set[int]) -> int:
+        """Evict least recently used models (none in ``keep``) until ``count`` rows are free;
+        returns how many were evicted."""
         short = count - len(self._free)
         if short <= 0:
-            return
+            return 0
         victims = [s for s in self._resident if s not in keep][:short]
         if len(victims) < short:
             raise ValueError(f"{count} new models do not fit {self.capacity} pool rows")
         for s in victims:
             self._free.append(self._resident.pop(s))
         self.stats.evictions += len(victims)
+        return len(victims)
 
     def _copy_in(self, slots: SlotArray, rows: list[int]) -> None:
         index = torch.tensor(rows, dtype=torch.int64, device=self.device)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from pipeline.contract.entities import FALLBACK_SLOT, EntityIndex
 from pipeline.contract.entity_artifact import EntitySet
-from pipeline.contract.entity_bank import BankStats, EntityBank, SlotArray, capacity_for
+from pipeline.contract.entity_bank import EntityBank, SlotArray, capacity_for
 from pipeline.contract.features import FeatureSpec, FloatArray, IndexArray
 from pipeline.contract.scoring import (
     BatchScores,
@@ -133,7 +133,7 @@ def open_entity_scorer(
     *,
     top_k: int = 3,
     budget_bytes: int | None = None,
-    on_change: Callable[[BankStats], None] | None = None,
+    on_change: Callable[[int, int], None] | None = None,
 ) -> EntityScorer:
     """An ``EntityScorer`` over a loaded entity set; without a budget every model may be
     resident (batch scoring, evaluation), with one the bank holds what fits."""

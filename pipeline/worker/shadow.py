@@ -32,11 +32,11 @@ class ShadowScorer:
         m = self.metrics
         for rejection in decoded.rejected:
             m.shadow_invalid.labels(reason=rejection.reason.value).inc()
-        scores = model.scorer.score(decoded.cont, decoded.cat)
-        anomalies = emit_events(records, decoded, scores, model, sink, self.topics)
-        m.model_scored.labels(role="shadow", version=model.version).inc(len(scores))
+        scored = model.score(decoded)
+        anomalies = emit_events(records, decoded, scored, model, sink, self.topics)
+        m.model_scored.labels(role="shadow", version=model.version).inc(len(scored))
         m.model_anomalies.labels(role="shadow", version=model.version).inc(anomalies)
         histogram = m.shadow_score.labels(version=model.version)
-        for value in scores.scores.tolist():
+        for value in scored.monitored.tolist():
             histogram.observe(value)
-        return len(scores)
+        return len(scored)
