@@ -83,7 +83,9 @@ def fit_stacked(
     torch.manual_seed(s.seed)
     model = StackedAutoEncoder(config, len(members)).to(device)
     transform = SpecTransform(spec).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=s.entity_learning_rate, weight_decay=s.weight_decay)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=s.entity_learning_rate, weight_decay=s.weight_decay
+    )
     sizes = np.array([len(r) for r in data.fit_rows])
     b = s.entity_batch_size
     steps = max(1, math.ceil(float(np.median(sizes)) / b))

@@ -52,7 +52,7 @@ def fleet(tmp_path_factory):
 
 
 def test_every_entity_with_enough_rows_gets_its_model_the_rest_the_fallback(fleet):
-    root, data, manifest = fleet
+    root, _, manifest = fleet
     info = manifest.entities
     assert info is not None and info.column == "machine_id"
     assert info.models == MACHINES and info.fitted == MACHINES and info.thin_entities == 1
@@ -96,9 +96,7 @@ def test_refitting_some_entities_reuses_every_other_model(fleet, tmp_path):
     import shutil
 
     shutil.copytree(root / "store" / "fleet", store / "fleet")
-    refit = fit(
-        _settings(tmp_path, data, entities="press-002,press-004", seed=9, entity_epochs=5)
-    )
+    refit = fit(_settings(tmp_path, data, entities="press-002,press-004", seed=9, entity_epochs=5))
     assert refit.entities.base_version == base.version and refit.entities.fitted == 2
     old = load_artifact(store, "fleet", base.version)
     new = load_artifact(store, "fleet", refit.version)
