@@ -74,16 +74,16 @@ def test_records_are_scored_by_their_machines_models_in_one_call(
     manifest = publish_fleet(store)
     loaded = load_artifact(store, NAME)
     source = make_topic(partitions=2)
-    s = settings(
-        kafka_bootstrap, store, source, scores_topic=f"{source}-scores", entity_memory_mb=0.002
-    )  # room for a handful of models: evictions on every batch
+    scores_topic = f"{source}-scores"
+    s = settings(kafka_bootstrap, store, source, scores_topic=scores_topic, entity_memory_mb=0.002)
+    # room for a handful of models: evictions on every batch
     records = fleet_records(600)
     produce_records(kafka_bootstrap, source, records)
     worker = Worker(s)
     summary = worker.run(idle_timeout_s=3)
     assert summary.scored == 600
     expected = expected_scores(loaded, records)
-    by_id = {e["record_id"]: e for e in events(kafka_bootstrap, s.scores_topic)}
+    by_id = {e["record_id"]: e for e in events(kafka_bootstrap, scores_topic)}
     assert len(by_id) == 600
     names = loaded.entities.index.entities
     for i, rec in enumerate(records):
@@ -101,7 +101,9 @@ def test_records_are_scored_by_their_machines_models_in_one_call(
     alerts = events(kafka_bootstrap, s.alert_topic)
     assert {a["record_id"] for a in alerts} == {e for e, v in by_id.items() if v["is_anomaly"]}
 
-    value = lambda name, labels=None: worker.metrics.registry.get_sample_value(name, labels or {})  # noqa: E731
+    def value(name: str, labels: dict[str, str] | None = None) -> float:
+        return worker.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
     fallback = sum(r.get("machine") not in MACHINES for r in records)
     assert value("pipeline_entity_records_total", {"model": "fallback"}) == fallback
     assert value("pipeline_entity_records_total", {"model": "entity"}) == 600 - fallback
@@ -118,7 +120,8 @@ def test_the_kafka_key_can_name_the_entity(kafka_bootstrap, make_topic, tmp_path
     store = tmp_path / "store"
     publish_fleet(store)
     source = make_topic()
-    s = settings(kafka_bootstrap, store, source, scores_topic=f"{source}-scores", entity_from="key")
+    scores_topic = f"{source}-scores"
+    s = settings(kafka_bootstrap, store, source, scores_topic=scores_topic, entity_from="key")
     records = numeric_records(60)
     produce(
         kafka_bootstrap,
@@ -126,9 +129,7 @@ def test_the_kafka_key_can_name_the_entity(kafka_bootstrap, make_topic, tmp_path
         [(MACHINES[i % 3].encode(), json.dumps(r).encode()) for i, r in enumerate(records)],
     )
     Worker(s).run(idle_timeout_s=3)
-    entities = {
-        e["record_id"]: e["model"]["entity"] for e in events(kafka_bootstrap, s.scores_topic)
-    }
+    entities = {e["record_id"]: e["model"]["entity"] for e in events(kafka_bootstrap, scores_topic)}
     assert entities == {r["id"]: MACHINES[i % 3] for i, r in enumerate(records)}
 
 
@@ -140,11 +141,12 @@ def test_worker_batch_scoring_and_evaluate_agree_on_entity_models(
     store = tmp_path / "store"
     publish_fleet(store)
     source = make_topic(partitions=3)
-    s = settings(kafka_bootstrap, store, source, scores_topic=f"{source}-scores")
+    scores_topic = f"{source}-scores"
+    s = settings(kafka_bootstrap, store, source, scores_topic=scores_topic)
     records = fleet_records(300, seed=4)
     produce_records(kafka_bootstrap, source, records)
     Worker(s).run(idle_timeout_s=3)
-    streamed = {e["record_id"]: e for e in events(kafka_bootstrap, s.scores_topic)}
+    streamed = {e["record_id"]: e for e in events(kafka_bootstrap, scores_topic)}
 
     frame = pd.DataFrame(records).assign(label=[i % 5 == 0 for i in range(300)])
     frame["machine"] = frame["machine"].astype(object).where(frame["machine"].notna(), None)

@@ -59,7 +59,7 @@ def test_every_entity_with_enough_rows_gets_its_model_the_rest_the_fallback(flee
     loaded = load_artifact(root / "store", "fleet")
     index = loaded.entities.index
     assert index.entities[0] is None  # slot 0: the fallback
-    assert sorted(e for e in index.entities[1:]) == [f"press-{i:03d}" for i in range(MACHINES)]
+    assert sorted(str(e) for e in index.entities[1:]) == [f"press-{i:03d}" for i in range(MACHINES)]
     assert "machine_id" not in manifest.features.column_names  # not a feature
     assert manifest.training.model_dump()["entity_models"] == MACHINES
     assert manifest.training.model_dump()["entity_rows_per_s"] > 0
@@ -77,6 +77,7 @@ def test_each_threshold_is_the_quantile_of_its_own_held_out_rows(fleet):
     rb = pa.RecordBatch.from_pandas(table[held], preserve_index=False)
     cont, cat = encode_record_batch(rb, spec)
     keys = table.machine_id[held].tolist()
+    assert loaded.entities is not None
     scorer = open_entity_scorer(spec, loaded.entities, torch.device("cpu"), top_k=0)
     routed = scorer.score(cont, cat, keys)
     index = loaded.entities.index
