@@ -112,7 +112,9 @@ def publish_entity_models(store: Path, name: str, w: Workload, entities: int) ->
     return params_per_model(config) * 4 * (entities + 1)
 
 
-def model_call_table(base: Workload, runs: int) -> dict[str, float]:
+def model_call_table(
+    base: Workload, runs: int, counts: tuple[int, ...] = COUNTS
+) -> dict[str, float]:
     """Rows/s of the model call alone on 1,024-row batches (no Kafka), median of ``runs``."""
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-entity-model-") as tmp:
@@ -122,7 +124,7 @@ def model_call_table(base: Workload, runs: int) -> dict[str, float]:
         scorer = Scorer(base.spec, single.model, torch.device("cpu"))
         decoded = RecordDecoder(base.spec, id_field="id").decode(base.values[:1024])
         out["single"] = _rate(lambda: scorer.score(decoded.cont, decoded.cat), runs)
-        for n in COUNTS:
+        for n in counts:
             w = machine_workload(base, n)
             publish_entity_models(store, f"e{n}", w, n)
             loaded = load_artifact(store, f"e{n}")
@@ -149,7 +151,9 @@ def _rate(call: Any, runs: int, reps: int = 50) -> float:
     return statistics.median(rates)
 
 
-def run_bench(bootstrap: str, records: int, runs: int, log: Any) -> dict[str, list[float]]:
+def run_bench(
+    bootstrap: str, records: int, runs: int, log: Any, counts: tuple[int, ...] = COUNTS
+) -> dict[str, list[float]]:
     kafka = KafkaSettings(bootstrap_servers=bootstrap)
     base = make_workloads()["json32"]
     rates: dict[str, list[float]] = {}
@@ -160,14 +164,14 @@ def run_bench(bootstrap: str, records: int, runs: int, log: Any) -> dict[str, li
         publish_model(store, "single", base)
         fill(bootstrap, topic, base, records)
         variants["single"] = (topic, {})
-        for n in COUNTS:
+        for n in counts:
             w = machine_workload(base, n)
             weights = publish_entity_models(store, f"e{n}", w, n)
             topic = create_topic(bootstrap, f"e{n}-{uuid.uuid4().hex[:8]}")
             log(f"filling {topic}: {records} records over {n} machines ({weights / 2**20:.1f} MiB)")
             fill(bootstrap, topic, w, records)
             variants[f"entities={n:,}"] = (topic, {})
-            if n == max(COUNTS):
+            if n == max(counts):
                 variants[f"entities={n:,}, LRU"] = (
                     topic,
                     {"entity_memory_mb": weights / 4 / 2**20},
@@ -214,14 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", help="use this broker instead of starting a local one")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--records", type=int, default=100_000)
+    p.add_argument("--entities", default=",".join(map(str, COUNTS)), help="entity counts")
     p.add_argument("--out", type=Path, default=Path("bench-entity-throughput.json"))
     args = p.parse_args(argv)
+    counts = tuple(int(c) for c in args.entities.split(","))
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)  # the worker's default (PIPELINE_TORCH_THREADS=1)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    model = model_call_table(make_workloads()["json32"], args.runs)
+    model = model_call_table(make_workloads()["json32"], args.runs, counts)
     with broker(args.bootstrap) as bootstrap:
-        rates = run_bench(bootstrap, args.records, args.runs, log)
+        rates = run_bench(bootstrap, args.records, args.runs, log, counts)
     print(markdown(rates, model, args.records, args.runs))
     args.out.write_text(json.dumps({"worker": rates, "model_call": model}, indent=2))
     return 0
