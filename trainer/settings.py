@@ -192,6 +192,13 @@ class TrainerSettings(BaseSettings):
             return [int(v) for v in value]
         return value
 
+    @field_validator("entities", "base_version")
+    @classmethod
+    def _need_entity_column(cls, value: Any, info: ValidationInfo) -> Any:
+        if value and not info.data.get("entity_column"):
+            raise ValueError("only with an entity column (--entity-column)")
+        return value
+
     @field_validator("score")
     @classmethod
     def _elbo_needs_vae(cls, value: str, info: ValidationInfo) -> str:

@@ -145,3 +145,9 @@ def test_entity_models_must_stack(tmp_path, fleet):
     _, data, _ = fleet
     with pytest.raises(ConfigError, match="ae or dae"):
         fit(_settings(tmp_path, data, model="vae"))
+
+
+def test_entity_options_without_an_entity_column_fail_naming_the_env_var():
+    for bad in ({"entities": "a,b"}, {"base_version": "v1"}):
+        with pytest.raises(ConfigError, match="TRAINER_(ENTITIES|BASE_VERSION).*--entity-column"):
+            load_trainer_settings(**bad)
