@@ -312,6 +312,7 @@ def _thresholds(
     held = np.flatnonzero(rows.held_out)
     keys = [rows.keys[e] if e >= 0 else None for e in rows.entity[held].tolist()]
     routed = scorer.score(rows.cont[held], rows.cat[held], keys)
+    assert routed.slots is not None
     scores = routed.scores.scores
     thresholds = list(slots.thresholds)
     for slot in range(1, len(slots.entities)):

@@ -34,10 +34,11 @@ from pipeline.contract.stacked import stacked_forward
 
 @dataclass(frozen=True)
 class RoutedScores:
-    """A batch's scores with, per row, the slot that scored it and that slot's threshold."""
+    """A batch's scores with each row's threshold and, for per-entity models, the slot whose
+    model scored each row (0: the fallback; ``slots`` None for a single model)."""
 
     scores: BatchScores
-    slots: SlotArray  # (B,) 0 = fallback
+    slots: SlotArray | None  # (B,)
     thresholds: npt.NDArray[np.float64]  # (B,)
 
     def __len__(self) -> int:
@@ -45,11 +46,21 @@ class RoutedScores:
 
     @property
     def is_anomaly(self) -> npt.NDArray[np.bool_]:
+        """Rows over their threshold: the alerts."""
         return np.greater(self.scores.scores, self.thresholds)
 
     @property
     def fallback(self) -> npt.NDArray[np.bool_]:
+        if self.slots is None:
+            return np.zeros(len(self), dtype=bool)
         return np.equal(self.slots, FALLBACK_SLOT)
+
+    @property
+    def monitored(self) -> npt.NDArray[np.float64]:
+        """What score metrics and drift watch: the score, or for per-entity models the score
+        relative to its own model's threshold (scales differ between entities)."""
+        raw = self.scores.scores.astype(np.float64)
+        return raw if self.slots is None else raw / self.thresholds
 
 
 class EntityRouter:

@@ -224,6 +224,7 @@ def _with_entity_columns(
         return table.append_column("threshold", pa.array([], pa.float64())).append_column(
             "entity_model", pa.array([], pa.string())
         )
+    assert result.slots is not None  # an EntityScorer always says which slot scored a row
     names = [router.entity_of(s) for s in result.slots.tolist()]
     return table.append_column("threshold", pa.array(result.thresholds)).append_column(
         "entity_model", pa.array(names, pa.string())

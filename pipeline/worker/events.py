@@ -17,8 +17,9 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.contract.alerts import build_event, encode_event, utc_now_iso
+from pipeline.contract.entity_scoring import RoutedScores
 from pipeline.worker.codec import DecodedBatch
-from pipeline.worker.serving import ModelHandle, Scored
+from pipeline.worker.serving import ModelHandle
 
 Headers = list[tuple[str, bytes]]
 MAX_RECORD_COPY_BYTES = 900_000  # include_record: larger records are not copied into alerts
@@ -42,14 +43,14 @@ class EventTopics:
 def emit_events(
     records: list[Any],
     decoded: DecodedBatch,
-    scored: Scored,
+    scored: RoutedScores,
     model: ModelHandle,
     sink: Sink,
     topics: EventTopics,
 ) -> int:
     """Send the batch's events; returns how many records were over their threshold."""
     scores = scored.scores
-    over = scored.over
+    over = scored.is_anomaly
     n_over = int(over.sum())
     if topics.scores:
         rows = np.arange(len(scores))
@@ -100,7 +101,7 @@ def emit_events(
 
 
 def _entity_refs(
-    scored: Scored, model: ModelHandle, rows: npt.NDArray[np.int64]
+    scored: RoutedScores, model: ModelHandle, rows: npt.NDArray[np.int64]
 ) -> list[tuple[str | None] | None]:
     """Per event row: ``(entity,)`` whose model scored it (``(None,)``: the fallback), or
     None for a single model's events."""

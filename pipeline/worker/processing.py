@@ -15,12 +15,13 @@ import numpy as np
 
 from pipeline.contract.artifact import Manifest
 from pipeline.contract.deadletter import dead_letter_headers, dead_letter_value
+from pipeline.contract.entity_scoring import RoutedScores
 from pipeline.worker.codec import DecodedBatch, Rejection
 from pipeline.worker.drift import DriftMonitor
 from pipeline.worker.events import EventTopics, Sink, emit_events
 from pipeline.worker.metrics import PipelineMetrics
 from pipeline.worker.overlap import timed
-from pipeline.worker.serving import ModelHandle, Scored
+from pipeline.worker.serving import ModelHandle
 
 WhileScoring = Callable[[Callable[[], bool]], None]
 
@@ -103,7 +104,7 @@ class BatchProcessor:
 
     def _score(
         self, decoded: DecodedBatch, model: ModelHandle, while_scoring: WhileScoring | None
-    ) -> tuple[Scored, float]:
+    ) -> tuple[RoutedScores, float]:
         run = timed(lambda: model.score(decoded))
         if while_scoring is None or self._last_inference_s < OVERLAP_MIN_INFERENCE_S:
             scores, seconds = run()

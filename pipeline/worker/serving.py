@@ -15,43 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
 from pipeline.contract.artifact import LoadedArtifact, latest_version, load_artifact
+from pipeline.contract.entity_scoring import RoutedScores
 from pipeline.contract.exceptions import ArtifactError, ArtifactInvalid, ScoringError
 from pipeline.contract.features import FeatureSpec
-from pipeline.contract.scoring import BatchScores, Scorer
+from pipeline.contract.scoring import Scorer
 from pipeline.worker.codec import DecodedBatch, RecordDecoder
 from pipeline.worker.entity_serving import EntityOptions, EntityServing
 from pipeline.worker.resilient import OomHook, ResilientScorer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Scored:
-    """A batch's scores with each row's threshold; for a per-entity version also the slot
-    (0: the fallback) whose model scored each row."""
-
-    scores: BatchScores
-    thresholds: npt.NDArray[np.float64]  # (B,)
-    slots: npt.NDArray[np.int64] | None = None
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    @property
-    def over(self) -> npt.NDArray[np.bool_]:
-        """Rows over their threshold: the alerts."""
-        return np.greater(self.scores.scores, self.thresholds)
-
-    @property
-    def monitored(self) -> npt.NDArray[np.float64]:
-        """What score metrics and drift watch: the score, or for per-entity models the
-        score relative to its own model's threshold (scales differ between entities)."""
-        raw = self.scores.scores.astype(np.float64)
-        return raw if self.slots is None else raw / self.thresholds
 
 
 @dataclass(frozen=True)
@@ -66,17 +41,17 @@ class ModelHandle:
     decoder: RecordDecoder
     entities: EntityServing | None = None
 
-    def score(self, decoded: DecodedBatch) -> Scored:
+    def score(self, decoded: DecodedBatch) -> RoutedScores:
         """Score the accepted rows of a decoded batch with this version."""
         if self.entities is None:
             scores = self.scorer.score(decoded.cont, decoded.cat)
-            return Scored(scores, np.full(len(scores), self.threshold, dtype=np.float64))
-        routed = self.entities.score(decoded)
-        return Scored(routed.scores, routed.thresholds, routed.slots)
+            return RoutedScores(scores, None, np.full(len(scores), self.threshold, np.float64))
+        return self.entities.score(decoded)
 
     @property
     def reference_threshold(self) -> float:
-        """The threshold ``Scored.monitored`` is compared with (1 for per-entity models)."""
+        """The threshold ``RoutedScores.monitored`` is compared with (1 for per-entity
+        models)."""
         return self.threshold if self.entities is None else 1.0
 
     @property

@@ -80,6 +80,7 @@ def test_each_threshold_is_the_quantile_of_its_own_held_out_rows(fleet):
     assert loaded.entities is not None
     scorer = open_entity_scorer(spec, loaded.entities, torch.device("cpu"), top_k=0)
     routed = scorer.score(cont, cat, keys)
+    assert routed.slots is not None
     index = loaded.entities.index
     for slot in range(1, len(index.entities)):
         own = routed.scores.scores[routed.slots == slot]
@@ -149,5 +150,5 @@ def test_entity_models_must_stack(tmp_path, fleet):
 
 def test_entity_options_without_an_entity_column_fail_naming_the_env_var():
     for bad in ({"entities": "a,b"}, {"base_version": "v1"}):
-        with pytest.raises(ConfigError, match="TRAINER_(ENTITIES|BASE_VERSION).*--entity-column"):
+        with pytest.raises(ConfigError, match=r"TRAINER_(ENTITIES|BASE_VERSION).*--entity-column"):
             load_trainer_settings(**bad)
