@@ -70,25 +70,58 @@ def fit(settings: TrainerSettings) -> Manifest:
     """Run the whole job and return the published manifest (on every rank)."""
     if not settings.data:
         raise DataError("no training data given (--data or TRAINER_DATA)")
-    d = init_distributed(settings.device)
-    try:
-        manifest = _fit(settings, d)
-        d.barrier()  # nobody tears the group down while a peer still talks to it
-    finally:
-        shutdown(d)
-    if d.is_main and settings.announce_topic:
+    if settings.entity_column:
+        from trainer.entity_fit import fit_entities
+
+        manifest, is_main = fit_entities(settings), True
+    else:
+        manifest, is_main = _fit_distributed(settings)
+    if is_main and settings.announce_topic:
         from trainer.announce import announce  # kafka-python only when announcing
 
         announce(settings.kafka, settings.announce_topic, manifest, settings.model_store)
     return manifest
 
 
+def _fit_distributed(settings: TrainerSettings) -> tuple[Manifest, bool]:
+    """The single-model fit, on one process or every rank of a torchrun job."""
+    d = init_distributed(settings.device)
+    try:
+        manifest = _fit(settings, d)
+        d.barrier()  # nobody tears the group down while a peer still talks to it
+    finally:
+        shutdown(d)
+    return manifest, d.is_main
+
+
 def _fit(s: TrainerSettings, d: Dist) -> Manifest:
     started = time.monotonic()
     device = device_for(d, resolve_device(s.device))
     data = prepare(s, d)
+    config = model_config(data.spec, s)
+    fitted = fit_model(s, d, data, config, device)
+    summary = summary_of(s, data, fitted.result, device, d, fitted.mode, started)
+    manifest = _publish_on_rank0(s, d, data.spec, config, fitted.result, fitted.held, summary, data)
+    if fitted.checkpointer is not None:
+        fitted.checkpointer.remove()
+    return manifest
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A trained model with its held-out statistics (threshold, drift, explanations)."""
+
+    result: TrainResult
+    held: HeldOut
+    mode: str  # memory or stream
+    checkpointer: Checkpointer | None
+
+
+def fit_model(
+    s: TrainerSettings, d: Dist, data: Prepared, config: ModelConfig, device: torch.device
+) -> Fitted:
+    """Train ``config`` on this rank's rows and score the held-out ones (every rank)."""
     spec = data.spec
-    config = model_config(spec, s)
     spans = data.source.shard(d.rank, d.world)
     cache = (data.local_train + data.local_validation) * bytes_per_row(spec) <= (
         s.memory_budget_mb * 2**20
@@ -128,11 +161,7 @@ def _fit(s: TrainerSettings, d: Dist) -> Manifest:
     reporter = make_reporter(s.progress, s.epochs, d.is_main)
     result = train(spec, config, train_rows, val_rows, s, device, d, reporter, checkpointer)
     held = held_out_stats(spec, result.model, val_rows, device, d, s.seed)
-    summary = _summary(s, data, result, device, d, train_rows.mode, started)
-    manifest = _publish_on_rank0(s, d, spec, config, result, held, summary, data)
-    if checkpointer is not None:
-        checkpointer.remove()
-    return manifest
+    return Fitted(result, held, train_rows.mode, checkpointer)
 
 
 def prepare(s: TrainerSettings, d: Dist) -> Prepared:
@@ -176,7 +205,7 @@ def model_config(spec: FeatureSpec, s: TrainerSettings) -> ModelConfig:
     )
 
 
-def _summary(
+def summary_of(
     s: TrainerSettings,
     data: Prepared,
     result: TrainResult,
@@ -279,10 +308,11 @@ def run_fingerprint(s: TrainerSettings, data: Prepared, world: int) -> str:
 
 
 def _spec_options(s: TrainerSettings) -> SpecOptions:
+    entity = (s.entity_column,) if s.entity_column else ()
     return SpecOptions(
         id_column=s.id_column,
         label_column=s.label_column,
-        ignore_columns=tuple(s.ignore_columns),
+        ignore_columns=(*s.ignore_columns, *entity),
         categorical_columns=tuple(s.categorical_columns),
         numeric_columns=tuple(s.numeric_columns),
         max_categories=s.max_categories,

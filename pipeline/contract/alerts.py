@@ -30,6 +30,17 @@ class ModelRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     version: str
+    entity: str | None = Field(
+        default=None,
+        description="per-entity versions: the entity whose own model scored the record "
+        "(null when the fallback did)",
+    )
+    fallback: bool | None = Field(
+        default=None,
+        description="per-entity versions: true when the fallback model scored the record "
+        "(its entity is unknown, has too few training rows, or the record names none); "
+        "absent for single-model versions",
+    )
 
 
 class SourceRef(BaseModel):
@@ -129,8 +140,12 @@ def build_event(
     total_error: float,
     detected_at: str,
     record: dict[str, Any] | None = None,
+    entity: tuple[str | None] | None = None,
 ) -> dict[str, Any]:
-    """The event as a dict matching AlertEvent (kept cheap: it may run for every record)."""
+    """The event as a dict matching AlertEvent (kept cheap: it may run for every record).
+
+    ``entity``: for a per-entity version, ``(entity,)`` whose model scored the record, or
+    ``(None,)`` when the fallback did; None for a single model."""
     topic, partition, offset, timestamp = source
     is_anomaly = score > threshold
     event: dict[str, Any] = {
@@ -142,7 +157,16 @@ def build_event(
         "score": score,
         "threshold": threshold,
         "is_anomaly": is_anomaly,
-        "model": {"name": model[0], "version": model[1]},
+        "model": (
+            {"name": model[0], "version": model[1]}
+            if entity is None
+            else {
+                "name": model[0],
+                "version": model[1],
+                "entity": entity[0],
+                "fallback": entity[0] is None,
+            }
+        ),
         "source": {
             "topic": topic,
             "partition": partition,

@@ -46,13 +46,13 @@ class ShadowScorer:
     def process(self, records: list[Any], model: ModelHandle, sink: Sink) -> ShadowResult:
         """Score the batch and send its score events; the metrics wait for ``observe``."""
         decoded = model.decoder.decode_records(records)
-        scores = model.scorer.score(decoded.cont, decoded.cat)
-        anomalies = emit_events(records, decoded, scores, model, sink, self.topics)
+        scored = model.score(decoded)
+        anomalies = emit_events(records, decoded, scored, model, sink, self.topics)
         return ShadowResult(
             version=model.version,
-            scored=len(scores),
+            scored=len(scored),
             anomalies=anomalies,
-            scores=scores.scores,
+            scores=scored.monitored,
             reasons=tuple(r.reason.value for r in decoded.rejected),
         )
 

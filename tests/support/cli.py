@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import click
+
+from pipeline.cli import cli as pipeline_cli
+from trainer.cli import cli as trainer_cli
+
+CLIS: dict[str, click.Command] = {"pipeline": pipeline_cli, "trainer": trainer_cli}
 
 
 def run_module(
@@ -25,3 +32,24 @@ def run_module(
         timeout=timeout,
         check=False,
     )
+
+
+def check_command_line(argv: Sequence[str], parse_args: bool = True) -> click.Command:
+    """Resolve ``python -m <pkg> <group...> <command> args`` to the click command it runs and
+    parse its arguments (without running it): an unknown command or option, or a missing
+    required one, raises. Used on the command lines of the docs, compose and Kubernetes;
+    ``parse_args=False`` only checks that the command exists (a name mentioned in prose)."""
+    assert list(argv[:2]) == ["python", "-m"], argv
+    command = CLIS[argv[2]]
+    args = list(argv[3:])
+    while isinstance(command, click.Group):
+        if not args and not parse_args:
+            return command
+        assert args, f"{argv}: names a group, not a command"
+        name = args.pop(0)
+        sub = command.get_command(click.Context(command), name)
+        assert sub is not None, f"{argv}: {command.name} has no command {name!r}"
+        command = sub
+    if parse_args:
+        command.make_context(command.name, args)
+    return command

@@ -1,7 +1,7 @@
 // composecheck loads compose files the way `docker compose` does (compose-go: the
 // compose-spec JSON schema, interpolation, merging, every profile enabled) and prints the
 // service names, one per line. There is no Docker engine on the development machines, so
-// tests/unit/test_compose.py runs this instead of `docker compose config`.
+// tests/unit/deploy/test_compose.py runs this instead of `docker compose config`.
 //
 //	composecheck docker-compose.yml
 package main

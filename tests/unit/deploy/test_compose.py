@@ -5,20 +5,17 @@ import re
 import subprocess
 from pathlib import Path
 
-import click
 import yaml
 
-from pipeline.cli import cli as pipeline_cli
 from pipeline.common.settings_doc import env_rows
 from pipeline.worker.settings import WorkerSettings
+from tests.support.cli import check_command_line
 from tests.support.tools import require_tool
-from trainer.cli import cli as trainer_cli
 from trainer.settings import TrainerSettings
 
 ROOT = Path(__file__).parents[3]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-CLIS = {"pipeline": pipeline_cli, "trainer": trainer_cli}
 KNOWN_ENV = {e for e, _, _ in env_rows(WorkerSettings, "PIPELINE_")} | {
     e for e, _, _ in env_rows(TrainerSettings, "TRAINER_")
 }
@@ -41,26 +38,11 @@ def project_services():
     return {n: s for n, s in SERVICES.items() if s.get("image", "").startswith("anomaly-pipeline")}
 
 
-def resolve_command(argv: list[str]) -> tuple[click.Command, list[str]]:
-    """The click command ``python -m <pkg> <group...> <command> args`` runs, and its args."""
-    assert argv[:2] == ["python", "-m"], argv
-    command: click.Command = CLIS[argv[2]]
-    args = list(argv[3:])
-    while isinstance(command, click.Group):
-        assert args, f"{argv}: names a group, not a command"
-        name = args.pop(0)
-        sub = command.get_command(click.Context(command), name)
-        assert sub is not None, f"{argv}: {command.name} has no command {name!r}"
-        command = sub
-    return command, args
-
-
 def test_every_project_service_runs_a_real_entry_point():
     services = project_services()
     assert {"trainer", "worker", "worker-gpu", "alerts"} <= set(services)
     for svc in services.values():
-        command, args = resolve_command(svc["command"])
-        command.make_context(command.name, args)  # raises on unknown or missing options
+        check_command_line(svc["command"])  # raises on unknown or missing options
 
 
 def test_environment_names_are_real_settings():

@@ -18,24 +18,21 @@ from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
-import click
 import kubernetes_validate
 import pytest
 import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from pydantic import ValidationError
 
-from pipeline.cli import cli as pipeline_cli
 from pipeline.common.settings_doc import env_rows
 from pipeline.worker.settings import WorkerSettings, load_worker_settings
+from tests.support.cli import check_command_line
 from tests.support.tools import ROOT, require_tool
-from trainer.cli import cli as trainer_cli
 from trainer.settings import TrainerSettings, load_trainer_settings
 
 K8S = ROOT / "deploy" / "k8s"
 LAYERS = ["base", "overlays/cpu", "overlays/gpu"]
 K8S_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
-CLIS = {"pipeline": pipeline_cli, "trainer": trainer_cli}
 KNOWN_ENV = {e for e, _, _ in env_rows(WorkerSettings, "PIPELINE_")} | {
     e for e, _, _ in env_rows(TrainerSettings, "TRAINER_")
 }
@@ -253,11 +250,7 @@ def test_commands_are_real_entry_points(layer):
         if doc["kind"] not in ("Deployment", "CronJob"):
             continue
         cmd = container(doc)["command"]
-        assert cmd[:2] == ["python", "-m"]
-        group = CLIS[cmd[2]]
-        command = group.get_command(click.Context(group), cmd[3])
-        assert command is not None, cmd
-        command.make_context(cmd[3], list(cmd[4:]))
+        check_command_line(cmd)
 
 
 def test_gpu_overlay_asks_for_a_gpu_and_the_cpu_overlay_does_not():
