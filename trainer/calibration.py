@@ -48,14 +48,17 @@ def rows_needed(quantile: float) -> int:
     return n
 
 
-def conformal_threshold(scores: npt.NDArray[np.float32], quantile: float) -> ConformalThreshold:
-    """The threshold over calibration ``scores`` at level ``quantile`` (see module docstring)."""
+def conformal_threshold(
+    scores: npt.NDArray[np.float32], quantile: float, warn: bool = True
+) -> ConformalThreshold:
+    """The threshold over calibration ``scores`` at level ``quantile`` (see module docstring);
+    ``warn=False`` leaves the too-few-rows warning to the caller (many small models)."""
     n = int(scores.size)
     if n == 0:
         raise ValueError("no calibration scores")
     k = conformal_rank(n, quantile)
     enough = k <= n
-    if not enough:
+    if not enough and warn:
         log.warning(
             "too few calibration rows for the quantile",
             extra={
@@ -69,7 +72,7 @@ def conformal_threshold(scores: npt.NDArray[np.float32], quantile: float) -> Con
                 "--calibration-fraction) or a lower quantile",
             },
         )
-        k = n
+    k = min(k, n)
     value = float(np.partition(scores, k - 1)[k - 1])
     a, b = n + 1 - k, k  # false-alarm rate ~ Beta(a, b)
     tail = (1 - INTERVAL) / 2

@@ -24,6 +24,8 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from pipeline.contract.artifact import LoadedArtifact, Manifest, load_artifact
+from pipeline.contract.entities import entity_key
+from pipeline.contract.entity_scoring import open_entity_scorer
 from pipeline.contract.exceptions import DataError
 from pipeline.contract.features import category_key
 from pipeline.contract.scoring import Scorer, resolve_device
@@ -63,15 +65,22 @@ class Evaluation:
     roc_auc: float
     pr_auc: float
     at_threshold: detection_metrics.ThresholdMetrics
+    fallback_rows: int | None = None  # per-entity versions: rows the fallback scored
+
+    @property
+    def threshold(self) -> float:
+        """What ``scores`` are compared with: the published threshold, or 1 for a per-entity
+        version, whose scores are relative to each row's own model's threshold."""
+        return self.manifest.threshold.value if self.fallback_rows is None else 1.0
 
     def summary(self) -> dict[str, Any]:
         """The JSON the CLI prints: headline numbers first, then counts and provenance."""
         t = self.at_threshold
         n_anom = int(self.labels.sum())
-        return {
+        out: dict[str, Any] = {
             "roc_auc": round(self.roc_auc, 6),
             "pr_auc": round(self.pr_auc, 6),
-            "threshold": self.manifest.threshold.value,
+            "threshold": self.threshold,
             "threshold_quantile": self.manifest.threshold.quantile,
             "precision": round(t.precision, 6),
             "recall": round(t.recall, 6),
@@ -91,6 +100,11 @@ class Evaluation:
             "data": self.data,
             "label_column": self.label_column,
         }
+        if self.fallback_rows is not None and self.manifest.entities is not None:
+            out["scores"] = "relative: each row's score divided by its own model's threshold"
+            out["entity_models"] = self.manifest.entities.models
+            out["fallback_rows"] = self.fallback_rows
+        return out
 
 
 def expected_false_alarms(manifest: Manifest) -> dict[str, Any]:
@@ -111,10 +125,9 @@ def evaluate(request: EvaluationRequest) -> Evaluation:
     loaded = load_artifact(request.model_store, request.name, request.version)
     source = ParquetSource(request.data, batch_rows=request.batch_rows)
     label_column = resolve_label_column(request.label_column, loaded.manifest, source)
-    scores, labels = score_labelled(
-        loaded, source, label_column, request.anomaly_values, request.device
-    )
-    threshold = loaded.manifest.threshold.value
+    scored = score_labelled(loaded, source, label_column, request.anomaly_values, request.device)
+    scores, labels = scored.ranking, scored.labels
+    threshold = loaded.manifest.threshold.value if loaded.entities is None else 1.0
     result = Evaluation(
         manifest=loaded.manifest,
         data=request.data,
@@ -124,6 +137,7 @@ def evaluate(request: EvaluationRequest) -> Evaluation:
         roc_auc=detection_metrics.roc_auc(scores, labels),
         pr_auc=detection_metrics.average_precision(scores, labels),
         at_threshold=detection_metrics.at_threshold(scores, labels, threshold),
+        fallback_rows=scored.fallback_rows,
     )
     summary = result.summary()
     log.info("evaluated", extra={k: summary[k] for k in _LOGGED})
@@ -147,27 +161,65 @@ def resolve_label_column(given: str | None, manifest: Manifest, source: ParquetS
     return column
 
 
+@dataclass(frozen=True)
+class Scored:
+    """Every row's score (as the worker computes it), label and, for a per-entity version,
+    the threshold of the model that scored it."""
+
+    scores: npt.NDArray[np.float64]
+    labels: npt.NDArray[np.bool_]
+    thresholds: npt.NDArray[np.float64] | None = None
+    fallback_rows: int | None = None
+
+    @property
+    def ranking(self) -> npt.NDArray[np.float64]:
+        """Scores comparable across rows: raw for one model, divided by each row's own
+        threshold for per-entity models (each has its own scale)."""
+        return self.scores if self.thresholds is None else self.scores / self.thresholds
+
+
 def score_labelled(
     loaded: LoadedArtifact,
     source: ParquetSource,
     label_column: str,
     anomaly_values: Sequence[str] = (),
     device: str = "auto",
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-    """(score, is_anomaly) of every row, in file order, through the shared encoder and scorer."""
+) -> Scored:
+    """(score, is_anomaly) of every row, in file order, through the shared encoder and scorer
+    (``EntityScorer`` for a per-entity version, routing rows by their entity column)."""
     spec = loaded.manifest.features
-    scorer = Scorer(spec, loaded.model, resolve_device(device), top_k=0)
-    columns = [*spec.column_names, label_column]
+    ents = loaded.entities
+    dev = resolve_device(device)
+    entity_column = [ents.info.column] if ents is not None else []
+    if ents is not None and ents.info.column not in source.schema.names:
+        raise DataError(f"entity column {ents.info.column!r} not in {source.location!r}")
+    scorer = Scorer(spec, loaded.model, dev, top_k=0) if ents is None else None
+    routed = open_entity_scorer(spec, ents, dev, top_k=0) if ents is not None else None
+    columns = [*spec.column_names, label_column, *entity_column]
     scores: list[npt.NDArray[np.float64]] = []
     labels: list[npt.NDArray[np.bool_]] = []
+    thresholds: list[npt.NDArray[np.float64]] = []
+    fallback = 0
     for batch in source.batches(columns):
         label = batch.table.column(label_column)
         labels.append(anomaly_labels(label, label_column, anomaly_values))
         cont, cat = encode_record_batch(batch.table, spec)
-        scores.append(scorer.score(cont, cat).scores.astype(np.float64))
+        if scorer is not None:
+            scores.append(scorer.score(cont, cat).scores.astype(np.float64))
+            continue
+        keys = [entity_key(v) for v in batch.table.column(entity_column[0]).to_pylist()]
+        assert routed is not None
+        result = routed.score(cont, cat, keys)
+        scores.append(result.scores.scores.astype(np.float64))
+        thresholds.append(result.thresholds)
+        fallback += int(result.fallback.sum())
     if not scores:
         raise DataError(f"no rows in {source.location!r}")
-    return np.concatenate(scores), np.concatenate(labels)
+    if routed is None:
+        return Scored(np.concatenate(scores), np.concatenate(labels))
+    return Scored(
+        np.concatenate(scores), np.concatenate(labels), np.concatenate(thresholds), fallback
+    )
 
 
 def anomaly_labels(

@@ -89,25 +89,60 @@ def fit(settings: TrainerSettings) -> Manifest:
     """Run the whole job and return the published manifest (on every rank)."""
     if not settings.data:
         raise DataError("no training data given (--data or TRAINER_DATA)")
-    d = init_distributed(settings.device)
-    try:
-        manifest = _fit(settings, d)
-        d.barrier()  # nobody tears the group down while a peer still talks to it
-    finally:
-        shutdown(d)
-    if d.is_main and settings.announce_topic:
+    if settings.entity_column:
+        from trainer.entity_fit import fit_entities
+
+        manifest, is_main = fit_entities(settings), True
+    else:
+        manifest, is_main = _fit_distributed(settings)
+    if is_main and settings.announce_topic:
         from trainer.announce import announce  # kafka-python only when announcing
 
         announce(settings.kafka, settings.announce_topic, manifest, settings.model_store)
     return manifest
 
 
+def _fit_distributed(settings: TrainerSettings) -> tuple[Manifest, bool]:
+    """The single-model fit, on one process or every rank of a torchrun job."""
+    d = init_distributed(settings.device)
+    try:
+        manifest = _fit(settings, d)
+        d.barrier()  # nobody tears the group down while a peer still talks to it
+    finally:
+        shutdown(d)
+    return manifest, d.is_main
+
+
 def _fit(s: TrainerSettings, d: Dist) -> Manifest:
     started = time.monotonic()
     device = device_for(d, resolve_device(s.device))
     data = prepare(s, d)
+    config = model_config(data.spec, s)
+    fitted = fit_model(s, d, data, config, device)
+    summary = summary_of(s, data, fitted, device, d, started)
+    manifest = _publish_on_rank0(s, d, data.spec, config, fitted.result, fitted.held, summary, data)
+    if fitted.checkpointer is not None:
+        fitted.checkpointer.remove()
+    return manifest
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A trained model with its calibration statistics (threshold, drift, explanations)."""
+
+    result: TrainResult
+    held: HeldOut
+    mode: str  # memory or stream
+    checkpointer: Checkpointer | None
+    budget: Budget
+
+
+def fit_model(
+    s: TrainerSettings, d: Dist, data: Prepared, config: ModelConfig, device: torch.device
+) -> Fitted:
+    """Train ``config`` on this rank's fit rows (selecting on the select rows), normalise its
+    errors and score the calibration rows (every rank)."""
     spec = data.spec
-    config = model_config(spec, s)
     spans = data.source.shard(d.rank, d.world)
     cache = sum(data.local_rows) * bytes_per_row(spec) <= (s.memory_budget_mb * 2**20)
     fit_rows, select_rows, calibrate_rows = (
@@ -151,11 +186,7 @@ def _fit(s: TrainerSettings, d: Dist) -> Manifest:
     if config.error_units:
         fit_unit_scale(spec, result.model, select_rows, device, d)
     held = held_out_stats(spec, result.model, calibrate_rows, device, d, s.seed)
-    summary = _summary(s, data, result, device, d, fit_rows.mode, started, budget)
-    manifest = _publish_on_rank0(s, d, spec, config, result, held, summary, data)
-    if checkpointer is not None:
-        checkpointer.remove()
-    return manifest
+    return Fitted(result, held, fit_rows.mode, checkpointer, budget)
 
 
 def prepare(s: TrainerSettings, d: Dist) -> Prepared:
@@ -204,7 +235,9 @@ def _check_parts(rows: list[int], s: TrainerSettings) -> None:
 def model_config(spec: FeatureSpec, s: TrainerSettings) -> ModelConfig:
     """The architecture for this spec: sized from the input width unless given; an ensemble
     of ``members`` where the kind allows it; error units normalised unless turned off."""
-    members = s.members if s.model != "vae" and s.norm != "batch" else 1
+    # per-entity models (trainer.entity_fit) stack single plain autoencoders
+    single = s.model == "vae" or s.norm == "batch" or bool(s.entity_column)
+    members = 1 if single else s.members
     hidden, latent = default_hidden_dims(spec.input_dim, members)
     return ModelConfig(
         kind=s.model,
@@ -220,22 +253,21 @@ def model_config(spec: FeatureSpec, s: TrainerSettings) -> ModelConfig:
         noise_level=s.noise_level,
         score=s.score,
         members=members,
-        error_units=spec.n_units if s.normalize_errors else 0,
+        error_units=spec.n_units if s.normalize_errors and not s.entity_column else 0,
     )
 
 
-def _summary(
+def summary_of(
     s: TrainerSettings,
     data: Prepared,
-    result: TrainResult,
+    fitted: Fitted,
     device: torch.device,
     d: Dist,
-    mode: str,
     started: float,
-    budget: Budget,
 ) -> TrainingSummary:
+    result, mode = fitted.result, fitted.mode
     return TrainingSummary(
-        budget=budget.describe(),
+        budget=fitted.budget.describe(),
         learning_rate=s.learning_rate,
         weight_decay=s.weight_decay,
         rows_train=data.part_rows[FIT],
@@ -346,10 +378,11 @@ def run_fingerprint(s: TrainerSettings, data: Prepared, world: int) -> str:
 
 
 def _spec_options(s: TrainerSettings) -> SpecOptions:
+    entity = (s.entity_column,) if s.entity_column else ()
     return SpecOptions(
         id_column=s.id_column,
         label_column=s.label_column,
-        ignore_columns=tuple(s.ignore_columns),
+        ignore_columns=(*s.ignore_columns, *entity),
         categorical_columns=tuple(s.categorical_columns),
         numeric_columns=tuple(s.numeric_columns),
         max_categories=s.max_categories,

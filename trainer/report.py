@@ -87,7 +87,7 @@ def _pyplot() -> Any:
 
 
 def _score_histograms(ax: Any, r: Evaluation) -> None:
-    threshold = r.manifest.threshold.value
+    threshold = r.threshold
     positive = r.scores[r.scores > 0]
     log_axis = positive.size == r.scores.size and positive.size > 0
     bins = _bins(r.scores, threshold, log_axis)

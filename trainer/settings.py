@@ -74,6 +74,41 @@ class TrainerSettings(BaseSettings):
         gt=0,
         description="Rows held (per process) to shuffle training batches; bounds memory.",
     )
+    # per-entity models
+    entity_column: str | None = Field(
+        default=None,
+        description="Fit one model per value of this column (plus a fallback on all rows); "
+        "unset: one model.",
+    )
+    min_entity_rows: int = Field(
+        default=500,
+        ge=2,
+        description="Fewest normal rows an entity needs for a model of its own (and enough "
+        "held-out rows for the quantile); others are scored by the fallback.",
+    )
+    entity_batch_size: int = Field(
+        default=16, ge=1, description="Rows of each entity per optimisation step."
+    )
+    entity_epochs: int = Field(
+        default=100,
+        ge=1,
+        description="Most epochs of the entity models (an epoch: the median entity's rows "
+        "once); each entity stops early on its own validation loss.",
+    )
+    entity_learning_rate: float = Field(
+        default=3e-3, gt=0, description="Adam learning rate of the entity models."
+    )
+    entities: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated entities to refit; every other entity model (and the "
+        "fallback) is reused from the base version.",
+    )
+    base_version: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="Version whose entity models a refit of some entities reuses; LATEST "
+        "when unset.",
+    )
     # publishing
     model_store: str = Field(
         default="model-store", min_length=1, description="Directory of the model store."
@@ -208,7 +243,9 @@ class TrainerSettings(BaseSettings):
     )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
-    @field_validator("ignore_columns", "categorical_columns", "numeric_columns", mode="before")
+    @field_validator(
+        "ignore_columns", "categorical_columns", "numeric_columns", "entities", mode="before"
+    )
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -236,6 +273,13 @@ class TrainerSettings(BaseSettings):
     def threshold_quantile(self) -> float:
         """The quantile the threshold is taken at: 1 - target_fpr when that is given."""
         return 1 - self.target_fpr if self.target_fpr is not None else self.quantile
+
+    @field_validator("entities", "base_version")
+    @classmethod
+    def _need_entity_column(cls, value: Any, info: ValidationInfo) -> Any:
+        if value and not info.data.get("entity_column"):
+            raise ValueError("only with an entity column (--entity-column)")
+        return value
 
     @field_validator("score")
     @classmethod

@@ -44,9 +44,9 @@ class HeldOut:
     unit_p99: list[float]  # (U,) over a sample of at most UNIT_SAMPLE_ROWS rows
     sample_rows: int
 
-    def threshold(self, quantile: float) -> ConformalThreshold:
+    def threshold(self, quantile: float, warn: bool = True) -> ConformalThreshold:
         """The conformal threshold at ``quantile`` with its expected false-alarm rate."""
-        return conformal_threshold(self.scores, quantile)
+        return conformal_threshold(self.scores, quantile, warn=warn)
 
     def quantiles(self) -> dict[str, float]:
         """Score quantiles keyed '0.05' ... '0.999', for drift monitoring."""

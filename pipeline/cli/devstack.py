@@ -19,6 +19,13 @@ import pipeline.devstack  # noqa: F401  (absent in the runtime image: the CLI sa
 @click.option("--anomalies", type=int, default=50, show_default=True)
 @click.option("--rate", type=float, default=1000.0, show_default=True, help="Records per second.")
 @click.option("--keep-kafka", is_flag=True, help="Leave the local broker running afterwards.")
+@click.option(
+    "--single-model",
+    is_flag=True,
+    help="One model on uniform sensor data, instead of per-machine models on a fleet "
+    "(compared live with a global model).",
+)
+@click.option("--machines", type=int, default=20, show_default=True, help="Machines in the fleet.")
 def demo(
     workdir: Path,
     bootstrap: str | None,
@@ -26,6 +33,8 @@ def demo(
     anomalies: int,
     rate: float,
     keep_kafka: bool,
+    single_model: bool,
+    machines: int,
 ) -> None:
     """Run the whole job end to end on this machine and print alerts live."""
     from pipeline.common.logs import configure_logging
@@ -39,6 +48,8 @@ def demo(
         anomalies=anomalies,
         rate=rate,
         keep_kafka=keep_kafka,
+        per_machine=not single_model,
+        machines=machines,
     )
     sys.exit(run_demo(cfg))
 

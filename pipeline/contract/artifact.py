@@ -16,7 +16,6 @@ in the manifest, loaded with strict shapes, and run on a smoke batch before use.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import struct
@@ -30,7 +29,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
+from pipeline.contract.entities import EntityInfo
+from pipeline.contract.entity_artifact import EntitySet, file_sha256, load_entity_set
 from pipeline.contract.exceptions import ArtifactInvalid, ArtifactNotFound
 from pipeline.contract.features import FeatureSpec
 from pipeline.contract.models import AnomalyModel, ModelConfig, build_model
@@ -156,6 +158,11 @@ class Manifest(BaseModel):
     training: TrainingSummary
     data_fingerprint: str = ""
     weights: WeightsInfo
+    entities: EntityInfo | None = Field(
+        default=None,
+        description="per-entity versions only: the entity column, index file and counts "
+        "(pipeline.contract.entities); the weights are then stacked, slot 0 the fallback",
+    )
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -163,11 +170,15 @@ class Manifest(BaseModel):
 
 @dataclass(frozen=True)
 class LoadedArtifact:
-    """A validated artifact: its manifest and the model in eval mode on the CPU."""
+    """A validated artifact: its manifest and the model in eval mode on the CPU.
+
+    For a per-entity version ``entities`` holds the index and the stacked weights and
+    ``model`` is the fallback alone: score such a version with ``EntityScorer``."""
 
     manifest: Manifest
     model: AnomalyModel
     path: Path
+    entities: EntitySet | None = None
 
     @property
     def version(self) -> str:
@@ -182,28 +193,35 @@ def new_version(now: datetime | None = None) -> str:
 
 
 def weights_bytes_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
-def publish(store: str | Path, model: AnomalyModel, manifest_fields: dict[str, Any]) -> Manifest:
+def publish(
+    store: str | Path,
+    model: nn.Module,
+    manifest_fields: dict[str, Any],
+    extra_files: dict[str, bytes] | None = None,
+    version: str | None = None,
+) -> Manifest:
     """Write weights + manifest as a new version and point LATEST at it, atomically.
 
     ``manifest_fields`` holds every Manifest field except ``version``, ``created_at`` and
-    ``weights``, which are filled here. Returns the published manifest.
+    ``weights``, which are filled here. ``extra_files`` (name -> bytes, e.g. a per-entity
+    version's index) are written into the version directory before the manifest; their
+    checksums belong in ``manifest_fields``. ``version`` (default: a new one) lets a caller
+    name the version before publishing it. Returns the published manifest.
     """
     name = manifest_fields["name"]
     model_dir = Path(store) / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    version = new_version()
+    version = version or new_version()
     staging = model_dir / f".staging-{version}"
     staging.mkdir()
     weights_path = staging / WEIGHTS_FILE
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights_path))
+    for file_name, data in (extra_files or {}).items():
+        _write_durably(staging / file_name, data)
     manifest = Manifest(
         **manifest_fields,
         version=version,
@@ -294,17 +312,37 @@ def load_artifact(store: str | Path, name: str, version: str | None = None) -> L
         raise ArtifactInvalid(
             f"{path}: manifest says {manifest.name}/{manifest.version}, expected {name}/{version}"
         )
-    weights = path / manifest.weights.file
+    weights = _weights_path(path, manifest.weights.file)
     _check_weights_file(weights, manifest.weights.sha256)
-    model = build_model(manifest.model)
-    try:
-        state = load_file(str(weights))
-        model.load_state_dict(state, strict=True)
-    except (SafetensorError, RuntimeError, OSError) as exc:
-        raise ArtifactInvalid(f"{weights}: weights do not fit the manifest's model: {exc}") from exc
-    model.eval()
+    entities = None
+    if manifest.entities is not None:
+        entities, model = load_entity_set(path, manifest.entities, manifest.model, weights)
+    else:
+        model = build_model(manifest.model)
+        try:
+            state = load_file(str(weights))
+            model.load_state_dict(state, strict=True)
+        except (SafetensorError, RuntimeError, OSError) as exc:
+            raise ArtifactInvalid(
+                f"{weights}: weights do not fit the manifest's model: {exc}"
+            ) from exc
+        model.eval()
     _smoke_test(model, manifest, path)
-    return LoadedArtifact(manifest=manifest, model=model, path=path)
+    return LoadedArtifact(manifest=manifest, model=model, path=path, entities=entities)
+
+
+def _weights_path(version_dir: Path, file: str) -> Path:
+    """The weights named by the manifest, which must be a file of the version directory itself:
+    a name like ``../other/model.safetensors``, an absolute path or a symlink out of the
+    directory would let a manifest load any readable file as the model."""
+    weights = version_dir / file
+    plain = file not in ("", ".", "..") and "/" not in file and "\\" not in file
+    if not plain or weights.resolve().parent != version_dir.resolve():
+        raise ArtifactInvalid(
+            f"{version_dir / MANIFEST_FILE}: weights.file {file!r} is not a file inside the "
+            f"version directory {version_dir}"
+        )
+    return weights
 
 
 def _check_weights_file(weights: Path, expected_sha: str) -> None:

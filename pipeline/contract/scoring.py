@@ -67,15 +67,15 @@ def _squared_error(recon: Tensor, x: Tensor) -> Tensor:
     return total / recon.shape[0]
 
 
-class ReconstructionScorer(nn.Module):
-    """Spec-aware wrapper around a model: standardise, reconstruct, measure error per unit."""
+class SpecTransform(nn.Module):
+    """The spec's side of scoring, shared by every model kind: standardise the raw arrays
+    into model input, and measure the error of a reconstruction per unit."""
 
     mean: Tensor
     std: Tensor
 
-    def __init__(self, spec: FeatureSpec, model: AnomalyModel) -> None:
+    def __init__(self, spec: FeatureSpec) -> None:
         super().__init__()
-        self.model = model
         mean, std = spec.continuous_mean_std()
         self.register_buffer("mean", torch.from_numpy(mean), persistent=False)
         self.register_buffer("std", torch.from_numpy(np.maximum(std, 1e-6)), persistent=False)
@@ -108,6 +108,20 @@ class ReconstructionScorer(nn.Module):
             offset += k
         return torch.cat(errs, dim=-1)
 
+    def record_scores(self, errors: Tensor, extra: Tensor | None = None) -> Tensor:
+        """(B,) record scores from (B, U) unit errors: their mean, plus the model's extra
+        term (the KL term of a VAE scored by ELBO)."""
+        scores = errors.mean(dim=1)
+        return scores if extra is None else scores + extra.float()
+
+
+class ReconstructionScorer(SpecTransform):
+    """Spec-aware wrapper around a model: standardise, reconstruct, measure error per unit."""
+
+    def __init__(self, spec: FeatureSpec, model: AnomalyModel) -> None:
+        super().__init__(spec)
+        self.model = model
+
     def scaled(self, errors: Tensor) -> Tensor:
         """Unit errors divided by the model's per-unit scale, when it has one: each unit's
         error in multiples of its typical error on normal rows, so units the model
@@ -129,11 +143,7 @@ class ReconstructionScorer(nn.Module):
         """
         x = self.model_input(cont, cat)
         errors = self.scaled(self.unit_errors(x, self.model(x), cat))
-        scores = errors.mean(dim=1)
-        extra = self.model.score_extra(x)
-        if extra is not None:
-            scores = scores + extra.float()
-        return errors, scores
+        return errors, self.record_scores(errors, self.model.score_extra(x))
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,15 @@ class BatchScores:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+
+def concat_scores(parts: list[BatchScores]) -> BatchScores:
+    """Join the scores of consecutive chunks of one batch, keeping row order."""
+    return BatchScores(
+        scores=np.concatenate([p.scores for p in parts]),
+        top_index=np.concatenate([p.top_index for p in parts]),
+        top_error=np.concatenate([p.top_error for p in parts]),
+    )
 
 
 class HostStaging:
@@ -175,12 +194,51 @@ class HostStaging:
         return view
 
 
-class Scorer:
-    """Runs a ReconstructionScorer on its device under inference mode.
+class DeviceFeed:
+    """Host arrays to the scoring device: zero-copy on the CPU; on CUDA through reused pinned
+    buffers with non-blocking copies (the device work is queued and the host waits only
+    when it reads results back)."""
 
-    On CUDA, inputs go through reused pinned buffers with non-blocking copies; the device
-    work is queued and the host waits only when it reads the results back (``.cpu()``).
-    """
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._cuda = device.type == "cuda"
+        self._staging = HostStaging(pin=self._cuda)
+        self._copied: torch.cuda.Event | None = None
+
+    def __call__(self, *arrays: tuple[str, np.ndarray[Any, Any]]) -> list[Tensor]:
+        """``(name, array)`` pairs to device tensors, in order (names key the buffers)."""
+        if not self._cuda:
+            return [torch.from_numpy(a) for _, a in arrays]
+        if self._copied is not None:
+            self._copied.synchronize()  # the last batch's copies out of the buffers are done
+        out = [
+            self._staging.stage(name, a).to(self.device, non_blocking=True) for name, a in arrays
+        ]
+        self._copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        self._copied.record()
+        return out
+
+
+def host_arrays(cont: FloatArray, cat: IndexArray) -> list[tuple[str, np.ndarray[Any, Any]]]:
+    """The raw arrays as the contiguous float32 / int64 blocks the scorers take."""
+    return [
+        ("cont", np.ascontiguousarray(cont, dtype=np.float32)),
+        ("cat", np.ascontiguousarray(cat, dtype=np.int64)),
+    ]
+
+
+def top_features(errors: Tensor, scores: Tensor, k: int) -> BatchScores:
+    """Scores and the k largest unit errors of each row, read back to the host."""
+    top_err, top_idx = torch.topk(errors, k, dim=1)
+    return BatchScores(
+        scores=scores.float().cpu().numpy(),
+        top_index=top_idx.cpu().numpy(),
+        top_error=top_err.float().cpu().numpy(),
+    )
+
+
+class Scorer:
+    """Runs a ReconstructionScorer on its device under inference mode."""
 
     def __init__(
         self, spec: FeatureSpec, model: AnomalyModel, device: torch.device, top_k: int = 3
@@ -189,24 +247,17 @@ class Scorer:
         self.device = device
         self.top_k = max(0, min(top_k, spec.n_units))
         self.module = ReconstructionScorer(spec, model).to(device).eval()
-        self._cuda = device.type == "cuda"
-        self._staging = HostStaging(pin=self._cuda)
-        self._copied: torch.cuda.Event | None = None
+        self._feed = DeviceFeed(device)
 
     def score(self, cont: FloatArray, cat: IndexArray) -> BatchScores:
         """Score raw arrays (B, C) and (B, K); B may be 0."""
         with torch.inference_mode():
             errors, scores = self.score_terms(cont, cat)  # (B, U), (B,)
-            top_err, top_idx = torch.topk(errors, self.top_k, dim=1)
-        return BatchScores(
-            scores=scores.float().cpu().numpy(),
-            top_index=top_idx.cpu().numpy(),
-            top_error=top_err.float().cpu().numpy(),
-        )
+            return top_features(errors, scores, self.top_k)
 
     def unit_errors(self, cont: FloatArray, cat: IndexArray) -> Tensor:
         """(B, U) errors on the scorer's device; call under inference mode."""
-        errors: Tensor = self.module(*self._to_device(cont, cat))
+        errors: Tensor = self.module(*self._feed(*host_arrays(cont, cat)))
         return errors
 
     def score_terms(self, cont: FloatArray, cat: IndexArray) -> tuple[Tensor, Tensor]:
@@ -214,19 +265,5 @@ class Scorer:
 
         The trainer computes its threshold with this, so it scores exactly like the worker.
         """
-        return self.module.score_terms(*self._to_device(cont, cat))
-
-    def _to_device(self, cont: FloatArray, cat: IndexArray) -> tuple[Tensor, Tensor]:
-        """Host arrays to the device: zero-copy on the CPU; on CUDA through reused pinned
-        buffers with non-blocking copies."""
-        cont_np = np.ascontiguousarray(cont, dtype=np.float32)
-        cat_np = np.ascontiguousarray(cat, dtype=np.int64)
-        if not self._cuda:
-            return torch.from_numpy(cont_np), torch.from_numpy(cat_np)
-        if self._copied is not None:
-            self._copied.synchronize()  # the last batch's copies out of the buffers are done
-        cont_d = self._staging.stage("cont", cont_np).to(self.device, non_blocking=True)
-        cat_d = self._staging.stage("cat", cat_np).to(self.device, non_blocking=True)
-        self._copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
-        self._copied.record()
-        return cont_d, cat_d
+        cont_d, cat_d = self._feed(*host_arrays(cont, cat))
+        return self.module.score_terms(cont_d, cat_d)

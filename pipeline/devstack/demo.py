@@ -27,6 +27,8 @@ from kafka import KafkaConsumer, KafkaProducer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.devstack import demo_fleet
+from pipeline.devstack.fleet import fleet_stream
 from pipeline.devstack.sampledata import mixed_stream, normal_frame, to_records
 from pipeline.kafka.settings import KafkaSettings
 from pipeline.kafka.topics import ensure_topics
@@ -44,11 +46,14 @@ class DemoConfig:
     anomalies: int = 50
     rate: float = 1_000.0  # records per second
     keep_kafka: bool = False
+    per_machine: bool = True  # a fleet: per-machine models, the global one as shadow
+    machines: int = 20
 
 
 @dataclass
 class Tally:
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    shadow: list[dict[str, Any]] = field(default_factory=list)  # the global model's events
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -68,18 +73,31 @@ def run_demo(cfg: DemoConfig) -> int:
 
 def _run(cfg: DemoConfig, bootstrap: str) -> int:
     store = cfg.workdir / "model-store"
-    version = _train(cfg, store)
     run_id = uuid.uuid4().hex[:6]
-    topics = {k: f"demo-{run_id}-{k}" for k in ("records", "anomalies", "dlq")}
+    topics = {k: f"demo-{run_id}-{k}" for k in ("records", "anomalies", "dlq", "shadow")}
+    seed = int(time.time()) % 1000
+    if cfg.per_machine:
+        data = cfg.workdir / "data" / "fleet.parquet"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        version = demo_fleet.train_fleet(console, data, store, cfg.train_rows, cfg.machines)
+        stream, injected = fleet_stream(cfg.stream_rows, cfg.anomalies, cfg.machines, seed=seed)
+        extra_env = demo_fleet.worker_env(topics["shadow"])
+    else:
+        version = _train(cfg, store)
+        stream, injected = mixed_stream(cfg.stream_rows, cfg.anomalies, seed=seed)
+        extra_env = {}
     kafka = KafkaSettings(bootstrap_servers=bootstrap)
     ensure_topics(kafka, list(topics.values()), partitions=3)
-    stream, injected = mixed_stream(cfg.stream_rows, cfg.anomalies, seed=int(time.time()) % 1000)
     port = _free_port()
-    worker = _start_worker(bootstrap, store, topics, cfg.workdir, port)
+    worker = _start_worker(bootstrap, store, topics, cfg.workdir, port, extra_env)
     _wait_ready(worker, port)
     tally = Tally()
-    tail = threading.Thread(target=_tail_alerts, args=(bootstrap, topics["anomalies"], tally))
-    tail.start()
+    tails = [threading.Thread(target=_tail_alerts, args=(bootstrap, topics["anomalies"], tally))]
+    if cfg.per_machine:
+        shadow = (bootstrap, topics["shadow"], tally, tally.shadow, False)
+        tails.append(threading.Thread(target=_tail_alerts, args=shadow))
+    for tail in tails:
+        tail.start()
     console.rule(
         f"[bold]streaming {len(stream)} records ({len(injected)} injected anomalies, "
         f"{len(MALFORMED)} malformed) at ~{cfg.rate:.0f}/s"
@@ -90,7 +108,8 @@ def _run(cfg: DemoConfig, bootstrap: str) -> int:
     summary = _stop_worker(worker, bootstrap, topics["records"])
     time.sleep(1.0)  # let the tail catch the last alerts
     tally.stop.set()
-    tail.join(timeout=10)
+    for tail in tails:
+        tail.join(timeout=10)
     _print_summary(
         cfg,
         version,
@@ -170,7 +189,12 @@ def _wait_ready(worker: subprocess.Popen[str], port: int, timeout_s: float = 120
 
 
 def _start_worker(
-    bootstrap: str, store: Path, topics: dict[str, str], workdir: Path, port: int
+    bootstrap: str,
+    store: Path,
+    topics: dict[str, str],
+    workdir: Path,
+    port: int,
+    extra_env: dict[str, str],
 ) -> subprocess.Popen[str]:
     env = {
         **os.environ,
@@ -185,6 +209,7 @@ def _start_worker(
         "PIPELINE_METRICS_PORT": str(port),
         "PIPELINE_METRICS_HOST": "127.0.0.1",
         "PIPELINE_LOG_FORMAT": "json",
+        **extra_env,
     }
     log = (workdir / "worker.log").open("w")
     console.print(f"worker started: python -m pipeline run (log: {workdir / 'worker.log'})")
@@ -215,7 +240,15 @@ def _produce(bootstrap: str, topic: str, records: list[dict[str, Any]], rate: fl
     producer.close()
 
 
-def _tail_alerts(bootstrap: str, topic: str, tally: Tally) -> None:
+def _tail_alerts(
+    bootstrap: str,
+    topic: str,
+    tally: Tally,
+    into: list[dict[str, Any]] | None = None,
+    show: bool = True,
+) -> None:
+    """Collect the topic's events into ``into`` (the alerts by default), printing them."""
+    into = tally.alerts if into is None else into
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -229,8 +262,9 @@ def _tail_alerts(bootstrap: str, topic: str, tally: Tally) -> None:
                 for rec in records:
                     event = msgspec.json.decode(rec.value)
                     with tally.lock:
-                        tally.alerts.append(event)
-                    _print_alert(event)
+                        into.append(event)
+                    if show:
+                        _print_alert(event)
     finally:
         consumer.close()
 
@@ -241,9 +275,13 @@ def _print_alert(event: dict[str, Any]) -> None:
     ts = event["source"].get("timestamp")
     if ts:
         latency = f" [dim]{_latency_ms(event):.0f} ms after produce[/dim]"
+    model = event["model"]
+    by = ""
+    if "fallback" in model:
+        by = " fallback model" if model["fallback"] else f" {model['entity']}'s model"
     console.print(
         f"[bold red]ALERT[/bold red] {event['record_id']:<10} score {event['score']:8.3f} "
-        f"(threshold {event['threshold']:.3f})  top: {tops}{latency}"
+        f"(threshold {event['threshold']:.3f}{by})  top: {tops}{latency}"
     )
 
 
@@ -316,4 +354,13 @@ def _print_summary(
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+    if cfg.per_machine:
+        with tally.lock:
+            shadow = demo_fleet.shadow_alerts(tally.shadow)
+        compare, lines = demo_fleet.comparison(
+            injected, alerted, shadow, stream_len - len(injected)
+        )
+        console.print(compare)
+        for k, v in lines:
+            console.print(f"{k}: [bold]{v}[/bold]")
     console.print(f"work files in {cfg.workdir}/ (model store, data, worker log)")

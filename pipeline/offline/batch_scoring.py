@@ -25,8 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import torch
 
-from pipeline.contract.artifact import load_artifact
+from pipeline.contract.artifact import LoadedArtifact, load_artifact
+from pipeline.contract.entities import entity_key
+from pipeline.contract.entity_scoring import EntityRouter, RoutedScores, open_entity_scorer
 from pipeline.contract.exceptions import DataError
 from pipeline.contract.features import FeatureSpec
 from pipeline.contract.scoring import BatchScores, Scorer, resolve_device
@@ -86,12 +89,9 @@ def score_parquet(
     started = time.perf_counter()
     artifact = load_artifact(model_store, name, version)
     manifest = artifact.manifest
-    spec = manifest.features
-    scorer = Scorer(spec, artifact.model, resolve_device(device), top_k=top_k)
     dataset = _open(data)
-    id_column = _id_column(spec, dataset.schema)
-    columns = spec.column_names + ([id_column] if id_column else [])
-    missing = [c for c in columns if c not in dataset.schema.names]
+    scorer = _TableScorer(artifact, resolve_device(device), top_k, dataset.schema)
+    missing = [c for c in scorer.columns if c not in dataset.schema.names]
     if missing:
         raise DataError(f"{data}: columns missing from the data: {missing}")
     out_path = Path(out)
@@ -99,28 +99,19 @@ def score_parquet(
     rows = anomalies = 0
     writer: pq.ParquetWriter | None = None
     try:
-        for rb in _batches(dataset, columns, batch_rows, data):
+        for rb in _batches(dataset, scorer.columns, batch_rows, data):
             if rb.num_rows == 0:
                 continue
-            cont, cat = encode_record_batch(rb, spec)
-            scores = scorer.score(cont, cat)
-            ids = rb.column(id_column) if id_column else pa.array(np.arange(rows, rows + len(cont)))
-            table = output_table(
-                ids, id_column or ROW_COLUMN, scores, manifest.threshold.value, spec
-            )
+            table = scorer.table(rb, rows)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table)
             rows += table.num_rows
-            anomalies += int((scores.scores > manifest.threshold.value).sum())
+            anomalies += int(np.count_nonzero(table.column("is_anomaly").to_numpy()))
             if on_batch is not None:
                 on_batch(rows)
         if writer is None:  # no rows: still write a file with the output schema
-            empty = _empty_scores(scorer.top_k)
-            ids = pa.array([], dataset.schema.field(id_column).type if id_column else pa.int64())
-            table = output_table(
-                ids, id_column or ROW_COLUMN, empty, manifest.threshold.value, spec
-            )
+            table = scorer.empty()
             writer = pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table)
         writer.close()
@@ -142,10 +133,60 @@ def score_parquet(
     )
 
 
+class _TableScorer:
+    """Scores Arrow batches into output tables with the version's scorer: ``Scorer``, or
+    ``EntityScorer`` routing rows by the entity column for a per-entity version."""
+
+    def __init__(
+        self, artifact: LoadedArtifact, device: torch.device, top_k: int, schema: pa.Schema
+    ) -> None:
+        self.spec = artifact.manifest.features
+        self.threshold = artifact.manifest.threshold.value
+        ents = artifact.entities
+        self.scorer = Scorer(self.spec, artifact.model, device, top_k=top_k)
+        self.routed = (
+            open_entity_scorer(self.spec, ents, device, top_k=top_k) if ents is not None else None
+        )
+        self.id_column = _id_column(self.spec, schema)
+        self.id_type = schema.field(self.id_column).type if self.id_column else pa.int64()
+        self.entity_column = ents.info.column if ents is not None else None
+        wanted = [*self.spec.column_names, self.id_column, self.entity_column]
+        self.columns = list(dict.fromkeys(c for c in wanted if c))
+
+    def table(self, rb: pa.RecordBatch, first_row: int) -> pa.Table:
+        cont, cat = encode_record_batch(rb, self.spec)
+        n = len(cont)
+        ids = (
+            rb.column(self.id_column)
+            if self.id_column
+            else pa.array(np.arange(first_row, first_row + n))
+        )
+        name = self.id_column or ROW_COLUMN
+        if self.routed is None or self.entity_column is None:
+            return output_table(ids, name, self.scorer.score(cont, cat), self.threshold, self.spec)
+        keys = [entity_key(v) for v in rb.column(self.entity_column).to_pylist()]
+        result = self.routed.score(cont, cat, keys)
+        table = output_table(ids, name, result.scores, result.thresholds, self.spec)
+        return _with_entity_columns(table, result, self.routed.router)
+
+    def empty(self) -> pa.Table:
+        empty = _empty_scores(self.scorer.top_k)
+        ids = pa.array([], self.id_type)
+        table = output_table(ids, self.id_column or ROW_COLUMN, empty, self.threshold, self.spec)
+        return (
+            table if self.routed is None else _with_entity_columns(table, None, self.routed.router)
+        )
+
+
 def output_table(
-    ids: pa.Array, id_name: str, scores: BatchScores, threshold: float, spec: FeatureSpec
+    ids: pa.Array,
+    id_name: str,
+    scores: BatchScores,
+    threshold: float | np.ndarray[Any, Any],
+    spec: FeatureSpec,
 ) -> pa.Table:
-    """One output batch: id, score, is_anomaly, top_features (shares as in the alert)."""
+    """One output batch: id, score, is_anomaly, top_features (shares as in the alert);
+    ``threshold`` is one value, or one per row for per-entity models."""
     score = scores.scores.astype(np.float64)  # (B,) exact widening of the float32 scores
     n, k = scores.top_index.shape
     error = scores.top_error.astype(np.float64)  # (B, k)
@@ -171,6 +212,22 @@ def output_table(
             "is_anomaly": pa.array(score > threshold),
             "top_features": top,
         }
+    )
+
+
+def _with_entity_columns(
+    table: pa.Table, result: RoutedScores | None, router: EntityRouter
+) -> pa.Table:
+    """Per-entity versions: each row's threshold and the entity whose model scored it
+    (``entity_model`` null: the fallback), as the alert's ``model.entity`` says."""
+    if result is None:
+        return table.append_column("threshold", pa.array([], pa.float64())).append_column(
+            "entity_model", pa.array([], pa.string())
+        )
+    assert result.slots is not None  # an EntityScorer always says which slot scored a row
+    names = [router.entity_of(s) for s in result.slots.tolist()]
+    return table.append_column("threshold", pa.array(result.thresholds)).append_column(
+        "entity_model", pa.array(names, pa.string())
     )
 
 

@@ -26,6 +26,7 @@ import msgspec
 import numpy as np
 
 from pipeline.contract.alerts import decode_key
+from pipeline.contract.entities import entity_key
 from pipeline.contract.features import (
     CategoricalFeature,
     FeatureSpec,
@@ -70,6 +71,7 @@ class DecodedBatch:
     accepted: list[int]  # batch positions of the rows above
     record_ids: list[str | None]  # per accepted row
     rejected: list[Rejection] = field(default_factory=list)
+    entities: list[str | None] | None = None  # per accepted row, for per-entity models
 
 
 def content_type(headers: Any) -> str | None:
@@ -84,12 +86,26 @@ class RecordDecoder:
     """Decodes batches of record values against one feature spec."""
 
     def __init__(
-        self, spec: FeatureSpec, id_field: str | None = None, max_bytes: int = 1 << 20
+        self,
+        spec: FeatureSpec,
+        id_field: str | None = None,
+        max_bytes: int = 1 << 20,
+        *,
+        entity_field: str | None = None,
+        entity_from_key: bool = False,
     ) -> None:
+        """``entity_field`` / ``entity_from_key``: also give every accepted record its entity
+        key (``DecodedBatch.entities``): the field's value, or the Kafka key; binary records
+        have no fields, so their entity is always their key."""
         self.spec = spec
         self.id_field = id_field
         self.max_bytes = max_bytes
-        self._struct, self._attrs = _build_struct(spec, id_field)
+        self.entity_field = entity_field
+        self.entity_from_key = entity_from_key
+        self.tracks_entities = entity_from_key or entity_field is not None
+        own = entity_field if not entity_from_key and entity_field != id_field else None
+        self._entity_attr = "entity" if own else ("record_id" if entity_field else None)
+        self._struct, self._attrs = _build_struct(spec, id_field, own)
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(self._struct)
         self._row_getter: Callable[[Any], Any] | None = (
             operator.attrgetter(*self._attrs["scalar"]) if self._attrs["scalar"] else None
@@ -114,6 +130,7 @@ class RecordDecoder:
         cont = np.zeros((n, self.spec.n_continuous), dtype=np.float32)
         cat = np.zeros((n, self.spec.n_categorical), dtype=np.int64)
         ids: list[str | None] = [None] * n
+        ents: list[str | None] | None = [None] * n if self.tracks_entities else None
         rejected: dict[int, Rejection] = {}
         json_idx, bin_idx = self._route(values, content_types, rejected)
         if bin_idx:
@@ -121,8 +138,11 @@ class RecordDecoder:
             if keys is not None and self.id_field is not None:
                 for i in bin_idx:
                     ids[i] = decode_key(keys[i])  # a binary record's id is its key
+        if ents is not None and keys is not None:
+            for i in range(n) if self.entity_from_key else bin_idx:
+                ents[i] = decode_key(keys[i])
         if json_idx:
-            self._decode_json(values, json_idx, cont, cat, ids, rejected)
+            self._decode_json(values, json_idx, cont, cat, ids, rejected, ents)
         accepted = [i for i in range(n) if i not in rejected]
         return DecodedBatch(
             cont=cont[accepted],
@@ -130,6 +150,7 @@ class RecordDecoder:
             accepted=accepted,
             record_ids=[ids[i] for i in accepted],
             rejected=sorted(rejected.values(), key=lambda r: r.index),
+            entities=None if ents is None else [ents[i] for i in accepted],
         )
 
     # ------------------------------------------------------------ routing
@@ -193,6 +214,7 @@ class RecordDecoder:
         cat: IndexArray,
         ids: list[str | None],
         rejected: dict[int, Rejection],
+        ents: list[str | None] | None,
     ) -> None:
         decode = self._decoder.decode
         try:
@@ -209,6 +231,10 @@ class RecordDecoder:
         if not objs:
             return
         self._fill(objs, good, cont, cat, ids, rejected)
+        attr = self._entity_attr
+        if ents is not None and attr is not None and not self.entity_from_key:
+            for i, obj in zip(good, objs, strict=True):
+                ents[i] = entity_key(getattr(obj, attr))
 
     def _fill(
         self,
@@ -243,11 +269,21 @@ class RecordDecoder:
             ]
         if self.id_field is not None:
             for i, obj in zip(rows, objs, strict=True):
-                value = obj.record_id
-                ids[i] = None if value is None else str(value)
+                ids[i] = id_text(obj.record_id)
 
     def _vector_slots(self) -> list[Any]:
         return [s for s in self.spec.continuous_slots if isinstance(s.feature, VectorFeature)]
+
+
+def id_text(value: str | int | float | bool | None) -> str | None:
+    """A record id as text: strings as they are, other JSON scalars as their JSON text
+    (``42``, ``7.5``, ``true``); the id is only carried into events, so its type never costs
+    the record."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _vector_block(objs: list[Any], attr: str, width: int) -> np.ndarray[Any, Any]:
@@ -291,7 +327,9 @@ def _reason_of(exc: Exception) -> Reason:
     return Reason.WRONG_TYPE
 
 
-def _build_struct(spec: FeatureSpec, id_field: str | None) -> tuple[type, dict[str, Any]]:
+def _build_struct(
+    spec: FeatureSpec, id_field: str | None, entity_field: str | None = None
+) -> tuple[type, dict[str, Any]]:
     """A msgspec Struct type whose fields are the spec's columns (JSON names via rename)."""
     nullable = spec.missing == "impute"
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
@@ -319,6 +357,10 @@ def _build_struct(spec: FeatureSpec, id_field: str | None) -> tuple[type, dict[s
         attrs["categorical"].append(attr)
     if id_field is not None:
         rename["record_id"] = id_field
-        fields.append(("record_id", str | int | None, None))
+        # any JSON scalar (objects and arrays are not ids: wrong_type, naming the field)
+        fields.append(("record_id", str | int | float | bool | None, None))
+    if entity_field is not None:
+        rename["entity"] = entity_field
+        fields.append(("entity", str | int | float | bool | None, None))
     struct = msgspec.defstruct("Record", fields, rename=rename)
     return struct, attrs

@@ -75,7 +75,11 @@ class ReferenceBins:
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> ReferenceBins:
+        """The manifest's validation bins; for a per-entity version those of scores relative
+        to each model's own threshold (which the worker then observes), cut at 1."""
         t = manifest.threshold
+        if manifest.entities is not None:
+            return cls.from_quantiles(manifest.entities.relative_score_quantiles, 1.0, t.quantile)
         return cls.from_quantiles(manifest.score_quantiles, t.value, t.quantile)
 
     @property

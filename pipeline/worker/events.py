@@ -14,9 +14,10 @@ from typing import Any, Protocol
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from pipeline.contract.alerts import build_event, encode_event, utc_now_iso
-from pipeline.contract.scoring import BatchScores
+from pipeline.contract.entity_scoring import RoutedScores
 from pipeline.worker.codec import DecodedBatch
 from pipeline.worker.serving import ModelHandle
 
@@ -42,14 +43,14 @@ class EventTopics:
 def emit_events(
     records: list[Any],
     decoded: DecodedBatch,
-    scores: BatchScores,
+    scored: RoutedScores,
     model: ModelHandle,
     sink: Sink,
     topics: EventTopics,
 ) -> int:
-    """Send the batch's events; returns how many records were over the threshold."""
-    threshold = model.threshold
-    over = scores.scores > threshold
+    """Send the batch's events; returns how many records were over their threshold."""
+    scores = scored.scores
+    over = scored.is_anomaly
     n_over = int(over.sum())
     if topics.scores:
         rows = np.arange(len(scores))
@@ -64,13 +65,16 @@ def emit_events(
     n_units = model.spec.n_units
     ref = (model.name, model.version)
     accepted, record_ids = decoded.accepted, decoded.record_ids
+    entities = _entity_refs(scored, model, rows)
     send = sink.send
-    for j, score, anomalous, top_idx, top_err in zip(
+    for j, score, threshold, anomalous, top_idx, top_err, entity in zip(
         rows.tolist(),
         scores.scores[rows].tolist(),
+        scored.thresholds[rows].tolist(),
         over[rows].tolist(),
         scores.top_index[rows].tolist(),
         scores.top_error[rows].tolist(),
+        entities,
         strict=True,
     ):
         rec = records[accepted[j]]
@@ -86,6 +90,7 @@ def emit_events(
             total_error=score * n_units,
             detected_at=detected_at,
             record=record_copy(rec.value) if copy else None,
+            entity=entity,
         )
         payload = encode_event(event)
         if anomalous and topics.alerts:
@@ -93,6 +98,17 @@ def emit_events(
         if topics.scores:
             send(topics.scores, payload, key=rec.key)
     return n_over
+
+
+def _entity_refs(
+    scored: RoutedScores, model: ModelHandle, rows: npt.NDArray[np.int64]
+) -> list[tuple[str | None] | None]:
+    """Per event row: ``(entity,)`` whose model scored it (``(None,)``: the fallback), or
+    None for a single model's events."""
+    if scored.slots is None or model.entities is None:
+        return [None] * len(rows)
+    names = model.entities.entities.index.entities
+    return [(names[s],) for s in scored.slots[rows].tolist()]
 
 
 def record_copy(value: bytes | None) -> dict[str, Any] | None:

@@ -199,6 +199,39 @@ class PipelineMetrics:
             " new producer); 0 when it is not. Long waits mean the brokers are unreachable",
             registry=r,
         )
+        # per-entity versions: no label per entity, however many there are
+        self.entity_records = Counter(
+            "pipeline_entity_records",
+            "Records of a per-entity version, by the model that scored them (entity, fallback)",
+            ["model"],
+            registry=r,
+        )
+        self.entity_models = Gauge(
+            "pipeline_entity_models", "Entity models in the served version", registry=r
+        )
+        self.entity_resident = Gauge(
+            "pipeline_entity_models_resident",
+            "Entity models resident on the scoring device (bounded by PIPELINE_ENTITY_MEMORY_MB)",
+            registry=r,
+        )
+        self.entity_capacity = Gauge(
+            "pipeline_entity_models_capacity",
+            "Most entity models resident at once under the memory budget",
+            registry=r,
+        )
+        self.entity_loads = Counter(
+            "pipeline_entity_model_loads", "Entity models copied in on demand", registry=r
+        )
+        self.entity_evictions = Counter(
+            "pipeline_entity_model_evictions",
+            "Entity models evicted (least recently used) to make room",
+            registry=r,
+        )
+        self.entities_served = Gauge(
+            "pipeline_entities_served",
+            "Distinct entities scored by their own model since the served version loaded",
+            registry=r,
+        )
         self.shadow_reloads = Counter(
             "pipeline_shadow_reloads",
             "Shadow model load attempts, by result",

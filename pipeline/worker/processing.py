@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.contract.artifact import Manifest
 from pipeline.contract.deadletter import dead_letter_headers, dead_letter_value
-from pipeline.contract.scoring import BatchScores
+from pipeline.contract.entity_scoring import RoutedScores
 from pipeline.worker.codec import DecodedBatch, Rejection
 from pipeline.worker.drift import DriftMonitor
 from pipeline.worker.events import EventTopics, Sink, emit_events
@@ -50,6 +50,7 @@ class BatchResult:
     scores: np.ndarray[Any, Any] = field(default_factory=lambda: np.zeros(0))
     reasons: tuple[str, ...] = ()  # dead-letter reason of each rejected record
     manifest: Manifest | None = None  # the model that scored it, for the drift monitor
+    fallback: int | None = None  # per-entity versions: records the fallback scored
 
 
 class BatchProcessor:
@@ -86,24 +87,25 @@ class BatchProcessor:
         decoded = model.decoder.decode_records(records)
         for rejection in decoded.rejected:
             self._dead_letter(records[rejection.index], rejection, model, sink)
-        scores, inference_s = self._score(decoded, model, while_scoring)
+        scored, inference_s = self._score(decoded, model, while_scoring)
         events = EventTopics(self.topics.alerts, self.topics.scores, self.include_record)
-        anomalies = emit_events(records, decoded, scores, model, sink, events)
+        anomalies = emit_events(records, decoded, scored, model, sink, events)
         return BatchResult(
             consumed=len(records),
-            scored=len(scores),
+            scored=len(scored),
             anomalies=anomalies,
             rejected=len(decoded.rejected),
             inference_s=inference_s,
-            scores=scores.scores,
+            scores=scored.monitored,
             reasons=tuple(r.reason.value for r in decoded.rejected),
             manifest=model.artifact.manifest,
+            fallback=None if scored.slots is None else int((scored.slots == 0).sum()),
         )
 
     def _score(
         self, decoded: DecodedBatch, model: ModelHandle, while_scoring: WhileScoring | None
-    ) -> tuple[BatchScores, float]:
-        run = timed(lambda: model.scorer.score(decoded.cont, decoded.cat))
+    ) -> tuple[RoutedScores, float]:
+        run = timed(lambda: model.score(decoded))
         if while_scoring is None or self._last_inference_s < OVERLAP_MIN_INFERENCE_S:
             scores, seconds = run()
         else:
@@ -147,6 +149,9 @@ class BatchProcessor:
         m.score.observe_many(result.scores)
         for reason, n in Counter(result.reasons).items():
             m.records_invalid.labels(reason=reason).inc(n)
+        if result.fallback is not None:
+            m.entity_records.labels(model="fallback").inc(result.fallback)
+            m.entity_records.labels(model="entity").inc(result.scored - result.fallback)
         if result.manifest is not None:
             self.drift.observe(result.manifest, result.scores)
 

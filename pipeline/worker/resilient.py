@@ -17,12 +17,11 @@ import logging
 from collections.abc import Callable
 from typing import Literal
 
-import numpy as np
 import torch
 
 from pipeline.contract.exceptions import ScoringError
 from pipeline.contract.features import FeatureSpec, FloatArray, IndexArray
-from pipeline.contract.scoring import BatchScores, Scorer
+from pipeline.contract.scoring import BatchScores, Scorer, concat_scores
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +136,6 @@ class ResilientScorer:
     def _report(self, action: OomAction, rows: int) -> None:
         if self.on_oom is not None:
             self.on_oom(action, rows)
-
-
-def concat_scores(parts: list[BatchScores]) -> BatchScores:
-    """Join the scores of consecutive chunks of one batch, keeping row order."""
-    return BatchScores(
-        scores=np.concatenate([p.scores for p in parts]),
-        top_index=np.concatenate([p.top_index for p in parts]),
-        top_error=np.concatenate([p.top_error for p in parts]),
-    )
 
 
 def _release_cuda_cache() -> None:

@@ -13,6 +13,7 @@ import logging
 import torch
 
 from pipeline.contract.exceptions import ArtifactError
+from pipeline.worker.entity_serving import EntityOptions
 from pipeline.worker.metrics import PipelineMetrics
 from pipeline.worker.reload import ModelSlot, Role
 from pipeline.worker.resilient import OomAction
@@ -93,15 +94,31 @@ class ServedModels:
             top_k=s.top_k,
             max_record_bytes=s.max_record_bytes,
             on_oom=self._on_oom,
+            entity_options=EntityOptions(
+                field=s.entity_field,
+                from_key=s.entity_from == "key",
+                budget_bytes=int(s.entity_memory_mb * 2**20),
+                on_change=self._on_entity_change if name == s.model_name else None,
+            ),
         )
 
     def _live_loaded(self, handle: ModelHandle, reloaded: bool) -> None:
-        self.metrics.set_model(handle.name, handle.version, handle.threshold)
+        m = self.metrics
+        m.set_model(handle.name, handle.version, handle.reference_threshold)
         if reloaded:
-            self.metrics.model_reloads.labels(result="loaded").inc()
+            m.model_reloads.labels(result="loaded").inc()
+        ents = handle.entities
+        m.entity_models.set(ents.entities.n_slots - 1 if ents is not None else 0)
+        m.entity_capacity.set(ents.capacity - 1 if ents is not None else 0)
+        m.entity_resident.set_function(lambda: ents.resident if ents is not None else 0)
+        m.entities_served.set_function(lambda: ents.served if ents is not None else 0)
+
+    def _on_entity_change(self, loaded: int, evicted: int) -> None:
+        self.metrics.entity_loads.inc(loaded)
+        self.metrics.entity_evictions.inc(evicted)
 
     def _shadow_loaded(self, handle: ModelHandle, reloaded: bool) -> None:
-        self.metrics.set_shadow(handle.name, handle.version, handle.threshold)
+        self.metrics.set_shadow(handle.name, handle.version, handle.reference_threshold)
         self.metrics.shadow_reloads.labels(result="loaded").inc()
 
     def _compatible_with_live(self, candidate: ModelHandle) -> None:

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 from pipeline.contract.artifact import LoadedArtifact, latest_version, load_artifact
+from pipeline.contract.entity_scoring import RoutedScores
 from pipeline.contract.exceptions import ArtifactError, ArtifactInvalid, ScoringError
 from pipeline.contract.features import FeatureSpec
 from pipeline.contract.scoring import Scorer
-from pipeline.worker.codec import RecordDecoder
+from pipeline.worker.codec import DecodedBatch, RecordDecoder
+from pipeline.worker.entity_serving import EntityOptions, EntityServing
 from pipeline.worker.resilient import OomHook, ResilientScorer
 
 log = logging.getLogger(__name__)
@@ -29,11 +31,28 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelHandle:
-    """Everything needed to turn record bytes into scores with one model version."""
+    """Everything needed to turn record bytes into scores with one model version.
+
+    For a per-entity version ``entities`` scores every batch (``scorer`` then holds the
+    fallback alone, used for nothing but its smoke batch)."""
 
     artifact: LoadedArtifact
     scorer: ResilientScorer
     decoder: RecordDecoder
+    entities: EntityServing | None = None
+
+    def score(self, decoded: DecodedBatch) -> RoutedScores:
+        """Score the accepted rows of a decoded batch with this version."""
+        if self.entities is None:
+            scores = self.scorer.score(decoded.cont, decoded.cat)
+            return RoutedScores(scores, None, np.full(len(scores), self.threshold, np.float64))
+        return self.entities.score(decoded)
+
+    @property
+    def reference_threshold(self) -> float:
+        """The threshold ``RoutedScores.monitored`` is compared with (1 for per-entity
+        models)."""
+        return self.threshold if self.entities is None else 1.0
 
     @property
     def name(self) -> str:
@@ -62,6 +81,7 @@ def open_model(
     top_k: int,
     max_record_bytes: int,
     on_oom: OomHook | None = None,
+    entity_options: EntityOptions | None = None,
 ) -> ModelHandle:
     """Load and validate a model version (checksum, strict shapes, smoke batch on the CPU),
     build its scorer on ``device`` and run a smoke batch through that too."""
@@ -79,8 +99,36 @@ def open_model(
 
     scorer = ResilientScorer(primary, cpu_scorer, on_oom=on_oom)
     _smoke_score(scorer, artifact.path)
-    decoder = RecordDecoder(spec, id_field=id_field, max_bytes=max_record_bytes)
-    return ModelHandle(artifact=artifact, scorer=scorer, decoder=decoder)
+    if artifact.entities is None:
+        decoder = RecordDecoder(spec, id_field=id_field, max_bytes=max_record_bytes)
+        return ModelHandle(artifact=artifact, scorer=scorer, decoder=decoder)
+    options = entity_options or EntityOptions()
+    decoder = RecordDecoder(
+        spec,
+        id_field=id_field,
+        max_bytes=max_record_bytes,
+        entity_field=options.field or artifact.entities.info.column,
+        entity_from_key=options.from_key,
+    )
+    entities = EntityServing(spec, artifact.entities, device, top_k, options)
+    handle = ModelHandle(artifact=artifact, scorer=scorer, decoder=decoder, entities=entities)
+    _smoke_entities(handle)
+    return handle
+
+
+def _smoke_entities(handle: ModelHandle) -> None:
+    """Rows of means through the fallback and the first entity model on the serving device."""
+    spec, entities, path = handle.spec, handle.entities, handle.artifact.path
+    assert entities is not None
+    first = entities.entity_of(1) if entities.entities.n_slots > 1 else None
+    cont = np.tile(spec.continuous_mean_std()[0], (2, 1)).astype(np.float32)
+    cat = np.zeros((2, spec.n_categorical), dtype=np.int64)
+    try:
+        scores = entities.scorer.score(cont, cat, [None, first]).scores.scores
+    except (RuntimeError, ValueError) as exc:
+        raise ArtifactInvalid(f"{path}: smoke batch of the entity models failed: {exc}") from exc
+    if not np.isfinite(scores).all():
+        raise ArtifactInvalid(f"{path}: smoke batch of the entity models gave {scores!r}")
 
 
 def _smoke_score(scorer: ResilientScorer, path: Path) -> None:

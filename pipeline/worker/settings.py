@@ -93,6 +93,24 @@ class WorkerSettings(BaseSettings):
     id_field: str | None = Field(
         default=None, description="Record field carried into alerts as record_id."
     )
+    entity_from: Literal["field", "key"] = Field(
+        default="field",
+        description="Per-entity models: a record's entity is its field named like the model's "
+        "entity column (or PIPELINE_ENTITY_FIELD), or its Kafka key. Binary records always use "
+        "the key. No entity, or one without a model: the fallback scores it.",
+    )
+    entity_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Per-entity models: the record field naming the entity, when it differs "
+        "from the training data's entity column.",
+    )
+    entity_memory_mb: float = Field(
+        default=256.0,
+        gt=0,
+        description="Per-entity models: most weights resident on the scoring device per served "
+        "model; models are loaded on demand and the least recently used evicted.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where the model runs; auto = CUDA when present."
     )

@@ -274,9 +274,13 @@ _BODIES: list[bytes] = []
 
 def numeric_value(i: int) -> tuple[bytes, bytes]:
     """Record ``i``: key ``r-000000i``, value one of 1000 precomputed numeric records (so a
-    producer thread can outpace a worker)."""
+    producer thread can outpace a worker); each names a machine ``m0``..``m12`` (``m12``
+    has no model in the per-entity fault runs; a single model ignores the field)."""
     if not _BODIES:
-        _BODIES.extend(msgspec.json.encode(r) for r in numeric_records(1000, seed=7))
+        records = numeric_records(1000, seed=7)
+        _BODIES.extend(
+            msgspec.json.encode(r | {"machine": f"m{j % 13}"}) for j, r in enumerate(records)
+        )
     return f"r-{i:07d}".encode(), _BODIES[i % 1000]
 
 

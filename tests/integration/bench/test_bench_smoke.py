@@ -24,3 +24,14 @@ def test_worker_throughput_bench_runs_on_a_tiny_slice(kafka_bootstrap):
 def test_inference_bench_runs(capsys):
     assert inference_main(["--sizes", "256", "--repeats", "1"]) == 0
     assert "| img784 | cpu, 1 thread |" in capsys.readouterr().out
+
+
+def test_entity_throughput_bench_runs_on_a_tiny_slice(kafka_bootstrap):
+    from bench.entity_throughput import markdown, model_call_table
+    from bench.entity_throughput import run_bench as run_entities
+    from bench.worker_throughput import make_workloads
+
+    rates = run_entities(kafka_bootstrap, 300, 1, lambda _: None, counts=(1, 7))
+    assert set(rates) == {"single", "entities=1", "entities=7", "entities=7, LRU"}
+    model = model_call_table(make_workloads()["json32"], 1, counts=(1, 7))
+    assert "| entities=7, LRU |" in markdown(rates, model, 300, 1)

@@ -21,6 +21,7 @@ import pytest
 
 from pipeline.devstack.localkafka import free_ports, open_admin
 from pipeline.kafka.settings import KafkaSettings
+from tests.support.entities import publish_entity_set
 from tests.support.faults import (
     SCALE,
     SCALED_TIMEOUT,
@@ -35,7 +36,7 @@ from tests.support.faults import (
     worker_env,
 )
 from tests.support.kafka import create_topic, produce
-from tests.support.workers import publish, wait_for
+from tests.support.workers import NAME, SPEC, publish, wait_for
 
 pytestmark = [pytest.mark.kafka, SCALED_TIMEOUT]
 MODES = ["at-least-once", "exactly-once"]
@@ -49,11 +50,17 @@ def uncommitted_output(probe: OffsetProbe, source: str, prefix: str) -> bool:
     return written > probe.committed(source)
 
 
-@pytest.mark.parametrize("delivery", MODES)
+@pytest.mark.parametrize(
+    ("delivery", "models"),
+    [(mode, "single") for mode in MODES] + [("at-least-once", "per-entity")],
+)
 def test_a_worker_killed_mid_batch_and_restarted_loses_nothing(
-    kafka_bootstrap, make_topic, tmp_path, workers, delivery
+    kafka_bootstrap, make_topic, tmp_path, workers, delivery, models
 ):
-    publish(tmp_path)
+    if models == "single":
+        publish(tmp_path)
+    else:  # records name machines m0..m11 (numeric_value), one model each plus the fallback
+        publish_entity_set(tmp_path, SPEC, [f"m{i}" for i in range(12)], name=NAME)
     source = make_topic(3)
     group = f"g-{source}"
     config = {"bootstrap_servers": kafka_bootstrap}
@@ -89,7 +96,7 @@ def test_a_worker_killed_mid_batch_and_restarted_loses_nothing(
     else:
         assert report.duplicates > 0  # the kill did land between output and commit
     record_result(
-        f"worker SIGKILL mid-batch + restart ({delivery})",
+        f"worker SIGKILL mid-batch + restart ({delivery}, {models} models)",
         sent=total, faults=f"1 SIGKILL (caught mid-batch after {tries} freezes)",
         lost=report.lost, duplicates=report.duplicates, scored=report.scored,
         dead_lettered=report.dead_lettered, committed_at_kill=killed_at,

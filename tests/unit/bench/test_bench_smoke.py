@@ -45,3 +45,29 @@ def test_training_speed_runs_on_a_tiny_slice(capsys):
     training_speed.main(["--workloads", "sensors", "--runs", "1", "--rows", "300", "--epochs", "1"])
     out = capsys.readouterr().out
     assert "| sensors |" in out and "x (" in out
+
+
+def test_entity_benches_run_on_a_tiny_slice(capsys, tmp_path):
+    from bench import entity_quality, entity_training
+
+    quick = ["--set", "epochs=2", "--set", "entity_epochs=2"]
+    entity_training.main(
+        ["--entities", "3", "--rows-per-entity", "600", "--loop-sample", "1", *quick]
+    )
+    assert "batched (one stacked model)" in capsys.readouterr().out
+    entity_quality.main(
+        [
+            "--datasets",
+            "fleet-20",
+            "--seeds",
+            "1",
+            "--rows",
+            "600",
+            "--out",
+            str(tmp_path / "q.json"),
+            *quick,
+        ]
+    )
+    out = capsys.readouterr().out
+    for method in entity_quality.METHODS:
+        assert f"| fleet-20 | {method} |" in out

@@ -130,3 +130,31 @@ def test_binary_records_take_their_id_from_the_kafka_key():
     assert RecordDecoder(numeric_spec(4)).decode(
         [rows[0].tobytes()], [BINARY_CONTENT_TYPE], [b"k"]
     ).record_ids == [None]
+
+
+def test_entities_come_from_their_field_the_key_or_the_id_field():
+    spec = numeric_spec(2)
+    values = [
+        enc({"x0": 1.0, "x1": 2.0, "id": "a", "machine": "m-1"}),
+        enc({"x0": 1.0, "x1": 2.0, "id": "b", "machine": 7}),  # same key as "7"
+        enc({"x0": 1.0, "x1": 2.0, "id": "c"}),  # names no machine: the fallback's
+        enc({"x0": 1.0, "x1": 2.0, "id": "d", "machine": None}),
+        np.array([3.0, 4.0], dtype="<f4").tobytes(),  # binary: its key
+    ]
+    types = [None] * 4 + [BINARY_CONTENT_TYPE]
+    keys = [b"k0", b"k1", b"k2", b"k3", b"k4"]
+    by_field = RecordDecoder(spec, id_field="id", entity_field="machine")
+    assert by_field.decode(values, types, keys).entities == ["m-1", "7", None, None, "k4"]
+    by_key = RecordDecoder(spec, id_field="id", entity_field="machine", entity_from_key=True)
+    assert by_key.decode(values, types, keys).entities == ["k0", "k1", "k2", "k3", "k4"]
+    same = RecordDecoder(spec, id_field="machine", entity_field="machine")
+    assert same.decode(values[:2]).entities == ["m-1", "7"]
+    assert same.decode(values[:2]).record_ids == ["m-1", "7"]
+    assert RecordDecoder(spec, id_field="id").decode(values).entities is None
+
+
+def test_an_entity_that_is_not_a_scalar_dead_letters_the_record():
+    dec = RecordDecoder(numeric_spec(2), entity_field="machine")
+    out = dec.decode([enc({"x0": 1.0, "x1": 2.0, "machine": {"id": 3}})])
+    assert out.accepted == [] and out.rejected[0].reason == Reason.WRONG_TYPE
+    assert "machine" in out.rejected[0].detail

@@ -53,6 +53,9 @@ BAD: dict[str, tuple[list[str], dict[str, str], str | None]] = {
     "PIPELINE_MODEL_NAME": (["", "../etc", "a/b"], {}, None),
     "PIPELINE_MODEL_VERSION": (["../../x"], {}, None),
     "PIPELINE_ID_FIELD": ([], {}, None),  # any JSON key
+    "PIPELINE_ENTITY_FROM": (["header"], {}, None),
+    "PIPELINE_ENTITY_FIELD": ([""], {}, None),
+    "PIPELINE_ENTITY_MEMORY_MB": (["0", "-1", "lots"], {}, None),
     "PIPELINE_DEVICE": (["tpu"], {}, None),
     "PIPELINE_TORCH_THREADS": (["-1", "2048"], {}, None),
     "PIPELINE_OVERLAP_COMPUTE": (["sometimes"], {}, None),
