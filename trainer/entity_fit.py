@@ -98,7 +98,14 @@ def _fit(s: TrainerSettings, d: Dist) -> Manifest:
         fallback = _fit_fallback(s, d, data, config, device, started)
     _check_memory(s, source, spec)
     rows = read_entity_rows(
-        source, spec, column, fraction=s.validation_fraction, seed=s.seed, only=s.entities
+        # held-out rows of each entity give its threshold: the calibration share (issue 14
+        # moves entity models onto trainer.split's three parts)
+        source,
+        spec,
+        column,
+        fraction=s.calibration_fraction,
+        seed=s.seed,
+        only=s.entities,
     )
     members, thin = _eligible(rows, s)
     log.info("entity models", extra={"entities": len(members), "thin": thin, "column": column})
