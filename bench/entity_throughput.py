@@ -77,7 +77,7 @@ def machine_workload(base: Workload, entities: int) -> Workload:
 def publish_entity_models(store: Path, name: str, w: Workload, entities: int) -> int:
     """Publish N untrained models + fallback; returns the bytes of their weights."""
     spec = w.spec
-    config = default_config(spec.input_dim)
+    config = default_config(spec.input_dim, members=1, normalize=False)  # entity models
     torch.manual_seed(0)
     model = StackedAutoEncoder(config, entities + 1).eval()
     index = EntityIndex(

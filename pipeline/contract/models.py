@@ -95,17 +95,23 @@ def default_hidden_dims(input_dim: int, members: int = 1) -> tuple[list[int], in
 DEFAULT_MEMBERS = 4
 
 
-def default_config(input_dim: int, n_units: int | None = None) -> ModelConfig:
+def default_config(
+    input_dim: int,
+    n_units: int | None = None,
+    members: int = DEFAULT_MEMBERS,
+    normalize: bool = True,
+) -> ModelConfig:
     """The autoencoder ``trainer fit`` builds for this input width with default settings
-    (``n_units``: error units of the spec, the input width when every feature is continuous)."""
-    hidden, latent = default_hidden_dims(input_dim, DEFAULT_MEMBERS)
+    (``n_units``: error units of the spec, the input width when every feature is continuous).
+    Per-entity models are single plain autoencoders: ``members=1, normalize=False``."""
+    hidden, latent = default_hidden_dims(input_dim, members)
     return ModelConfig(
         input_dim=input_dim,
         output_dim=input_dim,
         hidden_dims=hidden,
         latent_dim=latent,
-        members=DEFAULT_MEMBERS,
-        error_units=n_units if n_units is not None else input_dim,
+        members=members,
+        error_units=(n_units if n_units is not None else input_dim) if normalize else 0,
     )
 
 
