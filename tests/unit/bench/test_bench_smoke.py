@@ -1,7 +1,7 @@
 """The benchmark scripts run end to end on a tiny slice, so they cannot rot (no timing here)."""
 
 from bench import detection_quality, training_speed
-from bench.data import DATASETS, split
+from bench.data import DATASETS, TUNING, UNTUNED, flights, split
 
 
 def test_datasets_load_with_their_documented_shapes():
@@ -9,8 +9,18 @@ def test_datasets_load_with_their_documented_shapes():
     assert shapes == {
         "breast_cancer": {((569, 30), "columns")},
         "digits": {((1797, 64), "vector")},
+        "shuttle": {((49097, 9), "frame")},
+        "credit": {((4039, 25), "frame")},  # 12 columns, categoricals one-hot for baselines
+        "diamonds": {((53940, 22), "frame")},
+        "wine": {((178, 13), "columns")},
         "mnist": {((5000, 784), "vector")},
+        "flights": {((327346, 119), "frame")},
+        "segment": {((2310, 18), "frame")},
+        "phishing": {((1250, 9), "frame")},
+        "attrition": {((1470, 70), "frame")},
+        "taxi": {((10000, 21), "frame")},
     }
+    assert set(TUNING).isdisjoint(UNTUNED) and len(TUNING) + len(UNTUNED) >= 12
     task = DATASETS["digits"]()[3]
     data = split(task, seed=0)
     normal_rows = {row.tobytes() for row in task.x[~task.anomaly]}
@@ -36,9 +46,20 @@ def test_detection_quality_runs_on_a_tiny_slice(capsys):
         ]
     )
     out = capsys.readouterr().out
-    for method in ("ae", "vae", "dae", "iforest", "pyod_ae"):
+    for method in ("ae", "iforest", "knn", "ecod", "pyod_ae", "tutorial_ae"):
         assert f"| digits | {method} |" in out
-    assert "ae - pyod_ae: mean ROC-AUC" in out
+    assert "| ae | " in out and "tuning: ae mean ROC-AUC" in out
+    assert "| digits | tuning |" in out  # the false-alarm table
+
+
+def test_a_time_set_trains_on_the_earliest_normal_rows_and_tests_the_later_period():
+    (task,) = flights()
+    data = split(task, seed=0)
+    assert task.frame is not None and task.time_column == "time_hour"
+    times = task.frame["time_hour"].to_numpy()
+    assert data.train_rows is not None and data.test_rows is not None
+    assert times[data.train_rows].max() <= times[data.test_rows].min()
+    assert (~data.y_test).sum() == 20_000  # the documented cap on test normals
 
 
 def test_training_speed_runs_on_a_tiny_slice(capsys):
