@@ -7,7 +7,9 @@ error, so each entity's weights get exactly the gradient they would get trained 
 Adam's state is per weight, so each entity's optimiser is independent too.
 
 An entity's rows are visited in its own shuffled order, reshuffled after each pass; an epoch
-is as many steps as the median entity needs to see its rows once, so small entities pass over
+is the median entity's rows once, in at most ``STEPS_PER_EPOCH`` steps: entities of a few
+hundred rows step ``entity_batch_size`` rows at a time, larger ones in proportionally larger
+batches (so 10,000-row entities do not cost 50 times the steps). Small entities pass over
 their rows more often in an epoch and large ones less. After every epoch each entity's
 validation loss (mean score of its held-out rows, through the routed forward the worker
 uses) decides its own early stopping: its best weights are kept, and training ends when
@@ -38,6 +40,7 @@ from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 ENTITY_CHUNK = 4096  # entities per forward/backward within a step
+STEPS_PER_EPOCH = 50  # most optimiser steps between two validations
 EVAL_ROWS = 16384  # held-out rows per validation forward
 
 
@@ -86,9 +89,9 @@ def fit_stacked(
     opt = torch.optim.Adam(
         model.parameters(), lr=s.entity_learning_rate, weight_decay=s.weight_decay
     )
-    sizes = np.array([len(r) for r in data.fit_rows])
-    b = s.entity_batch_size
-    steps = max(1, math.ceil(float(np.median(sizes)) / b))
+    median = float(np.median([len(r) for r in data.fit_rows]))
+    b = max(s.entity_batch_size, math.ceil(median / STEPS_PER_EPOCH))
+    steps = max(1, math.ceil(median / b))
     rng = np.random.default_rng([s.seed, 0xE7])
     torch.manual_seed(s.seed * 1_000_003 + 1)  # dropout and noise
     best = [p.detach().clone() for p in model.parameters()]
