@@ -11,7 +11,8 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY pipeline ./pipeline
 COPY trainer ./trainer
 RUN rm -rf pipeline/devstack \
-    && pip install -c constraints.txt . \
+    && pip install -c constraints.txt --upgrade pip \
+    && pip install -c constraints.txt --build-constraint constraints.txt . \
     && useradd --create-home --uid 10001 app
 USER app
 EXPOSE 9108
@@ -20,5 +21,5 @@ CMD ["python", "-m", "pipeline", "run"]
 FROM runtime AS devstack
 USER root
 COPY pipeline/devstack ./pipeline/devstack
-RUN pip install --no-deps .
+RUN pip install --no-deps --build-constraint constraints.txt .
 USER app

@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,report,bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt --build-constraint constraints.txt \
+		-e '.[dev,report,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,11 +38,12 @@ test: lint tools
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
 
-# Re-resolve every dependency in a fresh venv and pin the result in constraints.txt.
+# Re-resolve every dependency in a fresh venv and pin the result in constraints.txt (pip and
+# setuptools too: the venv's pip and the build backend are part of a fresh install).
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install -q --upgrade pip
+	.lock-venv/bin/python -m pip install -q --upgrade pip setuptools
 	.lock-venv/bin/python -m pip install -q -e '.[dev,report,bench]'
-	{ sed -n '1,/^# platform/p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^anomaly-pipeline'; } > constraints.new
+	{ sed -n '1,/^# platform/p' constraints.txt; .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^anomaly-pipeline'; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv
 

@@ -55,11 +55,11 @@ def histogram_pair() -> tuple[float, float]:
 def event_id_pair() -> tuple[float, float]:
     def std() -> None:
         for o in range(BATCH):
-            str(uuid.uuid5(EVENT_NAMESPACE, f"records/3/{o}"))
+            str(uuid.uuid5(EVENT_NAMESPACE, f"records/3/{o}/1764000000000"))
 
     def fast() -> None:
         for o in range(BATCH):
-            event_id("records", 3, o)
+            event_id("records", 3, o, 1764000000000)
 
     return per_record_us(std, BATCH), per_record_us(fast, BATCH)
 

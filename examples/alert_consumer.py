@@ -9,7 +9,8 @@ The rules that make it safe with an at-least-once (or exactly-once) worker:
 2. Handle a polled batch completely (here: append to a file and fsync), *then* commit.
    A crash in between means the batch is read again after the restart...
 3. ...so drop duplicates by ``event_id``: it is derived from the source record's
-   topic/partition/offset and stays the same when the worker or this consumer replays.
+   topic/partition/offset/timestamp and stays the same when the worker or this consumer
+   replays.
 
 Only kafka-python and the standard library; ``python -m pipeline alerts sink`` is the
 full-featured version (Parquet, webhooks, filters, cooldown).

@@ -6,8 +6,9 @@ schema alert``) and a test keeps the file in sync. The worker builds events as p
 ``build_event`` because it may emit one per record on the scores topic; tests validate every
 emitted event against the schema.
 
-The event id is a UUIDv5 of the source coordinates, so a record replayed after a crash gets
-the same id and consumers can drop duplicates.
+The event id is a UUIDv5 of the source coordinates and the record's timestamp, so a record
+replayed after a crash gets the same id and consumers can drop duplicates, while a record at
+the same offset of a recreated topic (another incarnation) gets a new one.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ class AlertEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", title="AlertEvent")
 
     schema_version: Literal[1] = 1
-    event_id: str = Field(description="UUIDv5 of topic/partition/offset: stable across replays")
+    event_id: str = Field(
+        description="UUIDv5 of topic/partition/offset/timestamp: stable across replays, new "
+        "for a record of a recreated topic"
+    )
     type: Literal["anomaly", "score"]
     record_id: str | None = Field(description="value of the configured id field, if any")
     key: str | None = Field(description="Kafka key of the input record (UTF-8, else hex)")
@@ -82,21 +86,32 @@ class AlertEvent(BaseModel):
 _NAMESPACE_BYTES = EVENT_NAMESPACE.bytes
 
 
-def event_id(topic: str, partition: int, offset: int) -> str:
-    """Deterministic id from the source coordinates: ``uuid5(EVENT_NAMESPACE, "t/p/o")``.
+def event_id(topic: str, partition: int, offset: int, timestamp: int | None) -> str:
+    """Deterministic id of a record: ``uuid5(EVENT_NAMESPACE, "topic/partition/offset/ts")``.
+
+    A replay reads the same record, timestamp included (it is stored in the log), so it gets
+    the same id. A topic deleted and created again restarts its offsets at 0; the timestamp
+    tells its records from the old incarnation's, which the file sinks would otherwise drop
+    as duplicates. (The topic id would too, but kafka-python's records do not carry it.) A
+    record without a timestamp (pre-0.10 format) is named by ``-``.
 
     Computed by hand (RFC 4122 section 4.3) because ``uuid.uuid5`` builds two UUID objects
     per call and this runs for every record on the scores topic; a test checks the result
     equals ``uuid.uuid5``.
     """
     digest = hashlib.sha1(  # UUIDv5 is defined on SHA-1; not used for security
-        _NAMESPACE_BYTES + f"{topic}/{partition}/{offset}".encode(), usedforsecurity=False
+        _NAMESPACE_BYTES + f"{topic}/{partition}/{offset}/{_stamp(timestamp)}".encode(),
+        usedforsecurity=False,
     ).digest()
     b = bytearray(digest[:16])
     b[6] = (b[6] & 0x0F) | 0x50  # version 5
     b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = b.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _stamp(timestamp: int | None) -> str:
+    return "-" if timestamp is None else str(timestamp)
 
 
 def utc_now_iso() -> str:
@@ -135,7 +150,7 @@ def build_event(
     is_anomaly = score > threshold
     event: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "event_id": event_id(topic, partition, offset),
+        "event_id": event_id(topic, partition, offset, timestamp),
         "type": "anomaly" if is_anomaly else "score",
         "record_id": record_id,
         "key": decode_key(key),

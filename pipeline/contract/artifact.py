@@ -261,7 +261,7 @@ def load_artifact(store: str | Path, name: str, version: str | None = None) -> L
         raise ArtifactInvalid(
             f"{path}: manifest says {manifest.name}/{manifest.version}, expected {name}/{version}"
         )
-    weights = path / manifest.weights.file
+    weights = _weights_path(path, manifest.weights.file)
     _check_weights_file(weights, manifest.weights.sha256)
     entities = None
     if manifest.entities is not None:
@@ -278,6 +278,20 @@ def load_artifact(store: str | Path, name: str, version: str | None = None) -> L
         model.eval()
     _smoke_test(model, manifest, path)
     return LoadedArtifact(manifest=manifest, model=model, path=path, entities=entities)
+
+
+def _weights_path(version_dir: Path, file: str) -> Path:
+    """The weights named by the manifest, which must be a file of the version directory itself:
+    a name like ``../other/model.safetensors``, an absolute path or a symlink out of the
+    directory would let a manifest load any readable file as the model."""
+    weights = version_dir / file
+    plain = file not in ("", ".", "..") and "/" not in file and "\\" not in file
+    if not plain or weights.resolve().parent != version_dir.resolve():
+        raise ArtifactInvalid(
+            f"{version_dir / MANIFEST_FILE}: weights.file {file!r} is not a file inside the "
+            f"version directory {version_dir}"
+        )
+    return weights
 
 
 def _check_weights_file(weights: Path, expected_sha: str) -> None:

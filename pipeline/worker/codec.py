@@ -269,11 +269,21 @@ class RecordDecoder:
             ]
         if self.id_field is not None:
             for i, obj in zip(rows, objs, strict=True):
-                value = obj.record_id
-                ids[i] = None if value is None else str(value)
+                ids[i] = id_text(obj.record_id)
 
     def _vector_slots(self) -> list[Any]:
         return [s for s in self.spec.continuous_slots if isinstance(s.feature, VectorFeature)]
+
+
+def id_text(value: str | int | float | bool | None) -> str | None:
+    """A record id as text: strings as they are, other JSON scalars as their JSON text
+    (``42``, ``7.5``, ``true``); the id is only carried into events, so its type never costs
+    the record."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _vector_block(objs: list[Any], attr: str, width: int) -> np.ndarray[Any, Any]:
@@ -347,7 +357,8 @@ def _build_struct(
         attrs["categorical"].append(attr)
     if id_field is not None:
         rename["record_id"] = id_field
-        fields.append(("record_id", str | int | None, None))
+        # any JSON scalar (objects and arrays are not ids: wrong_type, naming the field)
+        fields.append(("record_id", str | int | float | bool | None, None))
     if entity_field is not None:
         rename["entity"] = entity_field
         fields.append(("entity", str | int | float | bool | None, None))

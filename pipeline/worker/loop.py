@@ -45,7 +45,7 @@ from pipeline.worker.retry import RetryPolicy
 from pipeline.worker.served import ServedModels
 from pipeline.worker.serving import ModelHandle
 from pipeline.worker.settings import WorkerSettings
-from pipeline.worker.shadow import ShadowScorer
+from pipeline.worker.shadow import ShadowResult, ShadowScorer
 from pipeline.worker.sink import OutputSink, next_offsets
 from pipeline.worker.summary import RunSummary
 from pipeline.worker.txnid import TransactionalIds
@@ -209,9 +209,11 @@ class Worker:
         result = self.processor.process(
             records, live, sink, source.prefetch if source is not None else None
         )
-        self._score_shadow(records, sink)
+        shadow = self._score_shadow(records, sink)
         sink.commit(consumer, next_offsets(records))
         self.processor.observe(result)  # only now: a failed attempt must not count
+        if shadow is not None:
+            self.shadow_scorer.observe(shadow)
         m = self.metrics
         observe_end_to_end(m, records, time.time() * 1000)
         m.batches.inc()
@@ -235,14 +237,14 @@ class Worker:
         """Records polled ahead but not processed: a rewind must cover them too."""
         return self._source.drain() if self._source is not None else []
 
-    def _score_shadow(self, records: list[Any], sink: OutputSink) -> None:
+    def _score_shadow(self, records: list[Any], sink: OutputSink) -> ShadowResult | None:
         """Run the shadow model; its failure never fails the live batch (its sends do: they
         are part of the batch's output and transaction)."""
         shadow = self.models.shadow_model
         if shadow is None:
-            return
+            return None
         try:
-            self.shadow_scorer.process(records, shadow, sink)
+            return self.shadow_scorer.process(records, shadow, sink)
         except KafkaIOError:
             raise
         except (PipelineError, RuntimeError, ValueError) as exc:
@@ -255,6 +257,7 @@ class Worker:
                     "error": repr(exc),
                 },
             )
+            return None
 
     def _on_lost(self, lost: set[TopicPartition]) -> None:
         """Partitions now owned by another member: their records in the batch being collected

@@ -13,30 +13,56 @@ decode and forward pass per batch while a shadow is configured.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from pipeline.worker.events import EventTopics, Sink, emit_events
 from pipeline.worker.metrics import PipelineMetrics
 from pipeline.worker.serving import ModelHandle
 
 
+@dataclass(frozen=True)
+class ShadowResult:
+    """What the shadow model made of one attempt at a batch; counted by ``observe`` once the
+    batch is committed (a retried batch counts once, like the live model's results)."""
+
+    version: str
+    scored: int
+    anomalies: int
+    scores: np.ndarray[Any, Any]
+    reasons: tuple[str, ...]  # the shadow spec's rejection reason of each record it refused
+
+
 class ShadowScorer:
-    """Runs one batch through the shadow model; returns how many records it scored."""
+    """Runs batches through the shadow model and counts what it did once they are committed."""
 
     def __init__(self, topic: str | None, metrics: PipelineMetrics) -> None:
         self.topics = EventTopics(alerts=None, scores=topic)
         self.metrics = metrics
 
-    def process(self, records: list[Any], model: ModelHandle, sink: Sink) -> int:
+    def process(self, records: list[Any], model: ModelHandle, sink: Sink) -> ShadowResult:
+        """Score the batch and send its score events; the metrics wait for ``observe``."""
         decoded = model.decoder.decode_records(records)
-        m = self.metrics
-        for rejection in decoded.rejected:
-            m.shadow_invalid.labels(reason=rejection.reason.value).inc()
         scored = model.score(decoded)
         anomalies = emit_events(records, decoded, scored, model, sink, self.topics)
-        m.model_scored.labels(role="shadow", version=model.version).inc(len(scored))
-        m.model_anomalies.labels(role="shadow", version=model.version).inc(anomalies)
-        histogram = m.shadow_score.labels(version=model.version)
-        for value in scored.monitored.tolist():
+        return ShadowResult(
+            version=model.version,
+            scored=len(scored),
+            anomalies=anomalies,
+            scores=scored.monitored,
+            reasons=tuple(r.reason.value for r in decoded.rejected),
+        )
+
+    def observe(self, result: ShadowResult) -> None:
+        """Count a committed batch's shadow results."""
+        m = self.metrics
+        for reason, n in Counter(result.reasons).items():
+            m.shadow_invalid.labels(reason=reason).inc(n)
+        m.model_scored.labels(role="shadow", version=result.version).inc(result.scored)
+        m.model_anomalies.labels(role="shadow", version=result.version).inc(result.anomalies)
+        histogram = m.shadow_score.labels(version=result.version)
+        for value in result.scores.tolist():
             histogram.observe(value)
-        return len(scored)

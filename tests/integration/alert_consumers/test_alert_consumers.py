@@ -16,13 +16,18 @@ import msgspec
 import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaProducer
+from kafka.admin import NewTopic
 
 from pipeline.alert_consumers.sinks import JsonlSink, ParquetSink, SinkError, WebhookSink, run_sink
 from pipeline.alert_consumers.tail import AlertFilter, Cooldown, tail
 from pipeline.contract.alerts import build_event, encode_event
 from pipeline.kafka.settings import KafkaSettings
+from pipeline.worker.loop import Worker
 from tests.support.cli import run_module
+from tests.support.factories import numeric_spec, publish_model
 from tests.support.kafka import committed_and_end
+from tests.support.workers import NAME, numeric_records, produce_records
+from tests.support.workers import settings as worker_settings
 
 ROOT = Path(__file__).parents[3]
 
@@ -239,3 +244,46 @@ def test_cooldown_in_sink(kafka_bootstrap, make_topic, tmp_path):
         idle_timeout_s=1.5,
     )
     assert (stats.written, stats.suppressed) == (1, 3)
+
+
+def recreate_topic(admin, topic: str, partitions: int = 1) -> None:
+    """Delete ``topic`` and create it again under the same name (offsets start at 0 again)."""
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin.delete_topics([topic])
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            admin.create_topics(
+                [NewTopic(topic, num_partitions=partitions, replication_factor=1)],
+                timeout_ms=30_000,
+            )
+            break
+        except TopicAlreadyExistsError:  # the deletion is still under way
+            assert time.monotonic() < deadline, f"{topic} was not deleted in 60 s"
+            time.sleep(0.5)
+    admin.wait_for_topics([topic], timeout_ms=30_000)
+
+
+def test_alerts_of_a_recreated_input_topic_are_not_dropped_as_duplicates(
+    kafka_bootstrap, kafka_admin, make_topic, tmp_path
+):
+    """The same topic/partition/offset in a new incarnation of the input topic is another
+    record: its alert must reach the file sink, not be dropped as a replay of the old one."""
+    publish_model(tmp_path, numeric_spec(4), name=NAME, threshold=0.0)  # every record alerts
+    source = make_topic()
+    out = tmp_path / "alerts.jsonl"
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    for incarnation in (1, 2):
+        if incarnation == 2:
+            recreate_topic(kafka_admin, source)
+        produce_records(kafka_bootstrap, source, numeric_records(5, start=10 * incarnation))
+        s = worker_settings(kafka_bootstrap, tmp_path, source, group_id=f"w{incarnation}-{source}")
+        assert Worker(s).run(idle_timeout_s=1.5).anomalies == 5
+        stats = run_sink(kafka, s.alert_topic, "archive", JsonlSink(out), idle_timeout_s=1.5)
+        assert (stats.written, stats.duplicates) == (5, 0), f"incarnation {incarnation}"
+    lines = [msgspec.json.decode(line) for line in out.read_bytes().splitlines()]
+    assert sorted(e["record_id"] for e in lines) == [
+        f"r-{i:06d}" for i in (*range(10, 15), *range(20, 25))
+    ]
+    assert sorted(e["source"]["offset"] for e in lines) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]

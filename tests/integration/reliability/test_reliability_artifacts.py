@@ -30,8 +30,11 @@ from tests.support.workers import (
     wait_for,
 )
 
-KINDS = ["truncated", "checksum", "spec_mismatch", "pickle", "torch_save", "missing_weights"]
-AT_START = KINDS[:4]  # the same checks refuse the others; each process costs seconds here
+KINDS = [
+    "truncated", "checksum", "spec_mismatch", "pickle", "weights_outside", "torch_save",
+    "missing_weights",
+]  # fmt: skip
+AT_START = KINDS[:5]  # the same checks refuse the others; each process costs seconds here
 
 
 class _Marker:
@@ -71,6 +74,14 @@ def break_artifact(version_dir: Path, kind: str, marker: Path) -> Path:
     elif kind == "torch_save":  # the usual mistake: torch.save (a zip holding a pickle)
         torch.save({"w": torch.zeros(2), "m": _Marker(marker)}, weights)
         _rewrite_checksum(version_dir)
+    elif kind == "weights_outside":  # intact weights, but the manifest points out of the
+        # version directory (any file the worker can read could be named this way)
+        outside = version_dir.parent / f"elsewhere-{version_dir.name}.safetensors"
+        weights.rename(outside)
+        raw = json.loads(manifest.read_text())
+        raw["weights"]["file"] = f"../{outside.name}"
+        manifest.write_text(json.dumps(raw))
+        return manifest
     elif kind == "missing_weights":
         weights.unlink()
     else:
@@ -128,6 +139,8 @@ def test_broken_versions_are_refused_at_reload_while_the_old_model_keeps_serving
         version = publish_model(staging, numeric_spec(4), name=NAME, seed=n).version
         break_artifact(staging / NAME / version, kind, tmp_path / f"{kind}.unpickled")
         shutil.copytree(staging / NAME / version, store / NAME / version)
+        for outside in (staging / NAME).glob("elsewhere-*"):  # weights_outside's weights
+            shutil.copy(outside, store / NAME / outside.name)
         set_latest(store, NAME, version)
         wait_for(partial(refused_at_least, bg, n), 30, f"{kind} refused")
         produce_records(kafka_bootstrap, source, numeric_records(10, start=40 + 10 * n))

@@ -103,3 +103,33 @@ def test_worker_with_compute_overlap_processes_every_record_once(
     assert keys == sorted(f"b-{i}".encode() for i in range(600))  # each exactly once
     for committed, end in committed_and_end(kafka_bootstrap, settings.group_id, source).values():
         assert committed == end
+
+
+def test_shadow_events_of_binary_records_carry_their_keys_as_ids(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    """A binary record's id is its Kafka key, for the shadow model's events as for the live
+    model's: the shadow's decoder must be given the keys too."""
+    publish_model(tmp_path, numeric_spec(4), name="num", threshold=0.8)
+    publish_model(tmp_path, numeric_spec(4), name="candidate", threshold=0.8, seed=1)
+    rows = np.random.default_rng(4).standard_normal((40, 4)).astype("<f4")
+    source, scores, shadow = make_topic(), make_topic(), make_topic()
+    produce(
+        kafka_bootstrap,
+        source,
+        [(f"b-{i}".encode(), r.tobytes()) for i, r in enumerate(rows)],
+        headers=[(CONTENT_TYPE_HEADER, BINARY_CONTENT_TYPE.encode())],
+    )
+    settings = worker_settings(
+        kafka_bootstrap,
+        tmp_path,
+        source,
+        model_name="num",
+        scores_topic=scores,
+        shadow_model_name="candidate",
+        shadow_topic=shadow,
+    )
+    Worker(settings).run(idle_timeout_s=2)
+    for topic in (scores, shadow):
+        ids = {msgspec.json.decode(r.value)["record_id"] for r in read_all(kafka_bootstrap, topic)}
+        assert ids == {f"b-{i}" for i in range(40)}, topic

@@ -183,6 +183,45 @@ def test_shadow_model_scores_beside_the_live_one_and_never_alerts(
     assert value("pipeline_anomalies_total") == int(live_over.sum())  # shadow not counted
 
 
+def test_shadow_metrics_count_a_batch_once_it_is_committed_not_per_attempt(
+    kafka_bootstrap, kafka_admin, make_topic, tmp_path
+):
+    """The shadow topic refuses every event at first (max.message.bytes 128): the batch fails
+    and is retried until the operator fixes the topic. Like the live metrics, the shadow's
+    count the records once, when the batch is committed."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    publish(tmp_path, seed=0)
+    candidate = publish(tmp_path, seed=1, alert_share=0.1, name="candidate")
+    source, shadow_topic = make_topic(), make_topic(config={"max.message.bytes": "128"})
+    records = numeric_records(100)
+    produce_records(kafka_bootstrap, source, records)
+    s = settings(
+        kafka_bootstrap,
+        tmp_path,
+        source,
+        shadow_model_name="candidate",
+        shadow_topic=shadow_topic,
+        max_batch_retries=50,
+    )
+    bg = Background(Worker(s), idle_timeout_s=3)
+    wait_for(
+        lambda: bg.value("pipeline_batch_failures_total", {"stage": "deliver"}) >= 2,
+        60,
+        "two failed attempts",
+    )
+    kafka_admin.alter_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, shadow_topic, {"max.message.bytes": "1000000"})]
+    )
+    bg.join(60)
+    shadow_v = {"role": "shadow", "version": candidate.version}
+    over = int((offline_scores(records, seed=1) > candidate.threshold.value).sum())
+    assert bg.value("pipeline_model_records_scored_total", shadow_v) == 100
+    assert bg.value("pipeline_model_anomalies_total", shadow_v) == over
+    assert bg.value("pipeline_shadow_score_count", {"version": candidate.version}) == 100
+    assert bg.value("pipeline_records_scored_total") == 100
+
+
 def test_fields_of_the_wrong_kind_are_dead_lettered_and_never_scored(
     kafka_bootstrap, make_topic, tmp_path
 ):
@@ -214,6 +253,29 @@ def test_fields_of_the_wrong_kind_are_dead_lettered_and_never_scored(
     dead = read_all(kafka_bootstrap, s.dlq_topic)
     assert {parse_dead_letter(d.headers).reason for d in dead} == {"wrong_type"}
     assert sorted(d.value for d in dead) == sorted(msgspec.json.encode(v) for v in wrong.values())
+
+
+def test_any_json_scalar_is_a_record_id_and_never_costs_the_record(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    """The id field is only carried into the events: a float or a boolean id must not
+    dead-letter an otherwise valid record. It is written as its JSON text."""
+    publish_model(tmp_path, mixed_spec(), name=NAME, threshold=0.0)
+    source, scores = make_topic(), make_topic()
+    good = {"amount": 10.5, "channel": "web", "foreign": False, "emb": [0, 1, 2]}
+    ids = ["s-1", 42, 7.5, -1e-3, True, False, None]
+    produce(
+        kafka_bootstrap,
+        source,
+        [(None, msgspec.json.encode({**good, "txn": i})) for i in ids],
+    )
+    s = settings(kafka_bootstrap, tmp_path, source, scores_topic=scores, id_field="txn")
+    summary = Worker(s).run(idle_timeout_s=1.5)
+
+    assert (summary.consumed, summary.scored, summary.rejected) == (7, 7, 0)
+    got = sorted(events(kafka_bootstrap, scores), key=lambda e: e["source"]["offset"])
+    assert [e["record_id"] for e in got] == ["s-1", "42", "7.5", "-0.001", "true", "false", None]
+    assert read_all(kafka_bootstrap, s.dlq_topic) == []
 
 
 def test_the_shadow_follows_its_latest_and_may_read_other_columns(

@@ -47,9 +47,16 @@ def test_built_events_validate_against_the_schema_and_the_model():
     assert anomaly["top_features"][0] == {"name": "a", "error": 3.0, "share": 0.375}
 
 
-def test_event_id_is_deterministic_per_source_coordinates():
-    assert event_id("t", 0, 5) == event_id("t", 0, 5)
-    assert len({event_id("t", 0, 5), event_id("t", 1, 5), event_id("t", 0, 6)}) == 3
+def test_event_id_is_deterministic_per_source_coordinates_and_timestamp():
+    assert event_id("t", 0, 5, 1000) == event_id("t", 0, 5, 1000)
+    ids = {
+        event_id("t", 0, 5, 1000),
+        event_id("t", 1, 5, 1000),
+        event_id("t", 0, 6, 1000),
+        event_id("t", 0, 5, 1001),  # the same offset in a recreated topic
+        event_id("t", 0, 5, None),
+    }
+    assert len(ids) == 5
 
 
 def test_fast_event_id_equals_uuid5():
@@ -57,6 +64,8 @@ def test_fast_event_id_equals_uuid5():
 
     from pipeline.contract.alerts import EVENT_NAMESPACE
 
-    for topic, partition, offset in [("t", 0, 0), ("records", 11, 2**40), ("é-topic", 3, 7)]:
-        expected = str(uuid.uuid5(EVENT_NAMESPACE, f"{topic}/{partition}/{offset}"))
-        assert event_id(topic, partition, offset) == expected
+    cases = [("t", 0, 0, 0), ("records", 11, 2**40, 1764000000000), ("é-topic", 3, 7, None)]
+    for topic, partition, offset, ts in cases:
+        name = f"{topic}/{partition}/{offset}/{'-' if ts is None else ts}"
+        expected = str(uuid.uuid5(EVENT_NAMESPACE, name))
+        assert event_id(topic, partition, offset, ts) == expected

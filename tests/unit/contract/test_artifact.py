@@ -144,3 +144,21 @@ def test_reader_racing_the_publisher_never_sees_a_half_written_model(tmp_path):
     thread.join()
     assert errors == []
     assert loads > 0
+
+
+@pytest.mark.parametrize("how", ["absolute", "parent", "symlink"])
+def test_weights_outside_the_version_directory_are_refused(tmp_path, how):
+    manifest = publish_model(tmp_path)
+    version_dir = tmp_path / manifest.name / manifest.version
+    outside = tmp_path / "elsewhere.safetensors"
+    _weights(tmp_path, manifest).rename(outside)  # intact weights, right checksum
+    raw = json.loads((version_dir / "manifest.json").read_text())
+    if how == "absolute":
+        raw["weights"]["file"] = str(outside)
+    elif how == "parent":
+        raw["weights"]["file"] = "../../elsewhere.safetensors"
+    else:
+        (version_dir / "model.safetensors").symlink_to(outside)
+    (version_dir / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ArtifactInvalid, match="is not a file inside the version directory"):
+        load_artifact(tmp_path, manifest.name)
