@@ -7,11 +7,15 @@ error, so each entity's weights get exactly the gradient they would get trained 
 Adam's state is per weight, so each entity's optimiser is independent too.
 
 An entity's rows are visited in its own shuffled order, reshuffled after each pass; an epoch
-is as many steps as the median entity needs to see its rows once, so small entities pass over
+is the median entity's rows once, in at most ``STEPS_PER_EPOCH`` steps: entities of a few
+hundred rows step ``entity_batch_size`` rows at a time, larger ones in proportionally larger
+batches (so 10,000-row entities do not cost 50 times the steps). Small entities pass over
 their rows more often in an epoch and large ones less. After every epoch each entity's
-validation loss (mean score of its held-out rows, through the routed forward the worker
-uses) decides its own early stopping: its best weights are kept, and training ends when
-every entity has gone ``patience`` epochs without improving (or at ``entity_epochs``).
+validation loss (mean score of its held-out rows) decides its own early stopping: its best
+weights are kept, and training ends when every entity has gone ``patience`` epochs without
+improving (or at ``entity_epochs``).
+The validation loss watches at most ``VALIDATION_ROWS`` held-out rows per entity, in one
+grouped forward per epoch; the thresholds use every held-out row.
 
 Rows live on the training device as two arrays; entities are processed in chunks of
 ``ENTITY_CHUNK`` per forward/backward (gradients accumulate) to bound activation memory.
@@ -38,10 +42,10 @@ from trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 ENTITY_CHUNK = 4096  # entities per forward/backward within a step
-EVAL_ROWS = 16384  # held-out rows per validation forward
-ENTITY_PATIENCE = (
-    5  # epochs without gain when --patience is unset (the single model derives its own)
-)
+VALIDATION_ROWS = 512  # most held-out rows per entity behind its early-stopping decisions
+STEPS_PER_EPOCH = 50  # most optimiser steps between two validations
+# epochs without gain when --patience is unset (the single model derives its own)
+ENTITY_PATIENCE = 5
 
 
 @dataclass
@@ -67,9 +71,8 @@ class _Data:
     cont: Tensor
     cat: Tensor
     fit_rows: list[npt.NDArray[np.int64]]  # per entity
-    val_rows: npt.NDArray[np.int64]  # all held-out rows of the fitted entities
-    val_slot: Tensor  # (V,) entity of each held-out row, 0-based
-    val_count: npt.NDArray[np.float64]  # held-out rows per entity
+    val_idx: Tensor  # (E, V) held-out rows of each entity, padded with its first one
+    val_mask: Tensor  # (E, V) True for real rows
 
 
 def fit_stacked(
@@ -89,9 +92,9 @@ def fit_stacked(
     opt = torch.optim.Adam(
         model.parameters(), lr=s.entity_learning_rate, weight_decay=s.weight_decay
     )
-    sizes = np.array([len(r) for r in data.fit_rows])
-    b = s.entity_batch_size
-    steps = max(1, math.ceil(float(np.median(sizes)) / b))
+    median = float(np.median([len(r) for r in data.fit_rows]))
+    b = max(s.entity_batch_size, math.ceil(median / STEPS_PER_EPOCH))
+    steps = max(1, math.ceil(median / b))
     rng = np.random.default_rng([s.seed, 0xE7])
     torch.manual_seed(s.seed * 1_000_003 + 1)  # dropout and noise
     best = [p.detach().clone() for p in model.parameters()]
@@ -141,17 +144,26 @@ def fit_stacked(
 
 
 def _device_data(rows: EntityRows, members: list[int], device: torch.device) -> _Data:
+    """Rows on the device; per entity its fitting rows and (up to ``VALIDATION_ROWS``, evenly
+    spread over its held-out rows in position order) the rows its early stopping watches,
+    as an (E, V) block that the grouped forward scores without gathering weights."""
     fit_all = rows.rows_of(held_out=False)
     val_all = rows.rows_of(held_out=True)
-    val = [val_all[m] for m in members]
-    val_slot = np.concatenate([np.full(len(v), i, dtype=np.int64) for i, v in enumerate(val)])
+    width = min(VALIDATION_ROWS, max(len(val_all[m]) for m in members))
+    idx = np.zeros((len(members), width), dtype=np.int64)
+    mask = np.zeros((len(members), width), dtype=bool)
+    for e, m in enumerate(members):
+        held = val_all[m]
+        pick = held[np.linspace(0, len(held) - 1, min(width, len(held))).astype(np.int64)]
+        idx[e, : len(pick)] = pick
+        idx[e, len(pick) :] = pick[0]
+        mask[e, : len(pick)] = True
     return _Data(
         cont=torch.from_numpy(rows.cont).to(device),
         cat=torch.from_numpy(rows.cat).to(device),
         fit_rows=[fit_all[m] for m in members],
-        val_rows=np.concatenate(val),
-        val_slot=torch.from_numpy(val_slot).to(device),
-        val_count=np.array([len(v) for v in val], dtype=np.float64),
+        val_idx=torch.from_numpy(idx).to(device),
+        val_mask=torch.from_numpy(mask).to(device),
     )
 
 
@@ -196,18 +208,22 @@ def _step(
 def _validation(
     model: StackedAutoEncoder, transform: SpecTransform, data: _Data, n: int
 ) -> npt.NDArray[np.float64]:
-    """Mean held-out score per entity, through the routed forward the worker uses."""
+    """Mean score of each entity's validation rows (grouped forward, no weight gathering)."""
     model.eval()
-    sums = torch.zeros(n, dtype=torch.float64, device=data.val_slot.device)
+    out = torch.zeros(n, dtype=torch.float64, device=data.val_idx.device)
+    width = data.val_idx.shape[1]
     with torch.inference_mode():
-        for start in range(0, len(data.val_rows), EVAL_ROWS):
-            rows = torch.from_numpy(data.val_rows[start : start + EVAL_ROWS]).to(sums.device)
-            slot = data.val_slot[start : start + EVAL_ROWS]
-            cat = data.cat[rows]
-            x = transform.model_input(data.cont[rows], cat)
-            errors = transform.unit_errors(x, model(x, slot), cat)
-            sums.index_add_(0, slot, transform.record_scores(errors).double())
-    return sums.cpu().numpy() / np.maximum(data.val_count, 1.0)
+        for start in range(0, n, ENTITY_CHUNK):
+            idx = data.val_idx[start : start + ENTITY_CHUNK]
+            mask = data.val_mask[start : start + ENTITY_CHUNK]
+            flat = idx.reshape(-1)
+            cat = data.cat[flat]
+            x = transform.model_input(data.cont[flat], cat)
+            recon = model.forward_chunk(x.view(len(idx), width, -1), start)
+            errors = transform.unit_errors(x, recon.reshape(len(flat), -1), cat)
+            scores = transform.record_scores(errors).view(len(idx), width).double()
+            out[start : start + len(idx)] = (scores * mask).sum(1) / mask.sum(1)
+    return out.cpu().numpy()
 
 
 def _keep_best(model: StackedAutoEncoder, best: list[Tensor], improved: Tensor) -> None:

@@ -59,11 +59,26 @@ def demo(
 @click.option("--rows", type=int, default=20_000, show_default=True)
 @click.option("--anomalies", type=int, default=0, help="Also write this many anomalies.")
 @click.option("--seed", type=int, default=1, show_default=True)
-def sample_data(out: Path, rows: int, anomalies: int, seed: int) -> None:
+@click.option(
+    "--machines",
+    type=int,
+    default=0,
+    help="A fleet of this many machines with their own normal ranges (machine_id column), "
+    "for per-machine models; 0: uniform sensor records.",
+)
+def sample_data(out: Path, rows: int, anomalies: int, seed: int, machines: int) -> None:
     """Write synthetic sensor records (normal by default) to a Parquet file."""
+    from pipeline.devstack.fleet import fleet_frame, fleet_stream
     from pipeline.devstack.sampledata import mixed_stream, normal_frame
 
-    frame = mixed_stream(rows, anomalies, seed)[0] if anomalies else normal_frame(rows, seed)
+    if machines:
+        frame = (
+            fleet_stream(rows, anomalies, machines, seed)[0]
+            if anomalies
+            else fleet_frame(rows, machines, seed)
+        )
+    else:
+        frame = mixed_stream(rows, anomalies, seed)[0] if anomalies else normal_frame(rows, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out)
     click.echo(str(out))

@@ -131,7 +131,7 @@ class EntityScorer:
         """Row ranges whose distinct entity models fit the bank at once (one range unless
         the pool is smaller than the batch's set of entities)."""
         n = len(slots)
-        if n == 0 or len(np.unique(slots)) <= self.bank.room:
+        if n == 0 or np.count_nonzero(np.unique(slots)) <= self.bank.room:  # 0: pinned
             return [(0, n)]
         step = self.bank.room
         return [(s, min(n, s + step)) for s in range(0, n, step)]

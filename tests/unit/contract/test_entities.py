@@ -196,3 +196,11 @@ def test_a_bank_smaller_than_the_batch_scores_the_same(tmp_path):
     np.testing.assert_array_equal(big.scores.scores, small.scores.scores)
     np.testing.assert_array_equal(big.scores.top_index, small.scores.top_index)
     assert small_scorer.bank.stats.evictions > 0
+
+
+def test_the_fallback_takes_no_room_a_batch_of_one_entity_and_unknowns_is_one_call(tmp_path):
+    spec = numeric_spec(3)
+    publish_entity_set(tmp_path, spec, ENTITIES[:1])
+    scorer = _scorer(load_artifact(tmp_path, "m"), capacity=2)  # the fallback + one model
+    slots = scorer.router.slots_of(["e0", None, "zz", "e0"] * 10)
+    assert scorer._chunks(slots) == [(0, 40)]
