@@ -3,8 +3,12 @@ alerts, real HTTP receivers on loopback and the real `alerts sink` process."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from kafka import KafkaProducer
+
+from pipeline.contract.alerts import build_event, encode_event
 from pipeline.worker.loop import Worker
 from tests.support.cli import run_module
 from tests.support.factories import numeric_spec, publish_model
@@ -15,6 +19,27 @@ from tests.support.workers import settings as worker_settings
 
 ROOT = Path(__file__).parents[3]
 TOKEN = "Bearer tok-7f3a9c"
+HOOK_PATH = "/services/T0001/B0002/hooksecret9d2e"  # a Slack-style URL: the path is the key
+
+
+def send_alerts(bootstrap: str, topic: str, n: int) -> list[dict]:
+    """``n`` alert events on ``topic``, as a worker writes them (built with the contract)."""
+    events = [
+        build_event(
+            source=("records", 0, i, int(time.time() * 1000)), key=f"k{i}".encode(),
+            record_id=f"r-{i}", score=2.0, threshold=1.0, model=("m", "v1"),
+            top_features=[("x0", 1.5)], total_error=4.0, detected_at="2026-01-01T00:00:00.000Z",
+        )  # fmt: skip
+        for i in range(n)
+    ]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for event in events:
+            producer.send(topic, encode_event(event), key=event["key"].encode())
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    return events
 
 
 def worker_alerts(bootstrap: str, store: Path, source: str, n: int = 5) -> str:
@@ -49,3 +74,32 @@ def test_a_redirect_to_another_origin_is_not_followed_and_not_counted_delivered(
     assert done.returncode == 5, done.stderr
     assert "302" in done.stderr
     assert committed_and_end(kafka_bootstrap, "pager", topic)[0][0] in (None, 0)
+
+
+def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, make_topic):
+    """The URL of a Slack-style hook and the --header values are credentials: not in the
+    error of a refused alert, not in the logs of a delivery, not when a header is malformed."""
+    topic = make_topic()
+    send_alerts(kafka_bootstrap, topic, 2)
+    outputs = []
+    with receiver(lambda _: Reply(400, body=b"invalid_payload")) as hook:
+        refused = sink(kafka_bootstrap, topic, "refused", hook.url + HOOK_PATH)
+        outputs.append(refused.stdout + refused.stderr)
+    assert refused.returncode == 5, refused.stderr
+    assert "400" in refused.stderr and hook.url in refused.stderr  # the origin is shown
+    with receiver() as hook:
+        delivered = sink(kafka_bootstrap, topic, "delivered", hook.url + HOOK_PATH)
+        outputs.append(delivered.stdout + delivered.stderr)
+    assert delivered.returncode == 0, delivered.stderr
+    assert len(hook.requests) == 2
+    assert {r.headers["Authorization"] for r in hook.requests} == {TOKEN}
+    malformed = run_module(
+        "pipeline", "alerts", "sink", "--bootstrap", kafka_bootstrap, "--topic", topic,
+        "--webhook", "http://127.0.0.1:9" + HOOK_PATH, "--header", "Authorization " + TOKEN,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert malformed.returncode == 2
+    outputs.append(malformed.stdout + malformed.stderr)
+    for text in outputs:
+        assert "hooksecret9d2e" not in text and "T0001" not in text, text
+        assert "tok-7f3a9c" not in text, text
