@@ -56,7 +56,7 @@ def _handler(respond: Respond, requests: list[Received]) -> type[BaseHTTPRequest
 
         do_GET = do_POST = do_PUT = do_HEAD = _serve  # noqa: N815 (http.server's names)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             """Quiet: the test reads ``requests``."""
 
     return Handler

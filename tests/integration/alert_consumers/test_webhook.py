@@ -4,15 +4,20 @@ alerts, real HTTP receivers on loopback and the real `alerts sink` process."""
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from pathlib import Path
 
+import msgspec
+import pytest
 from kafka import KafkaProducer
 
+from pipeline.alert_consumers.sinks import SinkError
+from pipeline.alert_consumers.webhook import WebhookSink
 from pipeline.contract.alerts import build_event, encode_event
 from pipeline.worker.loop import Worker
 from tests.support.cli import run_module
 from tests.support.factories import numeric_spec, publish_model
-from tests.support.http_receiver import Reply, receiver
+from tests.support.http_receiver import Received, Reply, receiver
 from tests.support.kafka import committed_and_end
 from tests.support.workers import NAME, numeric_records, produce_records
 from tests.support.workers import settings as worker_settings
@@ -24,12 +29,19 @@ HOOK_PATH = "/services/T0001/B0002/hooksecret9d2e"  # a Slack-style URL: the pat
 
 def send_alerts(bootstrap: str, topic: str, n: int) -> list[dict]:
     """``n`` alert events on ``topic``, as a worker writes them (built with the contract)."""
+    now = int(time.time() * 1000)
     events = [
         build_event(
-            source=("records", 0, i, int(time.time() * 1000)), key=f"k{i}".encode(),
-            record_id=f"r-{i}", score=2.0, threshold=1.0, model=("m", "v1"),
-            top_features=[("x0", 1.5)], total_error=4.0, detected_at="2026-01-01T00:00:00.000Z",
-        )  # fmt: skip
+            source=("records", 0, i, now),
+            key=f"k{i}".encode(),
+            record_id=f"r-{i}",
+            score=2.0,
+            threshold=1.0,
+            model=("m", "v1"),
+            top_features=[("x0", 1.5)],
+            total_error=4.0,
+            detected_at="2026-01-01T00:00:00.000Z",
+        )
         for i in range(n)
     ]
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -103,3 +115,67 @@ def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, ma
     for text in outputs:
         assert "hooksecret9d2e" not in text and "T0001" not in text, text
         assert "tok-7f3a9c" not in text, text
+
+
+def alert_event(i: int) -> dict:
+    return build_event(
+        source=("records", 0, i, 0),
+        key=b"k",
+        record_id=f"r-{i}",
+        score=2.0,
+        threshold=1.0,
+        model=("m", "v1"),
+        top_features=[("x0", 1.5)],
+        total_error=4.0,
+        detected_at="2026-01-01T00:00:00.000Z",
+    )
+
+
+def test_a_307_or_308_on_the_same_origin_is_followed_with_the_body_another_origin_is_not():
+    def respond(got: Received) -> Reply:
+        if got.path == "/old":
+            return Reply(307, {"Location": "/new"})
+        if got.path == "/new":
+            return Reply(308, {"Location": f"{hook.url}/final"})  # absolute, same origin
+        return Reply(202)
+
+    with receiver(respond) as hook:
+        hs = WebhookSink(hook.url + "/old", headers={"Authorization": TOKEN})
+        with closing(hs):
+            hs.write([alert_event(0)])
+    assert [(r.method, r.path) for r in hook.requests] == [
+        ("POST", "/old"),
+        ("POST", "/new"),
+        ("POST", "/final"),
+    ]
+    assert {r.body for r in hook.requests} == {msgspec.json.encode(alert_event(0))}
+
+    with receiver() as other:
+        moved = Reply(308, {"Location": f"{other.url}/final"})
+        with receiver(lambda _: moved) as hook:
+            hs = WebhookSink(hook.url + "/old", headers={"Authorization": TOKEN})
+            with (
+                closing(hs),
+                pytest.raises(SinkError, match=r"HTTP 308 to http://127\.0\.0\.1:\d+/\*\*\*"),
+            ):
+                hs.write([alert_event(1)])
+    assert other.requests == []
+
+
+def test_timeouts_and_5xx_are_retried_then_fail_the_batch():
+    def slow(got: Received) -> Reply:
+        time.sleep(1.0)
+        return Reply(204)
+
+    with receiver(slow) as hook:
+        hs = WebhookSink(hook.url, timeout_s=0.2, retries=2, backoff_s=0.01)
+        with closing(hs), pytest.raises(SinkError, match=r"failed after 3 attempts.*ReadTimeout"):
+            hs.write([alert_event(0)])
+    assert len(hook.requests) == 3
+
+    answers = iter([Reply(503), Reply(429, {"Retry-After": "0"}), Reply(500), Reply(200)])
+    with receiver(lambda _: next(answers)) as hook:
+        hs = WebhookSink(hook.url, retries=3, backoff_s=0.01)
+        with closing(hs):
+            hs.write([alert_event(0)])
+    assert len(hook.requests) == 4
