@@ -3,6 +3,7 @@ alerts, real HTTP receivers on loopback and the real `alerts sink` process."""
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import closing
 from pathlib import Path
@@ -179,3 +180,42 @@ def test_timeouts_and_5xx_are_retried_then_fail_the_batch():
         with closing(hs):
             hs.write([alert_event(0)])
     assert len(hook.requests) == 4
+
+
+def test_a_refused_alert_goes_to_the_dead_letter_file_and_the_group_goes_on(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    """A 4xx used to exit the sink uncommitted, and every restart replayed the same alert:
+    one alert the receiver will never take blocked the group for good."""
+    topic = worker_alerts(kafka_bootstrap, tmp_path, make_topic())
+
+    def respond(got: Received) -> Reply:
+        if msgspec.json.decode(got.body)["record_id"] == "r-000002":
+            return Reply(422, body=b'{"error": "text too long"}')
+        return Reply(204)
+
+    dead = tmp_path / "refused.jsonl"
+    with receiver(respond) as hook:
+        first = sink(
+            kafka_bootstrap, topic, "pager", hook.url + HOOK_PATH, "--dead-letter", str(dead)
+        )
+        again = sink(
+            kafka_bootstrap, topic, "pager", hook.url + HOOK_PATH, "--dead-letter", str(dead)
+        )
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout.splitlines()[-1]) | {"batches": 0} == {
+        "written": 4, "dead_lettered": 1, "duplicates": 0, "filtered": 0, "suppressed": 0,
+        "invalid": 0, "batches": 0,
+    }  # fmt: skip
+    assert len(hook.requests) == 5  # each alert once: nothing retried, nothing replayed
+    assert all(c == end for c, end in committed_and_end(kafka_bootstrap, "pager", topic).values())
+    assert again.returncode == 0 and json.loads(again.stdout.splitlines()[-1])["written"] == 0
+    (letter,) = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert (letter["reason"], letter["status"]) == ("refused", 422)
+    assert "text too long" in letter["detail"]
+    assert letter["event"]["record_id"] == "r-000002"
+    assert letter["endpoint"] == f"{hook.url}/***"
+    assert "refused_at" in letter
+
+    missing = sink(kafka_bootstrap, topic, "pager", hook.url)
+    assert missing.returncode == 2 and "--dead-letter" in missing.stderr
