@@ -75,33 +75,55 @@ def sink(bootstrap: str, topic: str, group: str, url: str, *extra: str):
 def test_a_redirect_to_another_origin_is_not_followed_and_not_counted_delivered(
     kafka_bootstrap, make_topic, tmp_path
 ):
-    """urllib turns a POST answered 302 into a GET that carries Authorization to wherever
-    Location points, and counts the final 200 as delivered."""
+    """urllib turned a POST answered 302 into a GET that carried Authorization to wherever
+    Location pointed, and counted the final 200 as delivered. Now each alert is refused as
+    a redirect (dead-lettered with the reason) and nothing reaches the other origin."""
     topic = worker_alerts(kafka_bootstrap, tmp_path, make_topic())
+    dead = tmp_path / "refused.jsonl"
     with receiver(lambda _: Reply(200)) as other:
         moved = Reply(302, {"Location": f"{other.url}/landing"})
         with receiver(lambda _: moved) as hook:
-            done = sink(kafka_bootstrap, topic, "pager", f"{hook.url}/alerts")
+            done = sink(
+                kafka_bootstrap, topic, "pager", f"{hook.url}/alerts", "--dead-letter", str(dead)
+            )
     leaked = [(r.method, r.headers.get("Authorization")) for r in other.requests]
     assert leaked == [], f"the redirect was followed to another origin: {leaked}"
-    assert done.returncode == 5, done.stderr
-    assert "302" in done.stderr
-    assert committed_and_end(kafka_bootstrap, "pager", topic)[0][0] in (None, 0)
+    assert done.returncode == 0, done.stderr
+    assert [(r.method, r.path) for r in hook.requests] == [("POST", "/alerts")] * 5
+    letters = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert [(d["reason"], d["status"]) for d in letters] == [("redirect", 302)] * 5
+    assert letters[0]["detail"] == f"HTTP 302 to {other.url}/*** (not followed)"
+    stats = json.loads(done.stdout.splitlines()[-1])
+    assert (stats["written"], stats["dead_lettered"]) == (0, 5)
+    assert all(c == end for c, end in committed_and_end(kafka_bootstrap, "pager", topic).values())
 
 
-def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, make_topic):
+def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, make_topic, tmp_path):
     """The URL of a Slack-style hook and the --header values are credentials: not in the
-    error of a refused alert, not in the logs of a delivery, not when a header is malformed."""
+    messages and dead letters of a refused alert, not in the error when retries run out, not
+    in the logs of a delivery, not when a header is malformed."""
     topic = make_topic()
     send_alerts(kafka_bootstrap, topic, 2)
+    dead = tmp_path / "refused.jsonl"
     outputs = []
     with receiver(lambda _: Reply(400, body=b"invalid_payload")) as hook:
-        refused = sink(kafka_bootstrap, topic, "refused", hook.url + HOOK_PATH)
-        outputs.append(refused.stdout + refused.stderr)
-    assert refused.returncode == 5, refused.stderr
-    assert "400" in refused.stderr and hook.url in refused.stderr  # the origin is shown
+        refused = sink(
+            kafka_bootstrap, topic, "refused", hook.url + HOOK_PATH, "--dead-letter", str(dead)
+        )
+        outputs += [refused.stdout + refused.stderr, dead.read_text()]
+    assert refused.returncode == 0, refused.stderr
+    assert "invalid_payload" in dead.read_text() and f"{hook.url}/***" in refused.stderr
+    with receiver(lambda _: Reply(503)) as hook:
+        failed = sink(
+            kafka_bootstrap, topic, "failed", hook.url + HOOK_PATH, "--dead-letter", str(dead),
+            "--webhook-retries", "1",
+        )  # fmt: skip
+        outputs.append(failed.stdout + failed.stderr)
+    assert failed.returncode == 5 and f"{hook.url}/***" in failed.stderr, failed.stderr
     with receiver() as hook:
-        delivered = sink(kafka_bootstrap, topic, "delivered", hook.url + HOOK_PATH)
+        delivered = sink(
+            kafka_bootstrap, topic, "delivered", hook.url + HOOK_PATH, "--dead-letter", str(dead)
+        )
         outputs.append(delivered.stdout + delivered.stderr)
     assert delivered.returncode == 0, delivered.stderr
     assert len(hook.requests) == 2
@@ -109,7 +131,7 @@ def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, ma
     malformed = run_module(
         "pipeline", "alerts", "sink", "--bootstrap", kafka_bootstrap, "--topic", topic,
         "--webhook", "http://127.0.0.1:9" + HOOK_PATH, "--header", "Authorization " + TOKEN,
-        cwd=ROOT,
+        "--dead-letter", str(dead), cwd=ROOT,
     )  # fmt: skip
     assert malformed.returncode == 2
     outputs.append(malformed.stdout + malformed.stderr)
