@@ -13,6 +13,7 @@ import logging
 import torch
 
 from pipeline.contract.exceptions import ArtifactError
+from pipeline.contract.store import check_access
 from pipeline.worker.entity_serving import EntityOptions
 from pipeline.worker.metrics import PipelineMetrics
 from pipeline.worker.reload import ModelSlot, Role
@@ -33,6 +34,7 @@ class ServedModels:
         self.settings = settings
         self.metrics = metrics
         self.device = device
+        check_access(settings.model_store, "PIPELINE_MODEL_STORE")  # ConfigError: exit 2
         self.live = self._slot("live", settings.model_name, settings.model_version)
         self.live.start()
         self.shadow = self._start_shadow() if settings.shadow_enabled else None
