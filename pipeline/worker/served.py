@@ -81,7 +81,11 @@ class ServedModels:
             self.metrics.shadow_reloads.labels(result="refused").inc()
             log.error(
                 "shadow model unavailable; scoring without it until one loads",
-                extra={"name": s.shadow_name, "version": s.shadow_model_version, "error": str(exc)},
+                extra={
+                    "model": s.shadow_name,
+                    "version": s.shadow_model_version,
+                    "error": str(exc),
+                },
             )
         return slot
 
