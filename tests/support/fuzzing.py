@@ -146,8 +146,8 @@ EDGE_SIZES = [0, 1, 2047, 2049, 4095, 4096, 4097, 32_769, 100_000, MIB - 200, MI
 def edge_bytes(draw: Any) -> bytes:
     """Bytes of a size at or near a limit: UTF-8 text (multi-byte characters, so a cut can
     fall inside one), or bytes that are not UTF-8 (a key is then hex-encoded, twice as long)."""
-    size = draw(st.sampled_from(EDGE_SIZES) | st.integers(min_value=0, max_value=64))
-    kind = draw(st.sampled_from(["ascii", "utf8", "binary"]))
+    size: int = draw(st.sampled_from(EDGE_SIZES) | st.integers(min_value=0, max_value=64))
+    kind: str = draw(st.sampled_from(["ascii", "utf8", "binary"]))
     if kind == "ascii":
         return b"k" * size
     if kind == "utf8":

@@ -40,6 +40,7 @@ from tests.support.fuzzing import (
     EDGE_KEYS,
     EDGE_SIZES,
     MAX_BYTES,
+    MIB,
     hostile_values,
 )
 from tests.support.kafka import read_all
@@ -183,7 +184,7 @@ def test_keys_headers_and_ids_up_to_and_over_1_mib_never_block_a_partition(
     1 MiB message limit (the input topic takes 4 MiB): a real worker process scores or
     dead-letters each record and never stops; what it had to cut says so."""
     seed = int(os.environ.get("FUZZ_SEED", "20261201"))
-    corpus = generate(_EDGE_RECORD, scaled(30), seed)
+    corpus = _explicit_edges() + generate(_EDGE_RECORD, scaled(30), seed)
     publish(tmp_path)
     source = make_topic(2, config={"max.message.bytes": str(4 << 20)})
     producer = KafkaProducer(
@@ -218,13 +219,33 @@ def test_keys_headers_and_ids_up_to_and_over_1_mib_never_block_a_partition(
         len(corpus), len(corpus), 0, 0,
     ), report.as_dict()  # fmt: skip
     assert report.scored + report.dead_lettered == len(corpus)
+    over = {
+        "keys_from_1_mib": sum(k is not None and len(k) >= MIB - 200 for k, _, _ in corpus),
+        "headers_from_1_mib": sum(any(len(v) >= MIB - 200 for _, v in h) for _, _, h in corpus),
+        "ids_from_1_mib": sum(len(v) >= MIB - 200 for _, v, _ in corpus),
+    }
     record_result(
-        "keys, headers and ids up to and over 1 MiB", sent=len(corpus),
+        "keys, headers and ids up to and over 1 MiB", sent=len(corpus), **over,
         faults=f"edge sizes {EDGE_SIZES} (seed {seed})", lost=report.lost,
         duplicates=report.duplicates, scored=report.scored,
         dead_lettered=report.dead_lettered, reasons=dict(report.dlq_reasons),
     )  # fmt: skip
     _check_marked_cuts(kafka_bootstrap, source, group, corpus)
+
+
+def _explicit_edges() -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
+    """Keys, header values and ids at and just over 1 MiB, text and binary, on valid and
+    malformed records (hypothesis alone rarely draws the largest sizes)."""
+    valid = json.dumps({"x0": 0.5, "x1": 1.0, "x2": 2.0, "x3": 30.0, "id": "e"}).encode()
+    out: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
+    for size in (MIB - 200, MIB, MIB + 1):
+        for fill in (b"k", b"\xff"):
+            for value in (valid, b"{not json"):
+                out.append((fill * size, value, []))
+                out.append((b"k", value, [("h", fill * size)]))
+        body = {"x0": 0.5, "x1": 1.0, "x2": 2.0, "x3": 30.0, "id": "i" * (size - 100)}
+        out.append((b"k", json.dumps(body).encode(), []))
+    return out
 
 
 def _check_marked_cuts(bootstrap: str, source: str, prefix: str, corpus: list[Any]) -> None:
@@ -261,3 +282,45 @@ def _check_marked_cuts(bootstrap: str, source: str, prefix: str, corpus: list[An
         )
         assert headers.get("dlq.headers.truncated") == (str(size).encode() if cut else None)
         assert len(dead.value) <= MAX_VALUE_BYTES
+
+
+def test_a_record_whose_alert_is_too_large_to_send_is_dead_lettered_as_output_too_large(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    """include_record copies records up to 900 kB, but JSON written back can be longer than
+    it was read (``1e5`` becomes ``100000.0``): a 890 kB record makes a ~1.7 MB alert. The
+    producer refuses it; the record is dead-lettered (value, coordinates, reason), its
+    neighbours are scored, and the batch does not fail."""
+    publish(tmp_path)
+    source, scores = make_topic(1), make_topic(1)
+    padding = ",".join(["1e5"] * 222_000)
+    wide = f'{{"id": "wide", "x0": 1e4, "x1": 1, "x2": 2, "x3": 3, "pad": [{padding}]}}'.encode()
+    assert 880_000 < len(wide) < 900_000
+    normal = [
+        json.dumps({"id": f"n{i}", "x0": 0.0, "x1": 1.0, "x2": 2.0, "x3": 3.0}).encode()
+        for i in range(2)
+    ]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    try:
+        for value in (normal[0], wide, normal[1]):
+            producer.send(source, key=b"k", value=value).get(60)
+    finally:
+        producer.close()
+    s = worker_settings(
+        kafka_bootstrap, tmp_path, source, scores_topic=scores, include_record=True,
+        max_batch_retries=0, batch={"max_size": 8},
+    )  # fmt: skip
+    metrics = PipelineMetrics()
+    summary = Worker(s, metrics).run(idle_timeout_s=2)
+    assert summary.consumed == 3
+    dead = read_all(kafka_bootstrap, s.dlq_topic)
+    assert len(dead) == 1
+    letter = parse_dead_letter(dead[0].headers)
+    assert (letter.reason, letter.offset, dead[0].value) == ("output_too_large", 1, wide)
+    assert s.alert_topic in letter.detail and "too large" in letter.detail
+    assert sorted(json.loads(r.value)["record_id"] for r in read_all(kafka_bootstrap, scores)) == [
+        "n0", "n1",
+    ]  # fmt: skip
+    sample = metrics.registry.get_sample_value
+    assert sample("pipeline_records_invalid_total", {"reason": "output_too_large"}) == 1
+    assert sample("pipeline_batch_failures_total", {"stage": "deliver"}) is None
