@@ -46,6 +46,11 @@ class ArtifactInvalid(ArtifactError):
     """The artifact exists but is refused: checksum, format, shapes or smoke batch."""
 
 
+class StoreUnavailable(ArtifactError):
+    """The model store cannot be read or written now (unreachable, credentials refused); says
+    which store and what was being done. Not a verdict on a version: a reload tries again."""
+
+
 class DataError(PipelineError):
     """Input data (Parquet, records) cannot be read or is unusable; names the file or column."""
 

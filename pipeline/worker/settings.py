@@ -82,7 +82,10 @@ class WorkerSettings(BaseSettings):
         default=1, ge=1, description="Replication factor of created topics."
     )
     model_store: str = Field(
-        default="model-store", min_length=1, description="Directory of the model store."
+        default="model-store",
+        min_length=1,
+        description="Model store: a directory, or an fsspec URL (s3://bucket/prefix, gs://, "
+        "az://, file://) with credentials from that store's usual environment (AWS_* for s3).",
     )
     model_name: StoreName = Field(
         default="default", min_length=1, description="Model name inside the store."
