@@ -10,6 +10,7 @@
     ├── ScoringError           the model failed on a batch
     └── KafkaIOError           talking to Kafka failed
         ├── DeliveryError      a produced record was not acknowledged
+        │   └── OutputTooLarge the producer refused one record as over its size limit
         ├── CommitRejected     the group moved on (rebalance): offsets not committed
         ├── KafkaFatalError    retrying cannot help (auth, fenced producer, ...): stop
         └── AnnounceError      a model was published but its announcement was not sent
@@ -64,6 +65,14 @@ class KafkaIOError(PipelineError):
 
 class DeliveryError(KafkaIOError):
     """A produced record was not acknowledged by the broker."""
+
+
+class OutputTooLarge(DeliveryError):
+    """The producer refused one output record before sending it: over ``max_request_size``.
+
+    Nothing was queued, so the batch (and its transaction) is intact: the worker dead-letters
+    the record whose output it was (reason ``output_too_large``) instead of failing the batch,
+    which would meet the same record on every retry and restart."""
 
 
 class CommitRejected(KafkaIOError):

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.contract.artifact import Manifest
-from pipeline.contract.deadletter import dead_letter_headers, dead_letter_value
+from pipeline.contract.bounds import bounded_key
+from pipeline.contract.deadletter import OUTPUT_TOO_LARGE, dead_letter_headers, dead_letter_value
 from pipeline.contract.entity_scoring import RoutedScores
 from pipeline.contract.verdict import NON_FINITE_SCORE, OVER_THRESHOLD
-from pipeline.worker.codec import DecodedBatch, Rejection
+from pipeline.worker.codec import DecodedBatch
 from pipeline.worker.drift import DriftMonitor
 from pipeline.worker.events import EventTopics, Sink, emit_events
 from pipeline.worker.metrics import PipelineMetrics
@@ -88,18 +89,23 @@ class BatchProcessor:
         """
         decoded = model.decoder.decode_records(records)
         for rejection in decoded.rejected:
-            self._dead_letter(records[rejection.index], rejection, model, sink)
+            rec = records[rejection.index]
+            self._dead_letter(rec, rejection.reason.value, rejection.detail, model, sink)
         scored, inference_s = self._score(decoded, model, while_scoring)
         events = EventTopics(self.topics.alerts, self.topics.scores, self.include_record)
-        anomalies = emit_events(records, decoded, scored, model, sink, events)
+        emitted = emit_events(records, decoded, scored, model, sink, events)
+        for refused in emitted.too_large:
+            detail = f"{refused.topic}: {refused.detail}"
+            self._dead_letter(records[refused.index], OUTPUT_TOO_LARGE, detail, model, sink)
         return BatchResult(
             consumed=len(records),
             scored=len(scored),
-            anomalies=anomalies,
-            rejected=len(decoded.rejected),
+            anomalies=emitted.anomalies,
+            rejected=len(decoded.rejected) + len(emitted.too_large),
             inference_s=inference_s,
             scores=scored.monitored,
-            reasons=tuple(r.reason.value for r in decoded.rejected),
+            reasons=tuple(r.reason.value for r in decoded.rejected)
+            + (OUTPUT_TOO_LARGE,) * len(emitted.too_large),
             manifest=model.artifact.manifest,
             fallback=None if scored.slots is None else int((scored.slots == 0).sum()),
             non_finite=scored.non_finite,
@@ -126,11 +132,15 @@ class BatchProcessor:
             self._scoring_thread.shutdown(wait=True)
             self._scoring_thread = None
 
-    def _dead_letter(self, rec: Any, rejection: Rejection, model: ModelHandle, sink: Sink) -> None:
+    def _dead_letter(
+        self, rec: Any, reason: str, detail: str, model: ModelHandle, sink: Sink
+    ) -> None:
+        """Send ``rec`` to the dead-letter topic, every copied part within its bound."""
         value, truncated = dead_letter_value(rec.value)
+        key = bounded_key(rec.key)
         headers = dead_letter_headers(
-            reason=rejection.reason.value,
-            detail=rejection.detail,
+            reason=reason,
+            detail=detail,
             topic=rec.topic,
             partition=rec.partition,
             offset=rec.offset,
@@ -138,8 +148,9 @@ class BatchProcessor:
             model=f"{model.name}/{model.version}",
             original=rec.headers or [],
             truncated=truncated,
+            key_truncated=None if key is rec.key else len(rec.key),
         )
-        sink.send(self.topics.dead_letter, value, key=rec.key, headers=headers)
+        sink.send(self.topics.dead_letter, value, key=key, headers=headers)
 
     def observe(self, result: BatchResult) -> None:
         """Count a batch in the metrics; the worker calls this after the batch's commit."""

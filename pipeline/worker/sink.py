@@ -24,7 +24,12 @@ from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from pipeline.contract.exceptions import CommitRejected, DeliveryError, KafkaIOError
+from pipeline.contract.exceptions import (
+    CommitRejected,
+    DeliveryError,
+    KafkaIOError,
+    OutputTooLarge,
+)
 from pipeline.kafka.clients import close_quietly
 
 log = logging.getLogger(__name__)
@@ -110,6 +115,8 @@ class OutputSink:
     ) -> None:
         try:
             future = self.producer.send(topic, value=value, key=key, headers=headers or [])
+        except kerr.MessageSizeTooLargeError as exc:
+            raise OutputTooLarge(f"record to {topic} refused as too large: {exc}") from exc
         except KafkaError as exc:
             raise DeliveryError(f"send to {topic} failed: {exc!r}") from exc
         self._pending.append((topic, future))
