@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import shutil
 import tempfile
@@ -204,31 +205,45 @@ def fetch_version(location: str, name: str, version: str) -> Path:
 # --------------------------------------------------------------------- listing
 @dataclass(frozen=True)
 class VersionInfo:
-    """One version directory of a model: complete (manifest present) and whether LATEST."""
+    """One version of a model: complete (its manifest exists), LATEST or not, and when it was
+    published (the manifest's ``created_at``; None for an incomplete version)."""
 
     version: str
     complete: bool
     latest: bool
+    created_at: str | None = None
 
 
 def list_versions(location: str | Path, name: str) -> list[VersionInfo]:
-    """Every version of ``name``, oldest first (version ids sort by their UTC timestamp)."""
+    """Every version of ``name``: complete ones oldest first by publication time (version ids
+    of one second do not sort by time), then the incomplete ones."""
     fs, root = filesystem(str(location))
     base = f"{root}/{name}"
     with _store_errors(str(location), f"listing {name}"):
         entries = fs.ls(base, detail=True, refresh=True) if fs.exists(base) else []
-        dirs = sorted(
-            Path(str(e["name"])).name
-            for e in entries
-            if e["type"] == "directory" and not Path(str(e["name"])).name.startswith(".")
-        )
+        dirs = [Path(str(e["name"])).name for e in entries if e["type"] == "directory"]
+        created = {v: _created_at(fs, f"{base}/{v}/{MANIFEST_FILE}") for v in dirs}
     try:
         latest: str | None = read_latest(str(location), name)
     except ArtifactNotFound:
         latest = None
-    return [
-        VersionInfo(v, bool(fs.exists(f"{base}/{v}/{MANIFEST_FILE}")), v == latest) for v in dirs
+    infos = [
+        VersionInfo(v, created[v] is not None, v == latest, created[v])
+        for v in dirs
+        if not v.startswith(".")  # local staging directories
     ]
+    return sorted(infos, key=lambda i: (not i.complete, i.created_at or "", i.version))
+
+
+def _created_at(fs: AbstractFileSystem, manifest: str) -> str | None:
+    """The manifest's ``created_at``, or None when there is no (readable) manifest."""
+    try:
+        raw = json.loads(fs.cat_file(manifest))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return ""  # present but unreadable: complete as far as ordering goes; load refuses it
+    return str(raw.get("created_at", "")) if isinstance(raw, dict) else ""
 
 
 def prune(location: str | Path, name: str, keep: int, *, dry_run: bool = False) -> list[str]:
@@ -243,6 +258,11 @@ def prune(location: str | Path, name: str, keep: int, *, dry_run: bool = False) 
         with _store_errors(str(location), f"deleting {name}/{version}"):
             # the manifest first: a half-deleted version then reads as incomplete, not corrupt
             fs.rm_file(f"{root}/{name}/{version}/{MANIFEST_FILE}")
-            fs.rm(f"{root}/{name}/{version}", recursive=True)
+            # one DELETE per object: the bulk DeleteObjects call needs a checksum header that
+            # not every S3-compatible server accepts, and a version has only a few files
+            for path in fs.find(f"{root}/{name}/{version}"):
+                fs.rm_file(path)
+            if fs.exists(f"{root}/{name}/{version}"):
+                fs.rm(f"{root}/{name}/{version}", recursive=True)  # a local empty directory
         log.info("model version pruned", extra={"model": name, "version": version})
     return doomed
