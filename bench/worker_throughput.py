@@ -15,8 +15,6 @@ Variants, interleaved within each run so machine load hits them alike:
 - ``ceiling``: a bare kafka-python consume loop plus the worker's decoder, no model work;
 - ``worker``: ``pipeline.worker.loop.Worker`` as deployed (batches, model, alerts, commits);
 - ``worker+scores``: the same with the per-record scores topic on (json32);
-- ``worker, overlap on``: ``PIPELINE_OVERLAP_COMPUTE=true`` (the model scores in a helper
-  thread while the next batch is polled; off by default), for the 784 models;
 - ``naive``: the same consumer and producer, but the model called once per record (run on
   a slice: it is slow).
 
@@ -436,8 +434,6 @@ def run_variant(
         return run_worker(worker_settings(kafka, store, topic), n)
     if variant == "worker+scores":
         return run_worker(worker_settings(kafka, store, topic, scores_topic=f"{topic}-scores"), n)
-    if variant == "worker, overlap on":
-        return run_worker(worker_settings(kafka, store, topic, overlap_compute=True), n)
     if variant == "naive":
         return run_naive(kafka, store, topic, w, min(n, naive))
     raise ValueError(variant)
@@ -485,8 +481,6 @@ def run_bench(
                 variants = ["ceiling", "worker", "naive"]
                 if name == "json32":
                     variants.insert(2, "worker+scores")
-                else:  # models big enough for the compute overlap to engage
-                    variants.insert(2, "worker, overlap on")
                 for variant in variants if run % 2 == 0 else variants[::-1]:
                     rate = run_variant(variant, kafka, store, topic, w, n, sizes.naive)
                     results.add(name, variant, rate)
@@ -528,19 +522,18 @@ def markdown(results: Results, sizes: Sizes, runs: int) -> str:
     lines = [
         f"Throughput, records/s (median of {runs} runs; batch max 1024, max wait {MAX_WAIT_MS} ms)",
         "",
-        "| workload | records | ceiling | worker | worker / ceiling | worker, overlap on "
+        "| workload | records | ceiling | worker | worker / ceiling "
         "| worker+scores | naive | worker / naive | ceiling / naive |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, rates in results.rates.items():
         ceil, work, naive = (results.median(name, v) for v in ("ceiling", "worker", "naive"))
-        scores, no_overlap = (
-            f"{results.median(name, v):,.0f}" if v in rates else "-"
-            for v in ("worker+scores", "worker, overlap on")
+        scores = (
+            f"{results.median(name, 'worker+scores'):,.0f}" if "worker+scores" in rates else "-"
         )
         lines.append(
             f"| {name} | {sizes.of(name):,} | {ceil:,.0f} | {work:,.0f} | {work / ceil:.0%} "
-            f"| {no_overlap} | {scores} | {naive:,.0f} | {work / naive:.1f}x "
+            f"| {scores} | {naive:,.0f} | {work / naive:.1f}x "
             f"| {ceil / naive:.1f}x |"
         )
     if results.latency:
