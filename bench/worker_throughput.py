@@ -15,8 +15,6 @@ Variants, interleaved within each run so machine load hits them alike:
 - ``ceiling``: a bare kafka-python consume loop plus the worker's decoder, no model work;
 - ``worker``: ``pipeline.worker.loop.Worker`` as deployed (batches, model, alerts, commits);
 - ``worker+scores``: the same with the per-record scores topic on (json32);
-- ``worker, overlap on``: ``PIPELINE_OVERLAP_COMPUTE=true`` (the model scores in a helper
-  thread while the next batch is polled; off by default), for the 784 models;
 - ``naive``: the same consumer and producer, but the model called once per record (run on
   a slice: it is slow).
 
@@ -442,8 +440,6 @@ def run_variant(
         return run_worker(worker_settings(kafka, store, topic), n)
     if variant == "worker+scores":
         return run_worker(worker_settings(kafka, store, topic, scores_topic=f"{topic}-scores"), n)
-    if variant == "worker, overlap on":
-        return run_worker(worker_settings(kafka, store, topic, overlap_compute=True), n)
     if variant == "naive":
         return run_naive(kafka, store, topic, w, min(n, naive))
     raise ValueError(variant)
@@ -492,8 +488,6 @@ def run_bench(
                 variants = ["ceiling", "worker", "naive"]
                 if name == "json32":
                     variants.insert(2, "worker+scores")
-                else:  # models big enough for the compute overlap to engage
-                    variants.insert(2, "worker, overlap on")
                 for variant in variants if run % 2 == 0 else variants[::-1]:
                     rate = run_variant(variant, kafka, store, topic, w, n, sizes.naive)
                     results.add(name, variant, rate)
@@ -538,16 +532,16 @@ def markdown(results: Results, sizes: Sizes, runs: int) -> str:
         f"Throughput, records/s, median (min-max) of {runs} runs (batch max 1024, max wait "
         f"{MAX_WAIT_MS} ms); ratios are per run (variants of a run interleaved), median (min-max)",
         "",
-        "| workload | records | ceiling | worker | worker / ceiling | worker, overlap on "
+        "| workload | records | ceiling | worker | worker / ceiling "
         "| worker+scores | naive | worker / naive | ceiling / naive |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, rates in results.rates.items():
         cell = {v: Spread.of(r).fmt() for v, r in rates.items()}
         lines.append(
             f"| {name} | {sizes.of(name):,} | {cell['ceiling']} | {cell['worker']} "
             f"| {_ratio(rates, 'worker', 'ceiling').fmt('.0f', 100, '%')} "
-            f"| {cell.get('worker, overlap on', '-')} | {cell.get('worker+scores', '-')} "
+            f"| {cell.get('worker+scores', '-')} "
             f"| {cell['naive']} | {_ratio(rates, 'worker', 'naive').fmt('.1f', unit='x')} "
             f"| {_ratio(rates, 'ceiling', 'naive').fmt('.1f', unit='x')} |"
         )

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.json"  # the completion marker: written last, holds the checksums
 LATEST_FILE = "LATEST"
 CACHE_DIR_NAME = "anomaly-pipeline-models"
+CACHED_VERSIONS = 3  # local copies kept per model: the new one, the one in service, one more
 # Fail in seconds, not minutes, when the store is down: a worker polls it between batches.
 _S3_OPTIONS: dict[str, Any] = {
     "config_kwargs": {
@@ -111,9 +112,29 @@ def check_access(location: str | Path, setting: str) -> None:
         with _store_errors(str(location), "listing the store"):
             fs.ls(root, detail=False, refresh=True)
     except ArtifactNotFound:
-        return  # an empty prefix: the first publish creates it
+        _check_bucket(fs, root, str(location), setting)  # an empty prefix is fine, no bucket not
     except StoreUnavailable as exc:
         raise ConfigError(f"{setting}: {exc}") from exc
+
+
+def _check_bucket(fs: AbstractFileSystem, root: str, location: str, setting: str) -> None:
+    if _is_local(fs):
+        return  # the first publish creates the directories
+    bucket = root.split("/", 1)[0]
+    try:
+        with _store_errors(location, f"looking for bucket {bucket!r}"):
+            fs.ls(bucket, detail=False)  # exists() says True for a missing bucket on some servers
+    except ArtifactNotFound as exc:
+        raise ConfigError(
+            f"{setting}: model store {_redacted(location)}: no bucket {bucket!r}"
+        ) from exc
+    except StoreUnavailable as exc:
+        raise ConfigError(f"{setting}: {exc}") from exc
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "file" in protocols
 
 
 # ------------------------------------------------------------------ publishing
@@ -124,6 +145,8 @@ def upload_version(location: str, local_dir: Path, name: str, version: str) -> N
     files = sorted(p for p in local_dir.iterdir() if p.is_file())
     ordered = [p for p in files if p.name != MANIFEST_FILE] + [local_dir / MANIFEST_FILE]
     with _store_errors(location, f"uploading {name}/{version}"):
+        if _is_local(fs):  # object stores have no directories; a local filesystem does
+            fs.makedirs(prefix, exist_ok=True)
         for path in ordered:
             fs.put_file(str(path), f"{prefix}/{path.name}")
     log.info(
@@ -199,7 +222,19 @@ def fetch_version(location: str, name: str, version: str) -> Path:
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _trim_cache(target)
     return target
+
+
+def _trim_cache(fetched: Path, keep: int = CACHED_VERSIONS) -> None:
+    """Keep the ``keep`` most recently fetched versions of a model, ``fetched`` included: the
+    one in service (a per-entity bank reads its weights file lazily) is the one fetched before
+    it, and a worker running for months must not fill its disk with old versions."""
+    others = [p for p in fetched.parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [p for p in others if p != fetched][keep - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("cached model version removed", extra={"path": str(old)})
 
 
 # --------------------------------------------------------------------- listing
