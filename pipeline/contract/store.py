@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import shutil
 import tempfile
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.json"  # the completion marker: written last, holds the checksums
 LATEST_FILE = "LATEST"
 CACHE_DIR_NAME = "anomaly-pipeline-models"
+CACHED_VERSIONS = 3  # local copies kept per model: the new one, the one in service, one more
 # Fail in seconds, not minutes, when the store is down: a worker polls it between batches.
 _S3_OPTIONS: dict[str, Any] = {
     "config_kwargs": {
@@ -110,9 +112,29 @@ def check_access(location: str | Path, setting: str) -> None:
         with _store_errors(str(location), "listing the store"):
             fs.ls(root, detail=False, refresh=True)
     except ArtifactNotFound:
-        return  # an empty prefix: the first publish creates it
+        _check_bucket(fs, root, str(location), setting)  # an empty prefix is fine, no bucket not
     except StoreUnavailable as exc:
         raise ConfigError(f"{setting}: {exc}") from exc
+
+
+def _check_bucket(fs: AbstractFileSystem, root: str, location: str, setting: str) -> None:
+    if _is_local(fs):
+        return  # the first publish creates the directories
+    bucket = root.split("/", 1)[0]
+    try:
+        with _store_errors(location, f"looking for bucket {bucket!r}"):
+            fs.ls(bucket, detail=False)  # exists() says True for a missing bucket on some servers
+    except ArtifactNotFound as exc:
+        raise ConfigError(
+            f"{setting}: model store {_redacted(location)}: no bucket {bucket!r}"
+        ) from exc
+    except StoreUnavailable as exc:
+        raise ConfigError(f"{setting}: {exc}") from exc
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "file" in protocols
 
 
 # ------------------------------------------------------------------ publishing
@@ -123,6 +145,8 @@ def upload_version(location: str, local_dir: Path, name: str, version: str) -> N
     files = sorted(p for p in local_dir.iterdir() if p.is_file())
     ordered = [p for p in files if p.name != MANIFEST_FILE] + [local_dir / MANIFEST_FILE]
     with _store_errors(location, f"uploading {name}/{version}"):
+        if _is_local(fs):  # object stores have no directories; a local filesystem does
+            fs.makedirs(prefix, exist_ok=True)
         for path in ordered:
             fs.put_file(str(path), f"{prefix}/{path.name}")
     log.info(
@@ -198,37 +222,63 @@ def fetch_version(location: str, name: str, version: str) -> Path:
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _trim_cache(target)
     return target
+
+
+def _trim_cache(fetched: Path, keep: int = CACHED_VERSIONS) -> None:
+    """Keep the ``keep`` most recently fetched versions of a model, ``fetched`` included: the
+    one in service (a per-entity bank reads its weights file lazily) is the one fetched before
+    it, and a worker running for months must not fill its disk with old versions."""
+    others = [p for p in fetched.parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [p for p in others if p != fetched][keep - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("cached model version removed", extra={"path": str(old)})
 
 
 # --------------------------------------------------------------------- listing
 @dataclass(frozen=True)
 class VersionInfo:
-    """One version directory of a model: complete (manifest present) and whether LATEST."""
+    """One version of a model: complete (its manifest exists), LATEST or not, and when it was
+    published (the manifest's ``created_at``; None for an incomplete version)."""
 
     version: str
     complete: bool
     latest: bool
+    created_at: str | None = None
 
 
 def list_versions(location: str | Path, name: str) -> list[VersionInfo]:
-    """Every version of ``name``, oldest first (version ids sort by their UTC timestamp)."""
+    """Every version of ``name``: complete ones oldest first by publication time (version ids
+    of one second do not sort by time), then the incomplete ones."""
     fs, root = filesystem(str(location))
     base = f"{root}/{name}"
     with _store_errors(str(location), f"listing {name}"):
         entries = fs.ls(base, detail=True, refresh=True) if fs.exists(base) else []
-        dirs = sorted(
-            Path(str(e["name"])).name
-            for e in entries
-            if e["type"] == "directory" and not Path(str(e["name"])).name.startswith(".")
-        )
+        dirs = [Path(str(e["name"])).name for e in entries if e["type"] == "directory"]
+        created = {v: _created_at(fs, f"{base}/{v}/{MANIFEST_FILE}") for v in dirs}
     try:
         latest: str | None = read_latest(str(location), name)
     except ArtifactNotFound:
         latest = None
-    return [
-        VersionInfo(v, bool(fs.exists(f"{base}/{v}/{MANIFEST_FILE}")), v == latest) for v in dirs
+    infos = [
+        VersionInfo(v, created[v] is not None, v == latest, created[v])
+        for v in dirs
+        if not v.startswith(".")  # local staging directories
     ]
+    return sorted(infos, key=lambda i: (not i.complete, i.created_at or "", i.version))
+
+
+def _created_at(fs: AbstractFileSystem, manifest: str) -> str | None:
+    """The manifest's ``created_at``, or None when there is no (readable) manifest."""
+    try:
+        raw = json.loads(fs.cat_file(manifest))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return ""  # present but unreadable: complete as far as ordering goes; load refuses it
+    return str(raw.get("created_at", "")) if isinstance(raw, dict) else ""
 
 
 def prune(location: str | Path, name: str, keep: int, *, dry_run: bool = False) -> list[str]:
@@ -243,6 +293,11 @@ def prune(location: str | Path, name: str, keep: int, *, dry_run: bool = False) 
         with _store_errors(str(location), f"deleting {name}/{version}"):
             # the manifest first: a half-deleted version then reads as incomplete, not corrupt
             fs.rm_file(f"{root}/{name}/{version}/{MANIFEST_FILE}")
-            fs.rm(f"{root}/{name}/{version}", recursive=True)
+            # one DELETE per object: the bulk DeleteObjects call needs a checksum header that
+            # not every S3-compatible server accepts, and a version has only a few files
+            for path in fs.find(f"{root}/{name}/{version}"):
+                fs.rm_file(path)
+            if fs.exists(f"{root}/{name}/{version}"):
+                fs.rm(f"{root}/{name}/{version}", recursive=True)  # a local empty directory
         log.info("model version pruned", extra={"model": name, "version": version})
     return doomed

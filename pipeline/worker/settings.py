@@ -8,6 +8,7 @@ the env-var diagnostics (typos, Kubernetes service links) live in ``pipeline.com
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -142,12 +143,6 @@ class WorkerSettings(BaseSettings):
         description="CPU threads per model call; 0 = torch's default. 1 leaves the other "
         "cores to Kafka I/O and decoding; more threads spun against them (BENCHMARKS.md).",
     )
-    overlap_compute: bool = Field(
-        default=False,
-        description="Experimental: poll the next batch while the model scores this one (when "
-        "it takes over 2 ms a batch). Did not pay on 2 busy CPU cores; a rebalance during the "
-        "overlap can stall kafka-python's group join (README: Throughput).",
-    )
     top_k: int = Field(
         default=3, ge=0, le=100, description="Features with the largest error in each alert."
     )
@@ -254,8 +249,22 @@ class WorkerSettings(BaseSettings):
         return self.shadow_model_name or self.model_name
 
 
+# Settings that existed once and were taken out: a deployment still setting one must hear
+# that it no longer does anything, at start, rather than have the value silently ignored.
+REMOVED = {
+    "overlap_compute": "removed: polling the next batch while the model scored this one read "
+    "the group generation at commit time after a rebalance, which broke exactly-once fencing "
+    "(and never paid on the measured machines); unset it",
+}
+
+
 def load_worker_settings(**overrides: Any) -> WorkerSettings:
-    """Build settings once at start; a bad value raises ConfigError naming the env var."""
+    """Build settings once at start; a bad value raises ConfigError naming the env var, and
+    so does a removed setting still set (``REMOVED``)."""
+    for field, why in REMOVED.items():
+        env = f"PIPELINE_{field.upper()}"
+        if env in os.environ or field in overrides:
+            raise ConfigError(f"invalid settings: {env} ({field}) was {why}")
     try:
         return WorkerSettings(**overrides)
     except ValidationError as exc:

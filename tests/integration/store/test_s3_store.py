@@ -129,3 +129,9 @@ def test_unreachable_store_is_unavailable_not_missing(
     use_server(monkeypatch, local_s3, AWS_ENDPOINT_URL="http://127.0.0.1:1")
     with pytest.raises(StoreUnavailable, match="reading m/LATEST"):
         store.read_latest("s3://models/anything", "m")
+
+
+def test_unknown_bucket_fails_at_start_but_an_empty_prefix_does_not(s3_store: str) -> None:
+    store.check_access(s3_store, "PIPELINE_MODEL_STORE")  # nothing published there yet
+    with pytest.raises(ConfigError, match=r"PIPELINE_MODEL_STORE: .*no bucket 'no-such-bucket'"):
+        store.check_access("s3://no-such-bucket/models", "PIPELINE_MODEL_STORE")
