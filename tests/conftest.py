@@ -19,6 +19,7 @@ import pytest
 from kafka.errors import KafkaError
 
 from pipeline.devstack.localkafka import LocalKafka, LocalKafkaError, open_admin
+from pipeline.kafka.socket_leak import close_failed_connects
 from tests.support.faults import Workers
 from tests.support.kafka import create_topic
 
@@ -27,6 +28,12 @@ START_TIMEOUT_S = 120.0
 KAFKA_FIXTURES = frozenset(
     {"kafka_bootstrap", "kafka_admin", "make_topic", "local_kafka", "private_kafka"}
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Clients the tests build directly get the same socket fix as the project's own, so a
+    leaked socket anywhere fails the run (ResourceWarning is an error in pyproject)."""
+    close_failed_connects()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
