@@ -180,3 +180,8 @@ def test_entity_options_without_an_entity_column_fail_naming_the_env_var():
     for bad in ({"entities": "a,b"}, {"base_version": "v1"}):
         with pytest.raises(ConfigError, match=r"TRAINER_(ENTITIES|BASE_VERSION).*--entity-column"):
             load_trainer_settings(**bad)
+
+
+def test_splitting_entity_models_by_their_own_entity_column_is_refused():
+    with pytest.raises(ConfigError, match=r"split_by .*'machine_id'.* is the entity column"):
+        load_trainer_settings(entity_column="machine_id", split_by="machine_id")
