@@ -7,7 +7,10 @@ usual ones (and scikit-learn's, which the tests compare against):
   scores handled as one operating point (a tie counts half, as in the Mann-Whitney U).
 - PR-AUC: average precision, sum over distinct thresholds of (R_n - R_{n-1}) * P_n. No
   interpolation, so it is not optimistic; its chance level is the share of anomalies.
-- At a threshold: a row is flagged when ``score > threshold``, exactly as the worker does.
+- At a threshold: a row is flagged when ``score > threshold`` or its score is not finite,
+  exactly as the worker decides (``pipeline.contract.verdict``).
+- A score that is not finite (the model overflowed) ranks above every finite one: the worker
+  alerts on it, so for the curves it is the most anomalous row (such rows tie).
 
 Kept here (not scikit-learn) so the trainer has no heavy runtime dependency for three
 formulas; scikit-learn stays a dev/bench dependency that checks them.
@@ -21,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.contract.exceptions import DataError
+from pipeline.contract.verdict import is_anomalous
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -37,7 +41,7 @@ class Curve:
 
 @dataclass(frozen=True)
 class ThresholdMetrics:
-    """Confusion counts and rates of ``score > threshold``."""
+    """Confusion counts and rates of the rows flagged at a threshold."""
 
     threshold: float
     tp: int
@@ -58,9 +62,18 @@ def _check(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[FloatArray, Bo
     y = np.asarray(labels).ravel()
     if s.shape != y.shape:
         raise ValueError(f"scores ({s.shape[0]}) and labels ({y.shape[0]}) differ in length")
-    if not np.isfinite(s).all():
-        raise DataError(f"{int((~np.isfinite(s)).sum())} scores are NaN or infinite")
     return s, y.astype(bool)
+
+
+def _ranking_values(s: FloatArray) -> FloatArray:
+    """Scores to sort by: non-finite ones replaced by one value above every finite score
+    (so they tie with each other and outrank the rest, as alerts do)."""
+    finite = np.isfinite(s)
+    if finite.all():
+        return s
+    top = float(s[finite].max()) if finite.any() else 0.0
+    above = np.nextafter(top, np.inf) if top < np.finfo(np.float64).max else top
+    return np.where(finite, s, above)
 
 
 def _cumulative_counts(
@@ -68,6 +81,7 @@ def _cumulative_counts(
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """(true positives, false positives, threshold) at each distinct score, highest first."""
     s, y = _check(scores, labels)
+    s = _ranking_values(s)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise DataError(
@@ -113,9 +127,10 @@ def average_precision(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
 def at_threshold(
     scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float
 ) -> ThresholdMetrics:
-    """Counts and rates of flagging ``score > threshold``; an empty ratio counts as 0."""
+    """Counts and rates of flagging rows as the worker does (``score > threshold``, or a score
+    that is not finite); an empty ratio counts as 0."""
     s, y = _check(scores, labels)
-    flagged = s > threshold
+    flagged = is_anomalous(s, threshold)
     tp = int((flagged & y).sum())
     fp = int((flagged & ~y).sum())
     fn = int((~flagged & y).sum())

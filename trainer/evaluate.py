@@ -30,6 +30,7 @@ from pipeline.contract.exceptions import DataError
 from pipeline.contract.features import category_key
 from pipeline.contract.scoring import Scorer, resolve_device
 from pipeline.contract.tabular import encode_record_batch
+from pipeline.contract.verdict import non_finite
 from trainer import detection_metrics
 from trainer.calibration import rate_interval
 from trainer.data import ParquetSource
@@ -92,6 +93,8 @@ class Evaluation:
             "rows": int(self.labels.size),
             "anomalies": n_anom,
             "normals": int(self.labels.size) - n_anom,
+            # flagged whatever the threshold (the model overflowed on them), ranked highest
+            "non_finite_scores": int(non_finite(self.scores).sum()),
             "model": {
                 "name": self.manifest.name,
                 "version": self.manifest.version,

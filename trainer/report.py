@@ -87,17 +87,21 @@ def _pyplot() -> Any:
 
 
 def _score_histograms(ax: Any, r: Evaluation) -> None:
+    """Finite scores only: a non-finite one has no place on the axis (it is flagged anyway,
+    and counted as ``non_finite_scores`` in the metrics)."""
     threshold = r.threshold
-    positive = r.scores[r.scores > 0]
-    log_axis = positive.size == r.scores.size and positive.size > 0
-    bins = _bins(r.scores, threshold, log_axis)
+    finite = np.isfinite(r.scores)
+    scores = r.scores[finite]
+    positive = scores[scores > 0]
+    log_axis = positive.size == scores.size and positive.size > 0
+    bins = _bins(scores if scores.size else np.zeros(1), threshold, log_axis)
     for mask, label, color in (
-        (~r.labels, "normal", NORMAL_COLOR),
-        (r.labels, "anomalous", ANOMALY_COLOR),
+        (~r.labels[finite], "normal", NORMAL_COLOR),
+        (r.labels[finite], "anomalous", ANOMALY_COLOR),
     ):
         n = int(mask.sum())
         ax.hist(
-            r.scores[mask],
+            scores[mask],
             bins=bins,
             weights=np.full(n, 1.0 / max(1, n)),  # share of the class: both classes visible
             alpha=0.55,

@@ -1,4 +1,5 @@
-"""``alerts sink``: a consumer group that copies alerts to a JSONL file, Parquet or a webhook.
+"""``alerts sink``: a consumer group that copies alerts to a JSONL file, Parquet or a webhook
+(``webhook.py``).
 
 The pattern every alert consumer should follow (``examples/alert_consumer.py`` is the short
 version of it):
@@ -22,8 +23,6 @@ import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -191,66 +190,6 @@ def _flat(e: Event) -> dict[str, Any]:
         "top_features": e.get("top_features") or [],
         "event": json.dumps(e, separators=(",", ":")),
     }
-
-
-class WebhookSink:
-    """POSTs each alert as JSON with ``Idempotency-Key: <event_id>``; retries with backoff.
-
-    A 2xx answer is success. Connection errors, 408, 429 and 5xx are retried ``retries``
-    times (backoff doubling from ``backoff_s``); anything else fails the batch at once.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        timeout_s: float = 10.0,
-        retries: int = 5,
-        backoff_s: float = 0.5,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise SinkError(f"webhook URL must be http(s): {url!r}")
-        self.url = url
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.headers = headers or {}
-
-    def existing_ids(self) -> Iterable[str]:
-        return ()
-
-    def write(self, events: list[Event]) -> None:
-        for event in events:
-            self._post(event)
-
-    def _post(self, event: Event) -> None:
-        body = msgspec.json.encode(event)
-        headers = {
-            "Content-Type": "application/json",
-            "Idempotency-Key": str(event["event_id"]),
-            **self.headers,
-        }
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")  # noqa: S310 (scheme checked in __init__)
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
-                    response.read()
-                return
-            except urllib.error.HTTPError as exc:
-                exc.close()  # the error carries the open response
-                if exc.code not in (408, 429) and exc.code < 500:
-                    raise SinkError(
-                        f"webhook {self.url} refused an alert: HTTP {exc.code}"
-                    ) from exc
-                error: Exception = exc
-            except (urllib.error.URLError, OSError) as exc:
-                error = exc
-            if attempt < self.retries:
-                time.sleep(self.backoff_s * 2**attempt)
-        raise SinkError(f"webhook {self.url} failed after {self.retries + 1} attempts: {error}")
-
-    def close(self) -> None:
-        """Stateless between requests."""
 
 
 # ------------------------------------------------------------------------ loop

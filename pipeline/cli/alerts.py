@@ -185,9 +185,30 @@ def tail(
 @click.option(
     "--parquet", type=click.Path(path_type=Path), help="Write alert files to this directory."
 )
-@click.option("--webhook", help="POST each alert as JSON to this http(s) URL.")
 @click.option(
-    "--header", "headers", multiple=True, help="Webhook header 'Name: value' (repeatable)."
+    "--webhook",
+    help="POST each alert as JSON to this http(s) URL (messages show its origin only).",
+)
+@click.option(
+    "--header",
+    "headers",
+    multiple=True,
+    help="Webhook header 'Name: value' (repeatable); values are masked in every message.",
+)
+@click.option(
+    "--webhook-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds for each of connect, send, wait and read of one webhook request.",
+)
+@click.option(
+    "--webhook-retries",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Retries of an alert after a connection error, timeout, 408, 429 or 5xx (backoff "
+    "doubling from 0.5 s); then the sink exits 5 with the batch uncommitted.",
 )
 def sink(
     source: AlertSource,
@@ -196,6 +217,8 @@ def sink(
     parquet: Path | None,
     webhook: str | None,
     headers: tuple[str, ...],
+    webhook_timeout: float,
+    webhook_retries: int,
 ) -> None:
     """Copy alerts to a JSONL file, Parquet files or a webhook (commit after each write,
     duplicates dropped by event_id). Exit codes: 2 bad options, 4 Kafka, 5 sink failure."""
@@ -206,21 +229,16 @@ def sink(
         JsonlSink,
         ParquetSink,
         SinkError,
-        WebhookSink,
         run_sink,
     )
+    from pipeline.alert_consumers.webhook import WebhookSink
     from pipeline.common.logs import configure_logging
 
     configure_logging("INFO", "json")
     chosen = [x for x in (jsonl, parquet, webhook) if x]
     if len(chosen) != 1:
         fail(2, "choose exactly one of --jsonl, --parquet, --webhook")
-    extra = {}
-    for header in headers:
-        name, sep, value = header.partition(":")
-        if not sep or not name.strip():
-            fail(2, f"--header {header!r}: expected 'Name: value'")
-        extra[name.strip()] = value.strip()
+    extra = _parse_headers(headers)
     stop = threading.Event()
     install_signal_handlers(stop.set)
     try:
@@ -230,7 +248,9 @@ def sink(
         elif parquet:
             target = ParquetSink(parquet)
         else:
-            target = WebhookSink(str(webhook), headers=extra)
+            target = WebhookSink(
+                str(webhook), timeout_s=webhook_timeout, retries=webhook_retries, headers=extra
+            )
         stats = run_sink(
             source.kafka,
             source.topic,
@@ -246,3 +266,15 @@ def sink(
     except KafkaIOError as exc:
         fail(4, str(exc))
     click.echo(json.dumps(stats.as_dict()))
+
+
+def _parse_headers(headers: tuple[str, ...]) -> dict[str, str]:
+    """``--header 'Name: value'`` options as a dict. A malformed one is named by its position
+    and name only: its text may be a token typed without the colon."""
+    parsed = {}
+    for number, header in enumerate(headers, 1):
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip() or " " in name.strip():
+            fail(2, f"--header #{number}: expected 'Name: value' (not shown: may be a secret)")
+        parsed[name.strip()] = value.strip()
+    return parsed

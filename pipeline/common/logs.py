@@ -79,10 +79,13 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Route the root logger to stderr; quiet kafka-python's chatty internals."""
+    """Route the root logger to stderr; quiet the chatty internals of kafka-python and httpx."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    # kafka-python is chatty; httpx logs every request's full URL at INFO (a webhook's URL
+    # can be its credential: masked anyway, see register_secret, but not worth a line each)
+    for name in ("kafka", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

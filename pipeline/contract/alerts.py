@@ -14,12 +14,15 @@ the same offset of a recreated topic (another incarnation) gets a new one.
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.contract.verdict import NON_FINITE_SCORE, AnomalyReason, anomaly_reason
 
 SCHEMA_VERSION = 1
 EVENT_NAMESPACE = uuid.UUID("6f1c2d1e-7a43-4d5e-9a51-2b0f3c9e8d10")
@@ -54,7 +57,9 @@ class SourceRef(BaseModel):
 class TopFeature(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="feature (or vector element 'name[i]') with a large error")
-    error: float = Field(ge=0, description="its reconstruction error")
+    error: float | None = Field(
+        ge=0, description="its reconstruction error; null when it is not finite (overflow)"
+    )
     share: float = Field(ge=0, le=1, description="its fraction of the record's total error")
 
 
@@ -71,9 +76,19 @@ class AlertEvent(BaseModel):
     type: Literal["anomaly", "score"]
     record_id: str | None = Field(description="value of the configured id field, if any")
     key: str | None = Field(description="Kafka key of the input record (UTF-8, else hex)")
-    score: float = Field(ge=0)
+    score: float | None = Field(
+        ge=0,
+        description="the record's score; null when the model's score is not a finite number "
+        "(NaN or infinity: JSON has neither), which makes the record an anomaly",
+    )
     threshold: float
     is_anomaly: bool
+    reason: AnomalyReason | None = Field(
+        default=None,
+        description="why is_anomaly is true: over_threshold (score > threshold), or "
+        "non_finite_score (the model could not compute a finite score, e.g. values near the "
+        "float32 limit overflowed); null for a normal record",
+    )
     model: ModelRef
     source: SourceRef
     top_features: list[TopFeature]
@@ -147,16 +162,18 @@ def build_event(
     ``entity``: for a per-entity version, ``(entity,)`` whose model scored the record, or
     ``(None,)`` when the fallback did; None for a single model."""
     topic, partition, offset, timestamp = source
-    is_anomaly = score > threshold
+    reason = anomaly_reason(score, threshold)  # the one rule (pipeline.contract.verdict)
+    is_anomaly = reason is not None
     event: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "event_id": event_id(topic, partition, offset, timestamp),
         "type": "anomaly" if is_anomaly else "score",
         "record_id": record_id,
         "key": decode_key(key),
-        "score": score,
+        "score": None if reason == NON_FINITE_SCORE else score,
         "threshold": threshold,
         "is_anomaly": is_anomaly,
+        "reason": reason,
         "model": (
             {"name": model[0], "version": model[1]}
             if entity is None
@@ -173,15 +190,38 @@ def build_event(
             "offset": offset,
             "timestamp": timestamp,
         },
-        "top_features": [
-            {"name": n, "error": e, "share": min(1.0, e / total_error) if total_error > 0 else 0.0}
-            for n, e in top_features
-        ],
+        "top_features": (
+            _overflowed_features(top_features)
+            if reason == NON_FINITE_SCORE
+            else _shared_features(top_features, total_error)
+        ),
         "detected_at": detected_at,
     }
     if record is not None:
         event["record"] = record
     return event
+
+
+def _shared_features(
+    top_features: list[tuple[str, float]], total_error: float
+) -> list[dict[str, Any]]:
+    """Top features with each one's share of the record's (finite) total error."""
+    return [
+        {"name": n, "error": e, "share": min(1.0, e / total_error) if total_error > 0 else 0.0}
+        for n, e in top_features
+    ]
+
+
+def _overflowed_features(top_features: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    """Top features of a record whose score is not finite: a feature whose error is not
+    finite either has it all (share 1, error null as JSON has no NaN), a finite one shares
+    nothing of an infinite total."""
+    return [
+        {"name": n, "error": e, "share": 0.0}
+        if math.isfinite(e)
+        else {"name": n, "error": None, "share": 1.0}
+        for n, e in top_features
+    ]
 
 
 def encode_event(event: dict[str, Any]) -> bytes:

@@ -30,6 +30,7 @@ from pipeline.contract.scoring import (
     top_features,
 )
 from pipeline.contract.stacked import stacked_forward
+from pipeline.contract.verdict import is_anomalous, non_finite
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,13 @@ class RoutedScores:
 
     @property
     def is_anomaly(self) -> npt.NDArray[np.bool_]:
-        """Rows over their threshold: the alerts."""
-        return np.greater(self.scores.scores, self.thresholds)
+        """Rows over their threshold or without a finite score: the alerts."""
+        return is_anomalous(self.scores.scores, self.thresholds)
+
+    @property
+    def non_finite(self) -> int:
+        """Rows whose score is NaN or infinite (alerts with reason ``non_finite_score``)."""
+        return int(non_finite(self.scores.scores).sum())
 
     @property
     def fallback(self) -> npt.NDArray[np.bool_]:
@@ -58,9 +64,12 @@ class RoutedScores:
     @property
     def monitored(self) -> npt.NDArray[np.float64]:
         """What score metrics and drift watch: the score, or for per-entity models the score
-        relative to its own model's threshold (scales differ between entities)."""
+        relative to its own model's threshold (scales differ between entities). Finite
+        scores only: one infinity would make a histogram's sum infinite for good; the others
+        are counted by reason (``pipeline_anomalies_by_reason_total``)."""
         raw = self.scores.scores.astype(np.float64)
-        return raw if self.slots is None else raw / self.thresholds
+        relative = raw if self.slots is None else raw / self.thresholds
+        return relative[np.isfinite(raw)]
 
 
 class EntityRouter:

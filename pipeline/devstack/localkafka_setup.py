@@ -1,43 +1,52 @@
 """Everything the local broker needs before a JVM starts: tools, jars and config files.
 
-Why a separate module: resolving Java/Maven, caching the official Kafka jars and rendering
-``server.properties`` are pure or one-off steps, testable without a broker; the process
-lifecycle lives in :mod:`pipeline.devstack.localkafka`, which re-exports the public names from here.
+Why a separate module: the Kafka jar closure and rendering ``server.properties`` are pure or
+one-off steps, testable without a broker; the process lifecycle lives in
+:mod:`pipeline.devstack.localkafka`, which re-exports the public names from here. Finding Java and
+resolving jars with Maven is shared with the other local JVM services in
+:mod:`pipeline.devstack.maven`; this module wraps its errors as :class:`LocalKafkaError`.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
-import json
 import logging
 import os
 import re
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from pipeline.devstack import maven
+from pipeline.devstack.maven import MARKER_NAME, Jars, file_lock, read_json, tail_lines, write_json
+
+# The shared helpers are re-exported: the broker lifecycle module imports them from here.
+__all__ = [
+    "MARKER_NAME",
+    "Jars",
+    "LocalKafkaError",
+    "Ports",
+    "ScramUser",
+    "file_lock",
+    "find_java",
+    "read_json",
+    "resolve_jars",
+    "tail_lines",
+    "write_json",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VERSION = "4.3.1"
 SLF4J_VERSION = "2.0.17"
 LOG4J_VERSION = "2.24.3"
-DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 ENV_CACHE = "PIPELINE_KAFKA_CACHE"
 ENV_STATE_DIR = "PIPELINE_KAFKA_STATE_DIR"
 ENV_VERSION = "PIPELINE_KAFKA_VERSION"
 HOST = "127.0.0.1"
 NODE_ID = 1
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
-MIN_JAVA = 17
-JAVA_HINT = "install openjdk-17-jre-headless (Debian/Ubuntu) or a JDK 17+ from adoptium.net"
-MAVEN_HINT = "install maven (Debian/Ubuntu: apt-get install maven) or get it from maven.apache.org"
-MARKER_NAME = "download-complete.json"
 _VERSION_RE = re.compile(r"\d+\.\d+\.\d+(?:-[A-Za-z0-9.]+)?")
 _SCRAM_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 _SCRAM_PASSWORD_FORBIDDEN = frozenset(',[]"=\\') | frozenset(" \t\r\n")
@@ -74,15 +83,6 @@ class Ports:
     internal: int | None = None
 
 
-@dataclass(frozen=True)
-class Jars:
-    """A resolved jar directory and whether this call had to run Maven for it."""
-
-    libs_dir: Path
-    downloaded: bool
-    seconds: float
-
-
 # --------------------------------------------------------------------------- defaults
 
 
@@ -113,150 +113,49 @@ def validate_version(version: str) -> str:
     return version
 
 
-# --------------------------------------------------------------------------- tools
+# --------------------------------------------------------------------------- tools and jars
+
+
+@contextlib.contextmanager
+def _kafka_errors() -> Iterator[None]:
+    """Callers of this module catch LocalKafkaError; the shared Maven module raises its own."""
+    try:
+        yield
+    except maven.MavenError as exc:
+        raise LocalKafkaError(str(exc)) from exc
 
 
 def find_java() -> str:
     """Return a Java 17+ executable; Kafka 4 brokers do not run on older JVMs."""
-    java = _java_candidate()
-    if java is None:
-        raise LocalKafkaError(f"Java {MIN_JAVA}+ not found on PATH or in $JAVA_HOME: {JAVA_HINT}")
-    major = parse_java_major(_java_version_output(java))
-    if major < MIN_JAVA:
-        raise LocalKafkaError(f"Java {MIN_JAVA}+ required, {java} is Java {major}: {JAVA_HINT}")
-    return java
-
-
-def _java_candidate() -> str | None:
-    home = os.environ.get("JAVA_HOME")
-    if home:
-        java = Path(home) / "bin" / "java"
-        if java.is_file() and os.access(java, os.X_OK):
-            return str(java)
-    return shutil.which("java")
-
-
-def _java_version_output(java: str) -> str:
-    try:
-        proc = subprocess.run(
-            [java, "-version"], capture_output=True, text=True, timeout=60, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LocalKafkaError(f"cannot run `{java} -version`: {exc}") from exc
-    return proc.stderr + proc.stdout
+    with _kafka_errors():
+        return maven.find_java()
 
 
 def parse_java_major(version_output: str) -> int:
     """Major version from ``java -version`` output (``1.8.0_x`` counts as 8)."""
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', version_output)
-    if match is None:
-        raise LocalKafkaError(f"cannot parse `java -version` output: {version_output[:200]!r}")
-    major = int(match.group(1))
-    return int(match.group(2) or 0) if major == 1 else major
+    with _kafka_errors():
+        return maven.parse_java_major(version_output)
 
 
-def find_maven(version: str) -> str:
-    """Return ``mvn``; it is needed only for the first start of each Kafka version."""
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise LocalKafkaError(
-            f"Maven (mvn) not found on PATH; it is needed once to download the Kafka {version} "
-            f"jars: {MAVEN_HINT}"
-        )
-    return mvn
-
-
-# --------------------------------------------------------------------------- jars
+def _runtime_deps(version: str) -> list[maven.Artifact]:
+    return [
+        maven.Artifact("org.apache.kafka", "kafka_2.13", validate_version(version)),
+        maven.Artifact("org.slf4j", "slf4j-api", SLF4J_VERSION),
+        maven.Artifact("org.apache.logging.log4j", "log4j-slf4j2-impl", LOG4J_VERSION),
+        maven.Artifact("org.apache.logging.log4j", "log4j-core", LOG4J_VERSION),
+    ]
 
 
 def render_pom(version: str) -> str:
     """A throwaway POM whose runtime closure is exactly what ``kafka.Kafka`` needs."""
-    deps = [
-        ("org.apache.kafka", "kafka_2.13", validate_version(version)),
-        ("org.slf4j", "slf4j-api", SLF4J_VERSION),
-        ("org.apache.logging.log4j", "log4j-slf4j2-impl", LOG4J_VERSION),
-        ("org.apache.logging.log4j", "log4j-core", LOG4J_VERSION),
-    ]
-    body = "".join(
-        f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
-        f"<version>{v}</version></dependency>\n"
-        for g, a, v in deps
-    )
-    return (
-        '<project xmlns="http://maven.apache.org/POM/4.0.0">\n'
-        "  <modelVersion>4.0.0</modelVersion>\n"
-        "  <groupId>local.anomaly-pipeline</groupId><artifactId>kafka-runtime</artifactId>\n"
-        f"  <version>{version}</version><packaging>pom</packaging>\n"
-        f"  <dependencies>\n{body}  </dependencies>\n</project>\n"
-    )
+    return maven.render_pom("kafka", version, _runtime_deps(version))
 
 
 def resolve_jars(version: str, root: Path | None = None, timeout: float = 600.0) -> Jars:
-    """Jar dir for ``version``; runs Maven only when no completed download is cached.
-
-    A marker listing the jars is written after Maven succeeds, so an interrupted download is
-    detected and redone. A file lock keeps concurrent starts from downloading twice.
-    """
-    version_dir = (root or cache_root()) / validate_version(version)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    with file_lock(version_dir / ".lock"):
-        if _download_complete(version_dir):
-            log.debug("kafka.jars.cached version=%s dir=%s", version, version_dir)
-            return Jars(version_dir / "libs", downloaded=False, seconds=0.0)
-        started = time.monotonic()
-        _download(version, version_dir, timeout)
-        seconds = time.monotonic() - started
-    log.info("kafka.jars.downloaded version=%s dir=%s seconds=%.1f", version, version_dir, seconds)
-    return Jars(version_dir / "libs", downloaded=True, seconds=seconds)
-
-
-def _download_complete(version_dir: Path) -> bool:
-    try:
-        jars = json.loads((version_dir / MARKER_NAME).read_text())["jars"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    libs = version_dir / "libs"
-    return bool(jars) and all((libs / str(name)).is_file() for name in jars)
-
-
-def _download(version: str, version_dir: Path, timeout: float) -> None:
-    mvn = find_maven(version)
-    (version_dir / MARKER_NAME).unlink(missing_ok=True)
-    partial, libs = version_dir / "libs.partial", version_dir / "libs"
-    shutil.rmtree(partial, ignore_errors=True)
-    pom = version_dir / "pom.xml"
-    pom.write_text(render_pom(version))
-    log.info("kafka.jars.download version=%s dir=%s", version, version_dir)
-    _run_maven(mvn, pom, partial, version, timeout)
-    jars = sorted(p.name for p in partial.glob("*.jar"))
-    if f"kafka_2.13-{version}.jar" not in jars:
-        raise LocalKafkaError(f"Maven finished but {partial} lacks kafka_2.13-{version}.jar")
-    shutil.rmtree(libs, ignore_errors=True)
-    partial.rename(libs)
-    write_json(version_dir / MARKER_NAME, {"version": version, "jars": jars})
-
-
-def _run_maven(mvn: str, pom: Path, dest: Path, version: str, timeout: float) -> None:
-    cmd = [
-        mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(pom),
-        f"{DEPENDENCY_PLUGIN}:copy-dependencies", f"-DoutputDirectory={dest}",
-        "-DincludeScope=runtime",
-    ]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        output = _text(exc.stdout) + _text(exc.stderr)
-        raise LocalKafkaError(
-            f"Maven did not finish downloading Kafka {version} within {timeout:.0f}s; "
-            f"output tail:\n{tail_lines(output)}"
-        ) from exc
-    except OSError as exc:
-        raise LocalKafkaError(f"cannot run Maven ({mvn}): {exc}") from exc
-    if proc.returncode != 0:
-        raise LocalKafkaError(
-            f"Maven failed (exit {proc.returncode}) resolving org.apache.kafka:kafka_2.13:"
-            f"{version}; output tail:\n{tail_lines(proc.stdout + proc.stderr)}"
-        )
+    """Jar dir for ``version``; runs Maven only when no completed download is cached."""
+    deps = _runtime_deps(version)
+    with _kafka_errors():
+        return maven.resolve("kafka", deps, (root or cache_root()) / version, timeout)
 
 
 # --------------------------------------------------------------------------- config files
@@ -371,47 +270,9 @@ def new_cluster_id() -> str:
 # --------------------------------------------------------------------------- shared helpers
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock: two starts on one state dir or cache must not interleave."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def tail_lines(text: str, lines: int = 40) -> str:
-    """Last ``lines`` lines of ``text``: enough context for an error message."""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
 def redact(text: str, secrets: Sequence[str]) -> str:
     """Blank out passwords and SCRAM credential records before text reaches an error/log."""
     text = _SCRAM_RECORD_RE.sub("UserScramCredentialRecord(<redacted>)", text)
     for secret in secrets:
         text = text.replace(secret, "<redacted>")
     return text
-
-
-def _text(data: str | bytes | None) -> str:
-    if data is None:
-        return ""
-    return data.decode(errors="replace") if isinstance(data, bytes) else data
-
-
-def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write via rename so a reader never sees half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

@@ -8,7 +8,8 @@ record batches and each scored batch goes straight to a ``ParquetWriter``; the o
 to a temporary file and renamed into place when complete.
 
 Output columns: the spec's id column (or ``row``, the input position, when the model has
-none), ``score`` (float64), ``is_anomaly`` (score > threshold) and ``top_features``
+none), ``score`` (float64), ``is_anomaly`` (score > threshold, or a score that is not finite:
+``pipeline.contract.verdict``, as the worker decides) and ``top_features``
 (list of {name, error, share}, as in the alert event).
 """
 
@@ -34,6 +35,7 @@ from pipeline.contract.exceptions import DataError
 from pipeline.contract.features import FeatureSpec
 from pipeline.contract.scoring import BatchScores, Scorer, resolve_device
 from pipeline.contract.tabular import encode_record_batch
+from pipeline.contract.verdict import is_anomalous
 
 ROW_COLUMN = "row"
 TOP_FEATURE_TYPE = pa.struct(
@@ -193,6 +195,8 @@ def output_table(
     total = (score * spec.n_units)[:, None]  # (B, 1) as build_event computes it
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(total > 0, np.minimum(1.0, error / total), 0.0)
+    # as in the alert: a non-finite error has all of a non-finite total, a finite one none
+    share = np.where(np.isfinite(error), np.nan_to_num(share, nan=0.0), 1.0)
     names = np.asarray(spec.unit_names, dtype=object)[scores.top_index.reshape(-1)]
     top = pa.ListArray.from_arrays(
         pa.array(np.arange(0, n * k + 1, k, dtype=np.int32) if n else np.zeros(1, np.int32)),
@@ -209,7 +213,7 @@ def output_table(
         {
             id_name: ids,
             "score": pa.array(score),
-            "is_anomaly": pa.array(score > threshold),
+            "is_anomaly": pa.array(is_anomalous(score, threshold)),
             "top_features": top,
         }
     )

@@ -48,6 +48,13 @@ class PipelineMetrics:
         self.anomalies = Counter(
             "pipeline_anomalies", "Records over the threshold (alerts emitted)", registry=r
         )
+        self.anomalies_by_reason = Counter(
+            "pipeline_anomalies_by_reason",
+            "Anomalies by reason: over_threshold, or non_finite_score (the model's score was "
+            "NaN or infinite: alerted, never passed as normal)",
+            ["reason"],
+            registry=r,
+        )
         self.records_invalid = Counter(
             "pipeline_records_invalid",
             "Records sent to the dead-letter topic, by reason",

@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.contract.artifact import Manifest
 from pipeline.contract.deadletter import dead_letter_headers, dead_letter_value
 from pipeline.contract.entity_scoring import RoutedScores
+from pipeline.contract.verdict import NON_FINITE_SCORE, OVER_THRESHOLD
 from pipeline.worker.codec import DecodedBatch, Rejection
 from pipeline.worker.drift import DriftMonitor
 from pipeline.worker.events import EventTopics, Sink, emit_events
@@ -51,6 +52,7 @@ class BatchResult:
     reasons: tuple[str, ...] = ()  # dead-letter reason of each rejected record
     manifest: Manifest | None = None  # the model that scored it, for the drift monitor
     fallback: int | None = None  # per-entity versions: records the fallback scored
+    non_finite: int = 0  # anomalies because the score was NaN or infinite
 
 
 class BatchProcessor:
@@ -100,6 +102,7 @@ class BatchProcessor:
             reasons=tuple(r.reason.value for r in decoded.rejected),
             manifest=model.artifact.manifest,
             fallback=None if scored.slots is None else int((scored.slots == 0).sum()),
+            non_finite=scored.non_finite,
         )
 
     def _score(
@@ -144,6 +147,10 @@ class BatchProcessor:
         m.records_consumed.inc(result.consumed)
         m.records_scored.inc(result.scored)
         m.anomalies.inc(result.anomalies)
+        m.anomalies_by_reason.labels(reason=OVER_THRESHOLD).inc(
+            result.anomalies - result.non_finite
+        )
+        m.anomalies_by_reason.labels(reason=NON_FINITE_SCORE).inc(result.non_finite)
         m.batch_size.observe(result.consumed)
         m.inference_seconds.observe(result.inference_s)
         m.score.observe_many(result.scores)

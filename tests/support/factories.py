@@ -39,7 +39,9 @@ def mixed_spec(missing: str = "impute") -> FeatureSpec:
     )
 
 
-def tiny_model(spec: FeatureSpec, kind: str = "ae", seed: int = 0) -> AnomalyModel:
+def tiny_model(
+    spec: FeatureSpec, kind: str = "ae", seed: int = 0, norm: str = "none"
+) -> AnomalyModel:
     torch.manual_seed(seed)
     cfg = ModelConfig(
         kind=kind,  # type: ignore[arg-type]
@@ -47,6 +49,7 @@ def tiny_model(spec: FeatureSpec, kind: str = "ae", seed: int = 0) -> AnomalyMod
         output_dim=spec.input_dim,
         hidden_dims=[8],
         latent_dim=2,
+        norm=norm,  # type: ignore[arg-type]
     )
     return build_model(cfg).eval()
 
@@ -71,9 +74,10 @@ def publish_model(
     threshold: float = 1.0,
     kind: str = "ae",
     seed: int = 0,
+    norm: str = "none",
 ) -> Manifest:
     spec = spec or numeric_spec()
-    model = tiny_model(spec, kind=kind, seed=seed)
+    model = tiny_model(spec, kind=kind, seed=seed, norm=norm)
     return artifact.publish(store, model, manifest_fields(spec, model, name, threshold))
 
 

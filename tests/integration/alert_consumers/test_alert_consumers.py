@@ -18,8 +18,9 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import NewTopic
 
-from pipeline.alert_consumers.sinks import JsonlSink, ParquetSink, SinkError, WebhookSink, run_sink
+from pipeline.alert_consumers.sinks import JsonlSink, ParquetSink, SinkError, run_sink
 from pipeline.alert_consumers.tail import AlertFilter, Cooldown, tail
+from pipeline.alert_consumers.webhook import WebhookSink
 from pipeline.contract.alerts import build_event, encode_event
 from pipeline.kafka.settings import KafkaSettings
 from pipeline.worker.loop import Worker

@@ -69,6 +69,22 @@ def test_threshold_metrics_flag_strictly_above_like_the_worker():
     assert (at.tp, at.fn) == (1, 1)
 
 
+def test_scores_that_are_not_finite_rank_first_and_are_flagged_like_the_worker():
+    """The worker alerts on a NaN or infinite score, so evaluation ranks such rows above
+    every finite one (tied with each other) and flags them at any threshold."""
+    scores = [0.1, np.nan, 0.3, np.inf, 0.2]
+    labels = [0, 1, 0, 0, 1]
+    as_ranked = [0.1, 10.0, 0.3, 10.0, 0.2]
+    assert detection_metrics.roc_auc(scores, labels) == pytest.approx(
+        skm.roc_auc_score(labels, as_ranked)
+    )
+    assert detection_metrics.average_precision(scores, labels) == pytest.approx(
+        skm.average_precision_score(labels, as_ranked)
+    )
+    at = detection_metrics.at_threshold(scores, labels, 1e300)
+    assert (at.tp, at.fp, at.tn, at.fn) == (1, 1, 2, 1)
+
+
 def test_nothing_flagged_gives_zero_precision_not_a_crash():
     got = detection_metrics.at_threshold([0.1, 0.2], [True, False], 5.0)
     assert (got.precision, got.recall, got.f1) == (0.0, 0.0, 0.0)
@@ -77,7 +93,5 @@ def test_nothing_flagged_gives_zero_precision_not_a_crash():
 def test_one_class_or_bad_scores_are_refused_with_the_reason():
     with pytest.raises(DataError, match="both classes: 0 anomalous and 3 normal"):
         detection_metrics.roc_auc([0.1, 0.2, 0.3], [0, 0, 0])
-    with pytest.raises(DataError, match="1 scores are NaN"):
-        detection_metrics.average_precision([0.1, np.nan], [0, 1])
     with pytest.raises(ValueError, match="differ in length"):
         detection_metrics.roc_auc([0.1, 0.2], [0, 1, 1])

@@ -101,3 +101,31 @@ def test_next_offsets_are_one_past_the_last_record_of_each_partition():
         TopicPartition("in", 0): 8,
         TopicPartition("in", 1): 10,
     }
+
+
+def test_a_record_whose_score_is_not_finite_alerts_with_its_reason(tmp_path):
+    """Valid but extreme values (the codec takes any finite float32) overflow a layer-norm
+    model into a NaN score; NaN > threshold is False, so without the rule the record would be
+    committed as normal."""
+    publish_model(tmp_path, numeric_spec(4), name="m", threshold=0.5, norm="layer")
+    layer = open_model(
+        str(tmp_path), "m", None, torch.device("cpu"), id_field=None, top_k=2, max_record_bytes=1000
+    )
+    extreme = Rec(0, msgspec.json.encode({"x0": 3e38, "x1": 0.0, "x2": 0.0, "x3": 0.0}))
+    usual = Rec(1, msgspec.json.encode({"x0": 0.0, "x1": 1.0, "x2": 2.0, "x3": 3.0}))
+    sink = ListSink()
+    metrics = PipelineMetrics()
+    processor = BatchProcessor(Topics("alerts", "dlq", "scores"), metrics)
+    result = processor.process([extreme, usual], layer, sink)
+    alerts = [e for t, e in sink.sent if t == "alerts"]
+    assert [a["source"]["offset"] for a in alerts] == [0]
+    assert alerts[0]["is_anomaly"] and alerts[0]["type"] == "anomaly"
+    assert alerts[0]["reason"] == "non_finite_score"
+    assert alerts[0]["score"] is None  # JSON has no NaN: the reason says why
+    assert result.anomalies == 1
+    processor.observe(result)
+    value = metrics.registry.get_sample_value
+    assert value("pipeline_anomalies_total") == 1
+    assert value("pipeline_anomalies_by_reason_total", {"reason": "non_finite_score"}) == 1
+    assert value("pipeline_score_count") == 1  # the NaN is not in the score histogram
+    assert (value("pipeline_score_sum") or 0.0) < 1e6

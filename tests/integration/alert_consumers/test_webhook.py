@@ -1,0 +1,181 @@
+"""The webhook sink at its edges: redirects, refusals, secrets. Real broker, a real worker's
+alerts, real HTTP receivers on loopback and the real `alerts sink` process."""
+
+from __future__ import annotations
+
+import time
+from contextlib import closing
+from pathlib import Path
+
+import msgspec
+import pytest
+from kafka import KafkaProducer
+
+from pipeline.alert_consumers.sinks import SinkError
+from pipeline.alert_consumers.webhook import WebhookSink
+from pipeline.contract.alerts import build_event, encode_event
+from pipeline.worker.loop import Worker
+from tests.support.cli import run_module
+from tests.support.factories import numeric_spec, publish_model
+from tests.support.http_receiver import Received, Reply, receiver
+from tests.support.kafka import committed_and_end
+from tests.support.workers import NAME, numeric_records, produce_records
+from tests.support.workers import settings as worker_settings
+
+ROOT = Path(__file__).parents[3]
+TOKEN = "Bearer tok-7f3a9c"
+HOOK_PATH = "/services/T0001/B0002/hooksecret9d2e"  # a Slack-style URL: the path is the key
+
+
+def send_alerts(bootstrap: str, topic: str, n: int) -> list[dict]:
+    """``n`` alert events on ``topic``, as a worker writes them (built with the contract)."""
+    now = int(time.time() * 1000)
+    events = [
+        build_event(
+            source=("records", 0, i, now),
+            key=f"k{i}".encode(),
+            record_id=f"r-{i}",
+            score=2.0,
+            threshold=1.0,
+            model=("m", "v1"),
+            top_features=[("x0", 1.5)],
+            total_error=4.0,
+            detected_at="2026-01-01T00:00:00.000Z",
+        )
+        for i in range(n)
+    ]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for event in events:
+            producer.send(topic, encode_event(event), key=event["key"].encode())
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    return events
+
+
+def worker_alerts(bootstrap: str, store: Path, source: str, n: int = 5) -> str:
+    """Run a real worker over ``n`` records that all alert; return its alert topic."""
+    publish_model(store, numeric_spec(4), name=NAME, threshold=0.0)
+    produce_records(bootstrap, source, numeric_records(n))
+    s = worker_settings(bootstrap, store, source)
+    assert Worker(s).run(idle_timeout_s=1.5).anomalies == n
+    return s.alert_topic
+
+
+def sink(bootstrap: str, topic: str, group: str, url: str, *extra: str):
+    return run_module(
+        "pipeline", "alerts", "sink", "--bootstrap", bootstrap, "--topic", topic,
+        "--group", group, "--webhook", url, "--header", f"Authorization: {TOKEN}",
+        "--idle-timeout", "2", *extra, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_a_redirect_to_another_origin_is_not_followed_and_not_counted_delivered(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    """urllib turns a POST answered 302 into a GET that carries Authorization to wherever
+    Location points, and counts the final 200 as delivered."""
+    topic = worker_alerts(kafka_bootstrap, tmp_path, make_topic())
+    with receiver(lambda _: Reply(200)) as other:
+        moved = Reply(302, {"Location": f"{other.url}/landing"})
+        with receiver(lambda _: moved) as hook:
+            done = sink(kafka_bootstrap, topic, "pager", f"{hook.url}/alerts")
+    leaked = [(r.method, r.headers.get("Authorization")) for r in other.requests]
+    assert leaked == [], f"the redirect was followed to another origin: {leaked}"
+    assert done.returncode == 5, done.stderr
+    assert "302" in done.stderr
+    assert committed_and_end(kafka_bootstrap, "pager", topic)[0][0] in (None, 0)
+
+
+def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, make_topic):
+    """The URL of a Slack-style hook and the --header values are credentials: not in the
+    error of a refused alert, not in the logs of a delivery, not when a header is malformed."""
+    topic = make_topic()
+    send_alerts(kafka_bootstrap, topic, 2)
+    outputs = []
+    with receiver(lambda _: Reply(400, body=b"invalid_payload")) as hook:
+        refused = sink(kafka_bootstrap, topic, "refused", hook.url + HOOK_PATH)
+        outputs.append(refused.stdout + refused.stderr)
+    assert refused.returncode == 5, refused.stderr
+    assert "400" in refused.stderr and hook.url in refused.stderr  # the origin is shown
+    with receiver() as hook:
+        delivered = sink(kafka_bootstrap, topic, "delivered", hook.url + HOOK_PATH)
+        outputs.append(delivered.stdout + delivered.stderr)
+    assert delivered.returncode == 0, delivered.stderr
+    assert len(hook.requests) == 2
+    assert {r.headers["Authorization"] for r in hook.requests} == {TOKEN}
+    malformed = run_module(
+        "pipeline", "alerts", "sink", "--bootstrap", kafka_bootstrap, "--topic", topic,
+        "--webhook", "http://127.0.0.1:9" + HOOK_PATH, "--header", "Authorization " + TOKEN,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert malformed.returncode == 2
+    outputs.append(malformed.stdout + malformed.stderr)
+    for text in outputs:
+        assert "hooksecret9d2e" not in text and "T0001" not in text, text
+        assert "tok-7f3a9c" not in text, text
+
+
+def alert_event(i: int) -> dict:
+    return build_event(
+        source=("records", 0, i, 0),
+        key=b"k",
+        record_id=f"r-{i}",
+        score=2.0,
+        threshold=1.0,
+        model=("m", "v1"),
+        top_features=[("x0", 1.5)],
+        total_error=4.0,
+        detected_at="2026-01-01T00:00:00.000Z",
+    )
+
+
+def test_a_307_or_308_on_the_same_origin_is_followed_with_the_body_another_origin_is_not():
+    def respond(got: Received) -> Reply:
+        if got.path == "/old":
+            return Reply(307, {"Location": "/new"})
+        if got.path == "/new":
+            return Reply(308, {"Location": f"{hook.url}/final"})  # absolute, same origin
+        return Reply(202)
+
+    with receiver(respond) as hook:
+        hs = WebhookSink(hook.url + "/old", headers={"Authorization": TOKEN})
+        with closing(hs):
+            hs.write([alert_event(0)])
+    assert [(r.method, r.path) for r in hook.requests] == [
+        ("POST", "/old"),
+        ("POST", "/new"),
+        ("POST", "/final"),
+    ]
+    assert {r.body for r in hook.requests} == {msgspec.json.encode(alert_event(0))}
+
+    with receiver() as other:
+        moved = Reply(308, {"Location": f"{other.url}/final"})
+        with receiver(lambda _: moved) as hook:
+            hs = WebhookSink(hook.url + "/old", headers={"Authorization": TOKEN})
+            with (
+                closing(hs),
+                pytest.raises(SinkError, match=r"HTTP 308 to http://127\.0\.0\.1:\d+/\*\*\*"),
+            ):
+                hs.write([alert_event(1)])
+    assert other.requests == []
+
+
+def test_timeouts_and_5xx_are_retried_then_fail_the_batch():
+    def slow(got: Received) -> Reply:
+        time.sleep(1.0)
+        return Reply(204)
+
+    with receiver(slow) as hook:
+        hs = WebhookSink(hook.url, timeout_s=0.2, retries=2, backoff_s=0.01)
+        with closing(hs), pytest.raises(SinkError, match=r"failed after 3 attempts.*ReadTimeout"):
+            hs.write([alert_event(0)])
+    assert len(hook.requests) == 3
+
+    answers = iter([Reply(503), Reply(429, {"Retry-After": "0"}), Reply(500), Reply(200)])
+    with receiver(lambda _: next(answers)) as hook:
+        hs = WebhookSink(hook.url, retries=3, backoff_s=0.01)
+        with closing(hs):
+            hs.write([alert_event(0)])
+    assert len(hook.requests) == 4
