@@ -15,16 +15,16 @@ Variants, interleaved within each run so machine load hits them alike:
 - ``ceiling``: a bare kafka-python consume loop plus the worker's decoder, no model work;
 - ``worker``: ``pipeline.worker.loop.Worker`` as deployed (batches, model, alerts, commits);
 - ``worker+scores``: the same with the per-record scores topic on (json32);
-- ``worker, overlap on``: ``PIPELINE_OVERLAP_COMPUTE=true`` (the model scores in a helper
-  thread while the next batch is polled; off by default), for the 784 models;
 - ``naive``: the same consumer and producer, but the model called once per record (run on
   a slice: it is slow).
 
 Then, per workload, the latency run: a producer process sends at half the worker's median
 throughput for ``--latency-seconds`` while the worker runs; each record's latency is the
 time from its Kafka timestamp to its batch's commit (what ``pipeline_end_to_end_latency_
-seconds`` observes, kept raw here to read exact percentiles). Results: Markdown tables on
-stdout and a JSON file (``--out``).
+seconds`` observes, kept raw here to read exact percentiles), ``--latency-runs`` times.
+Results: Markdown tables on stdout, every number as median (min-max) over the runs, a goals
+table whose verdict claims a goal only when every run meets it (``bench.spread``), and a JSON
+file (``--out``).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ import torch
 from kafka import KafkaProducer
 from kafka.admin import NewTopic
 
+from bench.spread import Spread, ratios, verdict
 from pipeline.contract import artifact
 from pipeline.contract.alerts import build_event, encode_event, utc_now_iso
 from pipeline.contract.artifact import ThresholdInfo, TrainingSummary
@@ -205,6 +206,7 @@ def worker_settings(kafka: KafkaSettings, store: Path, topic: str, **kw: Any) ->
         alert_topic=f"{topic}-alerts",
         dlq_topic=f"{topic}-dlq",
         group_id=f"worker-{uuid.uuid4().hex}",
+        start_from="earliest",  # the backlog is produced before the worker starts
         model_store=str(store),
         model_name=topic.split("-", maxsplit=1)[0],
         id_field="id",
@@ -417,7 +419,7 @@ class Sizes:
 @dataclass
 class Results:
     rates: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # one per run
     env: dict[str, Any] = field(default_factory=dict)
 
     def add(self, workload: str, variant: str, rate: float) -> None:
@@ -436,8 +438,6 @@ def run_variant(
         return run_worker(worker_settings(kafka, store, topic), n)
     if variant == "worker+scores":
         return run_worker(worker_settings(kafka, store, topic, scores_topic=f"{topic}-scores"), n)
-    if variant == "worker, overlap on":
-        return run_worker(worker_settings(kafka, store, topic, overlap_compute=True), n)
     if variant == "naive":
         return run_naive(kafka, store, topic, w, min(n, naive))
     raise ValueError(variant)
@@ -466,6 +466,7 @@ def run_bench(
     fractions: tuple[float, ...] = (0.5,),
     timestamps: str = "LogAppendTime",
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+    latency_runs: int = 1,
 ) -> Results:
     results = Results(env=_environment())
     kafka = KafkaSettings(bootstrap_servers=bootstrap)
@@ -485,19 +486,17 @@ def run_bench(
                 variants = ["ceiling", "worker", "naive"]
                 if name == "json32":
                     variants.insert(2, "worker+scores")
-                else:  # models big enough for the compute overlap to engage
-                    variants.insert(2, "worker, overlap on")
                 for variant in variants if run % 2 == 0 else variants[::-1]:
                     rate = run_variant(variant, kafka, store, topic, w, n, sizes.naive)
                     results.add(name, variant, rate)
                     log(f"run {run + 1}/{runs} {name:8s} {variant:14s} {rate:10.0f} rec/s")
-        if latency_s > 0:
+        for run in range(latency_runs if latency_s > 0 else 0):
             for fraction in fractions:
                 for name, w in chosen.items():
                     rate = results.median(name, "worker") * fraction
                     lat = run_latency(kafka, store, w, rate, latency_s, timestamps)
-                    results.latency[f"{name} at {fraction:.0%}"] = lat
-                    log(f"latency {name} at {fraction:.0%} of max: {lat}")
+                    results.latency.setdefault(f"{name} at {fraction:.0%}", []).append(lat)
+                    log(f"latency run {run + 1}/{latency_runs} {name} at {fraction:.0%}: {lat}")
     results.env["loadavg_end"] = os.getloadavg()
     results.env["timestamps"] = timestamps
     return results
@@ -525,39 +524,44 @@ def _environment() -> dict[str, Any]:
 
 
 def markdown(results: Results, sizes: Sizes, runs: int) -> str:
+    """Every number as median (min-max) over the runs, then the goals with a verdict that
+    claims only what the whole min-max range supports (``bench.spread``)."""
     lines = [
-        f"Throughput, records/s (median of {runs} runs; batch max 1024, max wait {MAX_WAIT_MS} ms)",
+        f"Throughput, records/s, median (min-max) of {runs} runs (batch max 1024, max wait "
+        f"{MAX_WAIT_MS} ms); ratios are per run (variants of a run interleaved), median (min-max)",
         "",
-        "| workload | records | ceiling | worker | worker / ceiling | worker, overlap on "
+        "| workload | records | ceiling | worker | worker / ceiling "
         "| worker+scores | naive | worker / naive | ceiling / naive |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, rates in results.rates.items():
-        ceil, work, naive = (results.median(name, v) for v in ("ceiling", "worker", "naive"))
-        scores, no_overlap = (
-            f"{results.median(name, v):,.0f}" if v in rates else "-"
-            for v in ("worker+scores", "worker, overlap on")
-        )
+        cell = {v: Spread.of(r).fmt() for v, r in rates.items()}
         lines.append(
-            f"| {name} | {sizes.of(name):,} | {ceil:,.0f} | {work:,.0f} | {work / ceil:.0%} "
-            f"| {no_overlap} | {scores} | {naive:,.0f} | {work / naive:.1f}x "
-            f"| {ceil / naive:.1f}x |"
+            f"| {name} | {sizes.of(name):,} | {cell['ceiling']} | {cell['worker']} "
+            f"| {_ratio(rates, 'worker', 'ceiling').fmt('.0f', 100, '%')} "
+            f"| {cell.get('worker+scores', '-')} "
+            f"| {cell['naive']} | {_ratio(rates, 'worker', 'naive').fmt('.1f', unit='x')} "
+            f"| {_ratio(rates, 'ceiling', 'naive').fmt('.1f', unit='x')} |"
         )
     if results.latency:
+        lat_runs = max(len(v) for v in results.latency.values())
         lines += [
             "",
             "End-to-end latency at a fraction of the worker's median throughput (record "
-            f"timestamp, {results.env.get('timestamps', '?')}, to the commit of its batch; goal "
-            f"at 50%: p99 <= max wait + 50 ms = {MAX_WAIT_MS + 50} ms)",
+            f"timestamp, {results.env.get('timestamps', '?')}, to the commit of its batch), "
+            f"median (min-max) of {lat_runs} runs",
             "",
             "| workload at load | target rec/s | achieved rec/s | p50 ms | p99 ms | max ms |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for name, lat in results.latency.items():
+        for name, lats in results.latency.items():
+            col = {k: Spread.of([lat[k] for lat in lats]) for k in lats[0]}
             lines.append(
-                f"| {name} | {lat['target_rate']:,.0f} | {lat['achieved_rate']:,.0f} "
-                f"| {lat['p50_ms']} | {lat['p99_ms']} | {lat['max_ms']} |"
+                f"| {name} | {col['target_rate'].fmt()} | {col['achieved_rate'].fmt()} "
+                f"| {col['p50_ms'].fmt('.1f')} | {col['p99_ms'].fmt('.1f')} "
+                f"| {col['max_ms'].fmt('.1f')} |"
             )
+    lines += ["", *goal_table(results)]
     env = results.env
     lines += [
         "",
@@ -567,6 +571,38 @@ def markdown(results: Results, sizes: Sizes, runs: int) -> str:
         f"CRC-32C {env['crc32c']}.",
     ]
     return "\n".join(lines)
+
+
+def _ratio(rates: dict[str, list[float]], top: str, bottom: str) -> Spread:
+    return ratios(rates[top], rates[bottom])
+
+
+LATENCY_GOAL_MS = MAX_WAIT_MS + 50
+
+
+def goal_table(results: Results) -> list[str]:
+    """The goals, each with its measured spread and the verdict that spread supports."""
+    rows = [
+        "| goal | workload | measured, median (min-max) | verdict |",
+        "| --- | --- | ---: | --- |",
+    ]
+    for name, rates in results.rates.items():
+        for label, bottom, goal, fmt in (
+            ("worker >= 80% of the ceiling", "ceiling", 0.8, (".0f", 100, "%")),
+            ("worker >= 10x naive", "naive", 10.0, (".1f", 1.0, "x")),
+        ):
+            spread = _ratio(rates, "worker", bottom)
+            verdict_ = verdict(spread, goal, higher_is_better=True)
+            rows.append(f"| {label} | {name} | {spread.fmt(*fmt)} | {verdict_} |")
+    for name, lats in results.latency.items():
+        if name.endswith("at 50%"):
+            p99 = Spread.of([lat["p99_ms"] for lat in lats])
+            verdict_ = verdict(p99, LATENCY_GOAL_MS, higher_is_better=False)
+            label = f"p99 <= {LATENCY_GOAL_MS} ms at 50% of max"
+            rows.append(
+                f"| {label} | {name[: -len(' at 50%')]} | {p99.fmt('.1f')} ms | {verdict_} |"
+            )
+    return rows
 
 
 def _fmt_load(load: Any) -> str:
@@ -582,6 +618,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bin784", type=int, default=Sizes.bin784)
     p.add_argument("--naive", type=int, default=Sizes.naive, help="records for the naive loop")
     p.add_argument("--latency-seconds", type=float, default=10.0, help="0 skips latency")
+    p.add_argument(
+        "--latency-runs", type=int, default=3, help="latency runs per workload and fraction"
+    )
     p.add_argument("--workloads", default="json32,json784,bin784")
     p.add_argument(
         "--timestamps",
@@ -607,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workloads.split(","),
             tuple(float(f) for f in args.latency_fractions.split(",")),
             args.timestamps,
+            latency_runs=args.latency_runs,
         )
     print(markdown(results, sizes, args.runs))
     args.out.write_text(

@@ -4,6 +4,11 @@ Use an existing broker with ``--kafka-bootstrap HOST:PORT`` or ``PIPELINE_TEST_K
 (PLAINTEXT). Otherwise the first test that needs ``kafka_bootstrap`` starts a
 :class:`~pipeline.devstack.localkafka.LocalKafka` in a temporary state dir; if that fails, the tests
 error out. They never skip: a silently skipped integration suite looks exactly like a green one.
+
+``--kafka-brokers 3`` (or ``PIPELINE_TEST_KAFKA_BROKERS=3``) runs the whole suite against a local
+three-node cluster instead. The cluster fault tests (marker ``cluster``) ask for ``kafka_cluster``:
+that cluster when the suite runs on one, else a three-node cluster of their own, started once per
+session; ``cluster`` hands it to one test and restarts any node the test left stopped.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,16 +24,21 @@ from typing import Any
 import pytest
 from kafka.errors import KafkaError
 
+from pipeline.devstack.localcluster import LocalKafkaCluster
 from pipeline.devstack.localkafka import LocalKafka, LocalKafkaError, open_admin
 from pipeline.kafka.socket_leak import close_failed_connects
 from tests.support.faults import Workers
 from tests.support.kafka import create_topic
 
 BOOTSTRAP_ENV = "PIPELINE_TEST_KAFKA_BOOTSTRAP"
+BROKERS_ENV = "PIPELINE_TEST_KAFKA_BROKERS"
 START_TIMEOUT_S = 120.0
+CLUSTER_START_TIMEOUT_S = 240.0  # three JVMs starting at once on two shared cores
 KAFKA_FIXTURES = frozenset(
     {"kafka_bootstrap", "kafka_admin", "make_topic", "local_kafka", "private_kafka"}
 )
+CLUSTER_FIXTURES = frozenset({"kafka_cluster", "cluster"})
+SharedKafka = LocalKafka | LocalKafkaCluster
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,13 +54,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help=f"use this running PLAINTEXT broker instead of a local one (env {BOOTSTRAP_ENV})",
     )
+    parser.addoption(
+        "--kafka-brokers",
+        type=int,
+        default=None,
+        help=f"run the suite against a local cluster of this many nodes (env {BROKERS_ENV})",
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that uses a broker fixture ``kafka``, so ``-m 'not kafka'`` is reliable."""
     for item in items:
-        if KAFKA_FIXTURES & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if (KAFKA_FIXTURES | CLUSTER_FIXTURES) & names:
             item.add_marker(pytest.mark.kafka)
+        if CLUSTER_FIXTURES & names:
+            item.add_marker(pytest.mark.cluster)
 
 
 def external_bootstrap(config: pytest.Config) -> str | None:
@@ -57,7 +77,13 @@ def external_bootstrap(config: pytest.Config) -> str | None:
     return str(option) if option else os.environ.get(BOOTSTRAP_ENV) or None
 
 
-def start_or_fail(broker: LocalKafka, timeout: float = START_TIMEOUT_S) -> None:
+def suite_brokers(config: pytest.Config) -> int:
+    """How many local nodes the shared Kafka of this session has (1: a single broker)."""
+    option = config.getoption("--kafka-brokers")
+    return int(option or os.environ.get(BROKERS_ENV) or 1)
+
+
+def start_or_fail(broker: SharedKafka, timeout: float = START_TIMEOUT_S) -> None:
     """Start ``broker``; a failure fails (errors) the requesting test with the broker's reason."""
     try:
         broker.start(timeout=timeout)
@@ -68,13 +94,19 @@ def start_or_fail(broker: LocalKafka, timeout: float = START_TIMEOUT_S) -> None:
 @pytest.fixture(scope="session")
 def shared_kafka(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalKafka | None]:
-    """The session's broker, or None when an external one was given."""
+) -> Iterator[SharedKafka | None]:
+    """The session's broker (or cluster), or None when an external one was given."""
     if external_bootstrap(request.config):
         yield None
         return
-    broker = LocalKafka(tmp_path_factory.mktemp("kafka-shared"))
-    start_or_fail(broker)
+    brokers = suite_brokers(request.config)
+    broker: SharedKafka
+    if brokers > 1:
+        broker = LocalKafkaCluster(tmp_path_factory.mktemp("kafka-shared-cluster"), brokers)
+        start_or_fail(broker, CLUSTER_START_TIMEOUT_S)
+    else:
+        broker = LocalKafka(tmp_path_factory.mktemp("kafka-shared"))
+        start_or_fail(broker)
     try:
         yield broker
     finally:
@@ -82,7 +114,7 @@ def shared_kafka(
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(request: pytest.FixtureRequest, shared_kafka: LocalKafka | None) -> str:
+def kafka_bootstrap(request: pytest.FixtureRequest, shared_kafka: SharedKafka | None) -> str:
     """``host:port`` of a ready PLAINTEXT broker shared by the whole session."""
     if shared_kafka is not None:
         return shared_kafka.bootstrap
@@ -120,12 +152,12 @@ def make_topic(kafka_admin: Any) -> Iterator[Callable[..., str]]:
 
 
 @pytest.fixture
-def local_kafka(shared_kafka: LocalKafka | None) -> Iterator[LocalKafka]:
+def local_kafka(shared_kafka: SharedKafka | None) -> Iterator[LocalKafka]:
     """The shared :class:`LocalKafka`, read-only: stopping or restarting it fails the test."""
-    if shared_kafka is None:
+    if not isinstance(shared_kafka, LocalKafka):
         pytest.fail(
-            "local_kafka needs the locally launched broker, but an external one was given; "
-            "use private_kafka for broker-lifecycle tests",
+            "local_kafka needs the locally launched single broker, but an external one or a "
+            "cluster was given; use private_kafka for broker-lifecycle tests",
             pytrace=False,
         )
     pid = shared_kafka.pid
@@ -134,6 +166,44 @@ def local_kafka(shared_kafka: LocalKafka | None) -> Iterator[LocalKafka]:
         if not shared_kafka.is_running():
             start_or_fail(shared_kafka)  # keep the rest of the session usable
         pytest.fail("this test stopped/restarted the shared broker; use private_kafka", False)
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(
+    shared_kafka: SharedKafka | None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalKafkaCluster]:
+    """A local three-node cluster for the whole session: the suite's own when it runs on one,
+    else one started here (apart from the single broker, which the other tests keep using)."""
+    if isinstance(shared_kafka, LocalKafkaCluster) and len(shared_kafka.nodes) >= 3:
+        yield shared_kafka
+        return
+    cluster = LocalKafkaCluster(tmp_path_factory.mktemp("kafka-cluster"), 3, heap="384m")
+    start_or_fail(cluster, CLUSTER_START_TIMEOUT_S)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster(kafka_cluster: LocalKafkaCluster) -> Iterator[LocalKafkaCluster]:
+    """The session's cluster for one test that may stop, kill, freeze or restart its nodes;
+    afterwards every node runs again (a frozen one is resumed first)."""
+    for node in kafka_cluster.nodes.values():
+        if not node.is_running():
+            start_or_fail(node, CLUSTER_START_TIMEOUT_S)
+    yield kafka_cluster
+    heal(kafka_cluster)
+
+
+def heal(cluster: LocalKafkaCluster) -> None:
+    """Resume frozen nodes and start stopped ones, so the next test gets a whole cluster."""
+    for node in cluster.nodes.values():
+        pid = node.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    start_or_fail(cluster, CLUSTER_START_TIMEOUT_S)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from pipeline.contract.exceptions import (
     PipelineError,
 )
 from trainer.evaluate_cli import evaluate
+from trainer.models_cli import models
 from trainer.settings import TrainerSettings, load_trainer_settings
 
 
@@ -39,7 +40,7 @@ def cli(log_level: str, log_format: str) -> None:
 
 @cli.command()
 @click.option("--data", help="Parquet file, directory, glob or fsspec URL of NORMAL rows.")
-@click.option("--model-store", help="Directory of the model store.")
+@click.option("--model-store", help="Directory or fsspec URL (s3://...) of the model store.")
 @click.option("--name", help="Model name inside the store.")
 @click.option("--model", type=click.Choice(["ae", "vae", "dae"]), help="Architecture.")
 @click.option("--id-column", help="Column carried through, never a feature.")
@@ -135,6 +136,7 @@ def _fail(code: int, message: str) -> NoReturn:
 
 
 cli.add_command(evaluate)
+cli.add_command(models)
 
 
 def main() -> None:

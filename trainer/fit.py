@@ -29,6 +29,7 @@ from pipeline.contract.exceptions import ArtifactError, DataError, PipelineError
 from pipeline.contract.features import FeatureSpec
 from pipeline.contract.models import ModelConfig, default_hidden_dims
 from pipeline.contract.scoring import resolve_device
+from pipeline.contract.store import check_access
 from trainer.budget import Budget, plan_budget
 from trainer.checkpoint import Checkpointer
 from trainer.data import ParquetSource
@@ -89,6 +90,7 @@ def fit(settings: TrainerSettings) -> Manifest:
     """Run the whole job and return the published manifest (on every rank)."""
     if not settings.data:
         raise DataError("no training data given (--data or TRAINER_DATA)")
+    check_access(settings.model_store, "TRAINER_MODEL_STORE")  # before hours of training
     if settings.entity_column:
         from trainer.entity_fit import fit_entities
 
@@ -321,7 +323,7 @@ def _publish_on_rank0(
                 },
             )
             outcome = (manifest, None)
-        except OSError as exc:
+        except (OSError, ArtifactError) as exc:  # StoreUnavailable too: no rank may hang
             outcome = (None, f"cannot publish to model store {s.model_store!r}: {exc}")
     published, error = d.broadcast(outcome)
     if published is None:

@@ -111,7 +111,10 @@ class TrainerSettings(BaseSettings):
     )
     # publishing
     model_store: str = Field(
-        default="model-store", min_length=1, description="Directory of the model store."
+        default="model-store",
+        min_length=1,
+        description="Model store: a directory, or an fsspec URL (s3://bucket/prefix, gs://, "
+        "az://, file://) with credentials from that store's usual environment (AWS_* for s3).",
     )
     name: str = Field(
         default="default",

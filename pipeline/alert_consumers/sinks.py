@@ -13,7 +13,9 @@ version of it):
    <event_id>`` so the receiver can drop what a restarted sink posts again.
 
 A sink that cannot write (disk, HTTP after retries) raises ``SinkError``: nothing is
-committed and a restart resumes from the last committed batch.
+committed and a restart resumes from the last committed batch. An alert the webhook refuses
+(a 4xx, a redirect it will not follow) is not a failure to write: it goes to the dead-letter
+file (``refused.py``) with the reason, and counts as ``dead_lettered``.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ class AlertSink(Protocol):
         """Event ids the sink already holds (seeds deduplication after a restart)."""
         ...
 
-    def write(self, events: list[Event]) -> None:
-        """Store ``events`` durably or raise SinkError."""
+    def write(self, events: list[Event]) -> int:
+        """Store ``events`` durably or raise SinkError; return how many of them were set aside
+        durably instead (a webhook's dead-letter file), 0 for a sink that refuses nothing."""
         ...
 
     def close(self) -> None: ...
@@ -105,13 +108,14 @@ class JsonlSink:
                 if event is not None:  # a torn last line after a crash is not an event
                     yield str(event["event_id"])
 
-    def write(self, events: list[Event]) -> None:
+    def write(self, events: list[Event]) -> int:
         try:
             self._fh.write(b"".join(msgspec.json.encode(e) + b"\n" for e in events))
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except OSError as exc:
             raise SinkError(f"cannot append to {self.path}: {exc}") from exc
+        return 0
 
     def close(self) -> None:
         self._fh.close()
@@ -155,7 +159,7 @@ class ParquetSink:
         for file in sorted(self.directory.glob("alerts-*.parquet")):
             yield from pq.read_table(file, columns=["event_id"]).column(0).to_pylist()
 
-    def write(self, events: list[Event]) -> None:
+    def write(self, events: list[Event]) -> int:
         rows = [_flat(e) for e in events]
         name = f"alerts-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
         tmp = self.directory / f".{name}.tmp"
@@ -165,6 +169,7 @@ class ParquetSink:
         except (OSError, pa.ArrowException) as exc:
             tmp.unlink(missing_ok=True)
             raise SinkError(f"cannot write alerts to {self.directory}: {exc}") from exc
+        return 0
 
     def close(self) -> None:
         """Nothing held open: every batch is a closed file."""
@@ -196,6 +201,7 @@ def _flat(e: Event) -> dict[str, Any]:
 @dataclass
 class SinkStats:
     written: int = 0
+    dead_lettered: int = 0
     duplicates: int = 0
     filtered: int = 0
     suppressed: int = 0
@@ -253,8 +259,9 @@ def run_sink(
                     batch.append(event)
                     batch_ids.add(str(event["event_id"]))
             if batch:
-                sink.write(batch)  # durable before the offsets move
-                stats.written += len(batch)
+                set_aside = sink.write(batch)  # durable before the offsets move
+                stats.written += len(batch) - set_aside
+                stats.dead_lettered += set_aside
                 for event_id in batch_ids:
                     seen.add(event_id)
             try:

@@ -71,8 +71,9 @@ class AlertFilter:
             return False
         if self.version is not None and model.get("version") != self.version:
             return False
-        if self.min_score is not None and float(event.get("score", 0.0)) < self.min_score:
-            return False
+        score = event.get("score", 0.0)
+        if self.min_score is not None and score is not None and float(score) < self.min_score:
+            return False  # a null score (not finite: reason non_finite_score) passes any bar
         if self.since_ms is not None:
             ts = (event.get("source") or {}).get("timestamp")
             if ts is not None and ts < self.since_ms:
@@ -135,7 +136,7 @@ def format_pretty(event: Event, color: bool = False) -> str:
         f"{f['name']} {100 * f.get('share', 0.0):.0f}%" for f in event.get("top_features") or []
     )
     who = event.get("record_id") or event.get("key") or "-"
-    score = f"{event['score']:.4g}"
+    score = "not finite" if event["score"] is None else f"{event['score']:.4g}"
     if color:
         score = click.style(score, fg="red", bold=True)
         who = click.style(str(who), bold=True)

@@ -6,7 +6,8 @@ final 200 looks like a delivery; and following ``Location`` to another host hand
 request's headers, where webhooks carry their credentials. So the client never follows on
 its own. A 307/308 (which keep the method and body) is followed when it stays on the same
 origin (scheme, host and port), at most ``MAX_REDIRECTS`` times; every other redirect is a
-refusal, as is any other 4xx but 408 and 429.
+refusal, as is any other 4xx but 408 and 429. A refused alert goes to the dead-letter file
+(``refused.py``) and the sink goes on: retrying it would only block the consumer group.
 
 The URL is a credential too (Slack-style hooks put the token in the path), so messages name
 the endpoint by its origin only (``endpoint``), and the URL and header values are registered
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import httpx
 import msgspec
 
+from pipeline.alert_consumers.refused import DeadLetterFile
 from pipeline.alert_consumers.sinks import SinkError
 from pipeline.alert_consumers.tail import Event
 from pipeline.common.logs import redact, register_secret
@@ -71,7 +73,8 @@ class WebhookSink:
 
     2xx is delivered. Connection errors, timeouts, 408, 429 and 5xx are retried ``retries``
     times (backoff doubling from ``backoff_s``, or the receiver's ``Retry-After``); then the
-    batch fails with ``SinkError`` and nothing is committed. Refusals raise ``SinkError`` too.
+    batch fails with ``SinkError`` and nothing is committed. A refused alert goes to
+    ``dead_letters`` and the batch goes on; without one, a refusal raises ``SinkError``.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class WebhookSink:
         retries: int = 5,
         backoff_s: float = 0.5,
         headers: dict[str, str] | None = None,
+        dead_letters: DeadLetterFile | None = None,
     ) -> None:
         register_secret(url)
         for value in (headers or {}).values():
@@ -92,6 +96,7 @@ class WebhookSink:
         if self.url.scheme not in ("http", "https") or not self.url.host:
             raise SinkError(f"webhook URL must be http(s)://host...: {endpoint(self.url)}")
         self.retries = retries
+        self.dead_letters = dead_letters
         self.backoff_s = backoff_s
         self.headers = {"Content-Type": "application/json", **(headers or {})}
         self._client = httpx.Client(
@@ -103,14 +108,36 @@ class WebhookSink:
     def existing_ids(self) -> Iterable[str]:
         return ()
 
-    def write(self, events: list[Event]) -> None:
+    def write(self, events: list[Event]) -> int:
+        """Deliver each alert in order; return how many were refused and dead-lettered."""
+        refused = 0
         for event in events:
             refusal = self._deliver(event)
             if refusal is not None:
-                raise SinkError(
-                    f"webhook {endpoint(self.url)} refused alert {event['event_id']}: "
-                    f"{refusal.detail}"
-                )
+                self._set_aside(event, refusal)
+                refused += 1
+        return refused
+
+    def _set_aside(self, event: Event, refusal: Refusal) -> None:
+        where = endpoint(self.url)
+        if self.dead_letters is None:
+            raise SinkError(f"webhook {where} refused alert {event['event_id']}: {refusal.detail}")
+        self.dead_letters.add(
+            event,
+            reason=refusal.reason,
+            status=refusal.status,
+            detail=refusal.detail,
+            endpoint=where,
+        )
+        source = event.get("source") or {}
+        log.warning(
+            "webhook refused an alert; written to the dead-letter file",
+            extra={"endpoint": where, "event_id": event["event_id"], "reason": refusal.reason,
+                   "status": refusal.status, "detail": refusal.detail,
+                   "dead_letter_file": str(self.dead_letters.path),
+                   "source": f"{source.get('topic')}[{source.get('partition')}] "
+                             f"offset={source.get('offset')}"},
+        )  # fmt: skip
 
     def _deliver(self, event: Event) -> Refusal | None:
         """None once delivered, the refusal if refused; SinkError when retries run out."""
@@ -171,3 +198,5 @@ class WebhookSink:
 
     def close(self) -> None:
         self._client.close()
+        if self.dead_letters is not None:
+            self.dead_letters.close()

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "settings-doc": "pipeline.cli.docs:settings_doc",
     "schema": "pipeline.cli.docs:schema",
     "kafka": "pipeline.cli.kafka:kafka_group",
+    "s3": "pipeline.cli.s3:s3_group",
     "demo": "pipeline.cli.devstack:demo",
     "sample-data": "pipeline.cli.devstack:sample_data",
     "produce-sample": "pipeline.cli.devstack:produce_sample",

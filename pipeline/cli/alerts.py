@@ -1,7 +1,8 @@
 """``python -m pipeline alerts tail|sink``: reading the alert topic.
 
 ``sink`` exit codes: 2 bad options, 4 Kafka failure, 5 the sink could not store a batch
-(nothing committed).
+(nothing committed; for a webhook: retries ran out). Alerts a webhook refuses are not a
+failure: they go to the ``--dead-letter`` file.
 """
 
 from __future__ import annotations
@@ -210,6 +211,12 @@ def tail(
     help="Retries of an alert after a connection error, timeout, 408, 429 or 5xx (backoff "
     "doubling from 0.5 s); then the sink exits 5 with the batch uncommitted.",
 )
+@click.option(
+    "--dead-letter",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --webhook (required): append alerts the receiver refuses (4xx but 408/429, "
+    "redirects not followed) to this JSONL file with the reason, and go on.",
+)
 def sink(
     source: AlertSource,
     group: str,
@@ -219,11 +226,13 @@ def sink(
     headers: tuple[str, ...],
     webhook_timeout: float,
     webhook_retries: int,
+    dead_letter: Path | None,
 ) -> None:
     """Copy alerts to a JSONL file, Parquet files or a webhook (commit after each write,
     duplicates dropped by event_id). Exit codes: 2 bad options, 4 Kafka, 5 sink failure."""
     import threading
 
+    from pipeline.alert_consumers.refused import DeadLetterFile
     from pipeline.alert_consumers.sinks import (
         AlertSink,
         JsonlSink,
@@ -238,6 +247,8 @@ def sink(
     chosen = [x for x in (jsonl, parquet, webhook) if x]
     if len(chosen) != 1:
         fail(2, "choose exactly one of --jsonl, --parquet, --webhook")
+    if bool(webhook) != bool(dead_letter):
+        fail(2, "--webhook needs --dead-letter PATH (alerts the receiver refuses), and only it")
     extra = _parse_headers(headers)
     stop = threading.Event()
     install_signal_handlers(stop.set)
@@ -249,7 +260,11 @@ def sink(
             target = ParquetSink(parquet)
         else:
             target = WebhookSink(
-                str(webhook), timeout_s=webhook_timeout, retries=webhook_retries, headers=extra
+                str(webhook),
+                timeout_s=webhook_timeout,
+                retries=webhook_retries,
+                headers=extra,
+                dead_letters=DeadLetterFile(Path(str(dead_letter))),
             )
         stats = run_sink(
             source.kafka,

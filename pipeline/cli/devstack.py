@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -26,6 +27,14 @@ import pipeline.devstack  # noqa: F401  (absent in the runtime image: the CLI sa
     "(compared live with a global model).",
 )
 @click.option("--machines", type=int, default=20, show_default=True, help="Machines in the fleet.")
+@click.option(
+    "--model-store",
+    type=click.Choice(["local", "s3"]),
+    default="local",
+    show_default=True,
+    help="local: a directory under --workdir; s3: an S3 bucket on a local S3Proxy (started and "
+    "stopped by the demo) that trainer and worker reach through the AWS_* variables.",
+)
 def demo(
     workdir: Path,
     bootstrap: str | None,
@@ -35,6 +44,7 @@ def demo(
     keep_kafka: bool,
     single_model: bool,
     machines: int,
+    model_store: Literal["local", "s3"],
 ) -> None:
     """Run the whole job end to end on this machine and print alerts live."""
     from pipeline.common.logs import configure_logging
@@ -50,6 +60,7 @@ def demo(
         keep_kafka=keep_kafka,
         per_machine=not single_model,
         machines=machines,
+        model_store=model_store,
     )
     sys.exit(run_demo(cfg))
 

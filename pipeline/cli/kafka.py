@@ -1,7 +1,9 @@
-"""``python -m pipeline kafka start|stop|status``: the local broker from a shell.
+"""``python -m pipeline kafka start|stop|status``: the local broker or cluster from a shell.
 
 ``start`` prints progress on stderr and the bootstrap address as its last stdout line, so
-scripts can do ``BOOTSTRAP=$(python -m pipeline kafka start | tail -n1)``.
+scripts can do ``BOOTSTRAP=$(python -m pipeline kafka start | tail -n1)``. ``--brokers 3``
+starts a three-node KRaft cluster instead (``pipeline.devstack.localcluster``); ``stop`` and
+``status`` find it through the state directory, ``--node N`` acts on one node of it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.devstack.localcluster import LocalKafkaCluster, describe, is_cluster, status_json
 from pipeline.devstack.localkafka import (
     ENV_STATE_DIR,
     ENV_VERSION,
@@ -33,11 +36,17 @@ state_dir_option = click.option(
     default=None,
     help=f"Broker state directory [env {ENV_STATE_DIR}; default ./.kafka-local].",
 )
+node_option = click.option(
+    "--node",
+    type=click.IntRange(1, 9),
+    default=None,
+    help="Only this node of a cluster started with --brokers.",
+)
 
 
 @click.group(name="kafka")
 def kafka_group() -> None:
-    """Run a local single-node Apache Kafka broker (real jars from Maven Central)."""
+    """Run a local Apache Kafka broker or KRaft cluster (real jars from Maven Central)."""
     _configure_logging()
 
 
@@ -53,6 +62,13 @@ def kafka_group() -> None:
     multiple=True,
     help=f"Enable SASL/SCRAM and create this user; password from ${ENV_SCRAM_PASSWORD}.",
 )
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 9),
+    default=None,
+    help="Start a KRaft cluster of this many nodes (fixed at its first start).",
+)
+@node_option
 def start(
     port: int | None,
     state_dir: Path | None,
@@ -60,8 +76,15 @@ def start(
     timeout: float,
     heap: str,
     scram_names: tuple[str, ...],
+    brokers: int | None,
+    node: int | None,
 ) -> None:
     """Start the broker in the background; the last stdout line is its bootstrap address."""
+    if brokers is not None or node is not None or is_cluster(state_dir):
+        if port is not None or scram_names:
+            raise click.UsageError("--port and --scram-user are for a single broker only")
+        _start_cluster(state_dir, brokers, kafka_version, heap, timeout, node)
+        return
     try:
         broker = LocalKafka(
             state_dir, port=port, version=kafka_version, scram_users=_scram_users(scram_names),
@@ -75,11 +98,38 @@ def start(
     click.echo(broker.bootstrap)
 
 
+def _start_cluster(
+    state_dir: Path | None,
+    brokers: int | None,
+    version: str | None,
+    heap: str,
+    timeout: float,
+    node: int | None,
+) -> None:
+    try:
+        cluster = LocalKafkaCluster(state_dir, brokers, version, heap=heap)
+        seconds = cluster.start(timeout, node=node)
+    except LocalKafkaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    what = f"node {node}" if node is not None else f"cluster of {len(cluster.nodes)} nodes"
+    click.echo(f"kafka {what} ready in {seconds:.1f}s; state: {cluster.state_dir}", err=True)
+    click.echo(cluster.bootstrap)
+
+
 @kafka_group.command()
 @state_dir_option
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="SIGKILL after.")
-def stop(state_dir: Path | None, timeout: float) -> None:
-    """Stop the broker started from the state directory (no-op if none runs)."""
+@node_option
+def stop(state_dir: Path | None, timeout: float, node: int | None) -> None:
+    """Stop the broker (every node of a cluster, or --node N) started from the state directory
+    (no-op if none runs)."""
+    if node is not None or is_cluster(state_dir):
+        try:
+            nodes = LocalKafkaCluster(state_dir).stop(node, timeout=timeout)
+        except LocalKafkaError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"stopped nodes {nodes}" if nodes else "not running", err=True)
+        return
     try:
         stopped = LocalKafka(state_dir).stop(timeout=timeout)
     except LocalKafkaError as exc:
@@ -92,7 +142,14 @@ def stop(state_dir: Path | None, timeout: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
 @click.pass_context
 def status(ctx: click.Context, state_dir: Path | None, as_json: bool) -> None:
-    """Say whether a broker runs (exit 0) or not (exit 3), with its bootstrap and pid."""
+    """Say whether a broker runs (exit 0) or not (exit 3), with its bootstrap and pid; for a
+    cluster, each node and the active controller (exit 3 unless every node runs)."""
+    if is_cluster(state_dir):
+        cluster_status = LocalKafkaCluster(state_dir).status()
+        click.echo(status_json(cluster_status) if as_json else describe(cluster_status))
+        if len(cluster_status.running) < len(cluster_status.nodes):
+            ctx.exit(EXIT_NOT_RUNNING)
+        return
     record = LocalKafka(state_dir).status()
     if as_json:
         click.echo(

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.contract.bounds import MAX_ID_CHARS, bounded_text, key_text
 from pipeline.contract.verdict import NON_FINITE_SCORE, AnomalyReason, anomaly_reason
 
 SCHEMA_VERSION = 1
@@ -74,8 +75,14 @@ class AlertEvent(BaseModel):
         "for a record of a recreated topic"
     )
     type: Literal["anomaly", "score"]
-    record_id: str | None = Field(description="value of the configured id field, if any")
-    key: str | None = Field(description="Kafka key of the input record (UTF-8, else hex)")
+    record_id: str | None = Field(
+        description="value of the configured id field, if any; at most 1,024 characters "
+        "(truncated.record_id holds the length of a longer one)"
+    )
+    key: str | None = Field(
+        description="Kafka key of the input record (UTF-8, else hex); at most 4,096 characters "
+        "(truncated.key holds the size in bytes of a longer key)"
+    )
     score: float | None = Field(
         ge=0,
         description="the record's score; null when the model's score is not a finite number "
@@ -95,6 +102,12 @@ class AlertEvent(BaseModel):
     detected_at: str = Field(description="RFC 3339 UTC time the worker scored the record")
     record: dict[str, Any] | None = Field(
         default=None, description="the input record, when include_record is on"
+    )
+    truncated: dict[Literal["key", "record_id", "record"], int] | None = Field(
+        default=None,
+        description="fields cut to their bound (pipeline.contract.bounds), each with its "
+        "original size: key (bytes), record_id (characters), record (bytes; record is then "
+        "null); absent when nothing was cut",
     )
 
 
@@ -156,20 +169,25 @@ def build_event(
     detected_at: str,
     record: dict[str, Any] | None = None,
     entity: tuple[str | None] | None = None,
+    record_cut: int | None = None,
 ) -> dict[str, Any]:
     """The event as a dict matching AlertEvent (kept cheap: it may run for every record).
 
     ``entity``: for a per-entity version, ``(entity,)`` whose model scored the record, or
-    ``(None,)`` when the fallback did; None for a single model."""
+    ``(None,)`` when the fallback did; None for a single model. ``record_cut``: the size of
+    a record too large to copy (``record`` is then None). Key and id are cut to their bounds
+    here, so no input can make an event too large to send."""
     topic, partition, offset, timestamp = source
     reason = anomaly_reason(score, threshold)  # the one rule (pipeline.contract.verdict)
     is_anomaly = reason is not None
+    key_str, key_cut = key_text(key)
+    record_id, id_cut = bounded_text(record_id, MAX_ID_CHARS)
     event: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "event_id": event_id(topic, partition, offset, timestamp),
         "type": "anomaly" if is_anomaly else "score",
         "record_id": record_id,
-        "key": decode_key(key),
+        "key": key_str,
         "score": None if reason == NON_FINITE_SCORE else score,
         "threshold": threshold,
         "is_anomaly": is_anomaly,
@@ -199,7 +217,15 @@ def build_event(
     }
     if record is not None:
         event["record"] = record
+    if key_cut is not None or id_cut is not None or record_cut is not None:
+        event["truncated"] = _cuts(key_cut, id_cut, record_cut)
     return event
+
+
+def _cuts(key: int | None, record_id: int | None, record: int | None) -> dict[str, int]:
+    """The ``truncated`` field: original sizes of the fields that were cut."""
+    named = {"key": key, "record_id": record_id, "record": record}
+    return {name: size for name, size in named.items() if size is not None}
 
 
 def _shared_features(

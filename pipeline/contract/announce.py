@@ -12,10 +12,10 @@ may add some without breaking running workers::
      "path": "/models/sensors/20261124T042238Z-c36436", "threshold": 0.141,
      "created_at": "2026-11-24T04:22:38.571000Z"}
 
-``path`` is the version directory as the trainer saw it; a worker whose store is mounted
-elsewhere loads ``<its store>/<name>/<version>``. The announcement is only a hint: LATEST stays
-the source of truth (a worker that misses a message still reloads at its next poll, and one
-that reads an old message does not roll back to it).
+``path`` is the version directory as the trainer saw it (the URL on an object store); a worker
+whose store is mounted elsewhere loads ``<its store>/<name>/<version>``. The announcement is
+only a hint: LATEST stays the source of truth (a worker that misses a message still reloads at
+its next poll, and one that reads an old message does not roll back to it).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.contract.artifact import Manifest
 from pipeline.contract.exceptions import DataError
+from pipeline.contract.store import is_url
 
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # as pipeline.contract.artifact accepts
 CONTENT_TYPE = "application/json"
@@ -51,7 +52,11 @@ class ModelAnnouncement(BaseModel):
         return cls(
             name=manifest.name,
             version=manifest.version,
-            path=str(Path(store).resolve() / manifest.name / manifest.version),
+            path=(
+                f"{str(store).rstrip('/')}/{manifest.name}/{manifest.version}"
+                if is_url(store)
+                else str(Path(store).resolve() / manifest.name / manifest.version)
+            ),
             threshold=manifest.threshold.value,
             created_at=manifest.created_at,
         )

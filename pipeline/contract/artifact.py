@@ -1,6 +1,7 @@
 """The model artifact: manifest schema, atomic publishing and validated loading.
 
-Layout in the model store (a local directory or a mounted volume)::
+Layout in the model store (a local directory, a mounted volume, or an fsspec URL on an object
+store, see :mod:`pipeline.contract.store` for how publishing stays atomic there)::
 
     <store>/<name>/<version>/model.safetensors
     <store>/<name>/<version>/manifest.json
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +38,7 @@ from pipeline.contract.entity_artifact import EntitySet, file_sha256, load_entit
 from pipeline.contract.exceptions import ArtifactInvalid, ArtifactNotFound
 from pipeline.contract.features import FeatureSpec
 from pipeline.contract.models import AnomalyModel, ModelConfig, build_model
+from pipeline.contract.store import is_url, read_latest, upload_version, version_dir, write_latest
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -212,6 +215,12 @@ def publish(
     name the version before publishing it. Returns the published manifest.
     """
     name = manifest_fields["name"]
+    if is_url(store):  # staged locally, uploaded with the manifest last, then LATEST
+        with tempfile.TemporaryDirectory(prefix="model-publish-") as tmp:
+            manifest = publish(tmp, model, manifest_fields, extra_files, version)
+            upload_version(str(store), Path(tmp) / name / manifest.version, name, manifest.version)
+        write_latest(str(store), name, manifest.version)
+        return manifest
     model_dir = Path(store) / name
     model_dir.mkdir(parents=True, exist_ok=True)
     version = version or new_version()
@@ -237,6 +246,9 @@ def publish(
 
 def set_latest(store: str | Path, name: str, version: str) -> None:
     """Atomically point LATEST at an existing, complete version (also used for rollback)."""
+    if is_url(store):
+        write_latest(str(store), name, version)
+        return
     model_dir = Path(store) / name
     if not (model_dir / version / MANIFEST_FILE).is_file():
         raise ArtifactNotFound(f"cannot point LATEST at {model_dir / version}: no manifest there")
@@ -264,10 +276,10 @@ def _fsync_dir(path: Path) -> None:
 # --------------------------------------------------------------------- loading
 def latest_version(store: str | Path, name: str) -> str:
     """The version LATEST names; ArtifactNotFound when there is none."""
-    latest = Path(store) / name / LATEST_FILE
+    latest = f"{store}/{name}/{LATEST_FILE}"
     try:
-        version = latest.read_text().strip()
-    except FileNotFoundError as exc:
+        version = read_latest(str(store), name)
+    except ArtifactNotFound as exc:
         raise ArtifactNotFound(f"no published model {name!r} in store {store} ({latest})") from exc
     if not _VERSION_RE.match(version):
         raise ArtifactInvalid(f"{latest} holds an invalid version string {version!r}")
@@ -306,7 +318,7 @@ def read_manifest(path: Path) -> Manifest:
 def load_artifact(store: str | Path, name: str, version: str | None = None) -> LoadedArtifact:
     """Load and validate a version (LATEST when None); the model is in eval mode on the CPU."""
     version = version or latest_version(store, name)
-    path = Path(store) / name / version
+    path = version_dir(store, name, version)  # an object store's version: a local copy
     manifest = read_manifest(path)
     if manifest.name != name or manifest.version != version:
         raise ArtifactInvalid(

@@ -3,7 +3,12 @@
 Header names (all values UTF-8): ``dlq.reason``, ``dlq.detail``, ``dlq.source.topic``,
 ``dlq.source.partition``, ``dlq.source.offset``, ``dlq.source.timestamp``, ``dlq.model``.
 The input record's own headers are kept after ours, so a repaired record can be replayed
-as it was.
+as it was, within the bounds of ``pipeline.contract.bounds``: each value at most 4 KiB, all of
+them at most 32 KiB (``dlq.headers.truncated`` then holds their original total size); the key
+at most 4 KiB (``dlq.key.truncated`` holds the original size of a longer one).
+
+Reasons are the decoder's (``pipeline.worker.codec.Reason``) plus ``output_too_large``: the
+record was scored but the producer refused its alert or score event as too large.
 
 A value longer than ``MAX_VALUE_BYTES`` is cut to that length and ``dlq.truncated`` holds its
 original size: the record with its headers would not fit the producer's 1 MiB request limit
@@ -17,7 +22,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pipeline.contract.bounds import bounded_headers
+
 PREFIX = "dlq."
+OUTPUT_TOO_LARGE = "output_too_large"
 MAX_DETAIL = 1024
 MAX_VALUE_BYTES = 1_000_000  # leaves ~48 KB of the 1 MiB request for the key and headers
 
@@ -55,7 +63,11 @@ def dead_letter_headers(
     model: str,
     original: Sequence[tuple[str, bytes]] = (),
     truncated: int | None = None,
+    key_truncated: int | None = None,
 ) -> list[tuple[str, bytes]]:
+    """Our headers, then the record's own (bounded); ``truncated``: the value's original
+    size when it was cut, ``key_truncated``: the key's."""
+    kept, headers_cut = bounded_headers([(k, v) for k, v in original if not k.startswith(PREFIX)])
     ours = [
         ("dlq.reason", reason),
         ("dlq.detail", detail[:MAX_DETAIL]),
@@ -65,9 +77,12 @@ def dead_letter_headers(
         ("dlq.source.timestamp", "" if timestamp is None else str(timestamp)),
         ("dlq.model", model),
     ]
-    if truncated is not None:
-        ours.append(("dlq.truncated", str(truncated)))
-    kept = [(k, v) for k, v in original if not k.startswith(PREFIX)]
+    cuts = [
+        ("dlq.truncated", truncated),
+        ("dlq.key.truncated", key_truncated),
+        ("dlq.headers.truncated", headers_cut),
+    ]
+    ours += [(name, str(size)) for name, size in cuts if size is not None]
     return [(k, v.encode("utf-8", "replace")) for k, v in ours] + kept
 
 

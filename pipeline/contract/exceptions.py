@@ -10,6 +10,7 @@
     ├── ScoringError           the model failed on a batch
     └── KafkaIOError           talking to Kafka failed
         ├── DeliveryError      a produced record was not acknowledged
+        │   └── OutputTooLarge the producer refused one record as over its size limit
         ├── CommitRejected     the group moved on (rebalance): offsets not committed
         ├── KafkaFatalError    retrying cannot help (auth, fenced producer, ...): stop
         └── AnnounceError      a model was published but its announcement was not sent
@@ -45,6 +46,11 @@ class ArtifactInvalid(ArtifactError):
     """The artifact exists but is refused: checksum, format, shapes or smoke batch."""
 
 
+class StoreUnavailable(ArtifactError):
+    """The model store cannot be read or written now (unreachable, credentials refused); says
+    which store and what was being done. Not a verdict on a version: a reload tries again."""
+
+
 class DataError(PipelineError):
     """Input data (Parquet, records) cannot be read or is unusable; names the file or column."""
 
@@ -59,6 +65,14 @@ class KafkaIOError(PipelineError):
 
 class DeliveryError(KafkaIOError):
     """A produced record was not acknowledged by the broker."""
+
+
+class OutputTooLarge(DeliveryError):
+    """The producer refused one output record before sending it: over ``max_request_size``.
+
+    Nothing was queued, so the batch (and its transaction) is intact: the worker dead-letters
+    the record whose output it was (reason ``output_too_large``) instead of failing the batch,
+    which would meet the same record on every retry and restart."""
 
 
 class CommitRejected(KafkaIOError):

@@ -20,7 +20,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from kafka import KafkaConsumer, KafkaProducer
@@ -29,11 +29,13 @@ from rich.table import Table
 
 from pipeline.devstack import demo_fleet
 from pipeline.devstack.fleet import fleet_stream
+from pipeline.devstack.locals3 import LocalS3
 from pipeline.devstack.sampledata import mixed_stream, normal_frame, to_records
 from pipeline.kafka.settings import KafkaSettings
 from pipeline.kafka.topics import ensure_topics
 
 console = Console(stderr=False, highlight=False)
+S3_STORE = "s3://models/demo"
 MALFORMED = [b"{this is not json", b'{"temperature": "very hot"}', b"[1, 2, 3]"]
 
 
@@ -48,6 +50,7 @@ class DemoConfig:
     keep_kafka: bool = False
     per_machine: bool = True  # a fleet: per-machine models, the global one as shadow
     machines: int = 20
+    model_store: Literal["local", "s3"] = "local"  # s3: S3Proxy on loopback holds the models
 
 
 @dataclass
@@ -61,18 +64,33 @@ class Tally:
 def run_demo(cfg: DemoConfig) -> int:
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     broker = None
-    if cfg.bootstrap is None:
-        broker, cfg.bootstrap = _start_kafka(cfg.workdir / "kafka")
+    s3 = _start_s3(cfg.workdir / "s3") if cfg.model_store == "s3" else None
     try:
-        return _run(cfg, cfg.bootstrap)
+        if cfg.bootstrap is None:
+            broker, cfg.bootstrap = _start_kafka(cfg.workdir / "kafka")
+        store: str | Path = S3_STORE if s3 is not None else cfg.workdir / "model-store"
+        return _run(cfg, cfg.bootstrap, store)
     finally:
         if broker is not None and not cfg.keep_kafka:
             console.print("[dim]stopping local Kafka[/dim]")
             broker.stop()
+        if s3 is not None:
+            console.print("[dim]stopping local S3 (S3Proxy)[/dim]")
+            s3.stop()
 
 
-def _run(cfg: DemoConfig, bootstrap: str) -> int:
-    store = cfg.workdir / "model-store"
+def _start_s3(state_dir: Path) -> LocalS3:
+    """S3Proxy on loopback; its AWS variables go into this process's environment, so the
+    trainer here and the worker subprocess both find the store the way a deployment does."""
+    server = LocalS3(state_dir)
+    with console.status("starting local S3 (S3Proxy; first run downloads its jars)..."):
+        record = server.start(buckets=(S3_STORE.split("/")[2],))
+    os.environ.update(record.env())
+    console.print(f"local S3 ready at {record.endpoint}; model store {S3_STORE}")
+    return server
+
+
+def _run(cfg: DemoConfig, bootstrap: str, store: str | Path) -> int:
     run_id = uuid.uuid4().hex[:6]
     topics = {k: f"demo-{run_id}-{k}" for k in ("records", "anomalies", "dlq", "shadow")}
     seed = int(time.time()) % 1000
@@ -138,7 +156,7 @@ def _start_kafka(state_dir: Path) -> tuple[Any, str]:
     return broker, broker.bootstrap
 
 
-def _train(cfg: DemoConfig, store: Path) -> str:
+def _train(cfg: DemoConfig, store: str | Path) -> str:
     from trainer.fit import fit
     from trainer.settings import load_trainer_settings
 
@@ -190,7 +208,7 @@ def _wait_ready(worker: subprocess.Popen[str], port: int, timeout_s: float = 120
 
 def _start_worker(
     bootstrap: str,
-    store: Path,
+    store: str | Path,
     topics: dict[str, str],
     workdir: Path,
     port: int,
@@ -203,7 +221,8 @@ def _start_worker(
         "PIPELINE_ALERT_TOPIC": topics["anomalies"],
         "PIPELINE_DLQ_TOPIC": topics["dlq"],
         "PIPELINE_GROUP_ID": f"{topics['records']}-workers",
-        "PIPELINE_MODEL_STORE": str(store.absolute()),
+        "PIPELINE_START_FROM": "earliest",  # the sample records may be written first
+        "PIPELINE_MODEL_STORE": store if isinstance(store, str) else str(store.absolute()),
         "PIPELINE_MODEL_NAME": "sensors",
         "PIPELINE_ID_FIELD": "machine_id",
         "PIPELINE_METRICS_PORT": str(port),

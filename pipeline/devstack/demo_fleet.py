@@ -23,7 +23,7 @@ LIVE = "sensors"
 GLOBAL = "sensors-global"
 
 
-def train_fleet(console: Console, data: Path, store: Path, rows: int, machines: int) -> str:
+def train_fleet(console: Console, data: Path, store: str | Path, rows: int, machines: int) -> str:
     """Write the fleet's normal readings, publish both models; the per-machine version."""
     from trainer.fit import fit
     from trainer.settings import load_trainer_settings

@@ -20,19 +20,26 @@ probe, so no password has to be written to disk or handed to a Kafka client by t
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import re
-import signal
-import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pipeline.devstack.localkafka_jvm import format_storage, launch_broker
+from pipeline.devstack.localkafka_proc import (
+    check_fixed_ports,
+    cmdline_mentions,
+    free_ports,
+    open_admin,
+    pid_alive,
+    plan_ports,
+    port_is_free,
+    terminate,
+    wait_until_ready,
+)
 from pipeline.devstack.localkafka_setup import (
     DEFAULT_VERSION,
     ENV_CACHE,
@@ -42,6 +49,7 @@ from pipeline.devstack.localkafka_setup import (
     MARKER_NAME,
     NODE_ID,
     SCRAM_MECHANISMS,
+    Jars,
     LocalKafkaError,
     Ports,
     ScramUser,
@@ -51,7 +59,6 @@ from pipeline.devstack.localkafka_setup import (
     file_lock,
     find_java,
     new_cluster_id,
-    read_json,
     redact,
     render_log4j2,
     render_server_properties,
@@ -60,7 +67,17 @@ from pipeline.devstack.localkafka_setup import (
     validate_version,
     write_json,
 )
-from pipeline.kafka.construct import construct
+from pipeline.devstack.localkafka_state import (
+    LAYOUT_NAME,
+    STATE_NAME,
+    BrokerRecord,
+    StartTiming,
+    client_kwargs,
+    formatted_users,
+    read_ports,
+    read_record,
+    validate_heap,
+)
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -86,124 +103,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# For the short-lived StorageTool only: C1-only JIT and serial GC start faster; the broker keeps
-# the JVM defaults so throughput measured against it stays representative.
-FAST_TOOL_JVM = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
-STATE_NAME = "broker.json"
-LAYOUT_NAME = "layout.json"
-
-
-@dataclass(frozen=True)
-class StartTiming:
-    """How long ``start`` took: ``seconds`` from the call to ready, ``jvm_seconds`` from launch."""
-
-    seconds: float
-    download_seconds: float
-    downloaded: bool
-    jvm_seconds: float = 0.0
-    adopted: bool = False
-
-
-@dataclass(frozen=True)
-class BrokerRecord:
-    """What ``broker.json`` says about a running broker (written after launch)."""
-
-    pid: int
-    bootstrap: str
-    internal_bootstrap: str
-    port: int
-    controller_port: int
-    internal_port: int | None
-    security_protocol: str
-    scram_users: list[str]
-    version: str
-    state_dir: str
-    log_path: str
-    started_at: float
-
-
-# --------------------------------------------------------------------------- ports & processes
-
-
-def port_is_free(port: int, host: str = HOST) -> bool:
-    """True if a server could bind ``port`` now.
-
-    SO_REUSEADDR mirrors the JVM, which rebinds a port whose old connections still sit in
-    TIME_WAIT; without it every restart on the same port would look blocked.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int, host: str = HOST) -> list[int]:
-    """``count`` distinct ports the kernel considers free (all bound at once so they differ)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _proc_state(pid) != "Z"
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None  # no procfs (macOS) or the process just vanished
-    return stat.rsplit(")", 1)[-1].split()[0]
-
-
-def _cmdline_mentions(pid: int, needle: str) -> bool:
-    """Guard against pid reuse: does ``pid`` run with ``needle`` on its command line?"""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return not Path("/proc/self").exists()  # cannot tell without procfs: trust the pid
-    except OSError:
-        return False
-    return needle.encode() in raw
-
-
-# --------------------------------------------------------------------------- kafka-python
-
-
-@contextlib.contextmanager
-def open_admin(bootstrap: str, **config: Any) -> Iterator[Any]:
-    """A kafka-python ``KafkaAdminClient`` that is closed on exit, even if its constructor fails.
-
-    (kafka-python leaks its IO thread when the constructor fails: ``kafka_clients``.)"""
-    from kafka import KafkaAdminClient
-
-    admin = construct(KafkaAdminClient, bootstrap_servers=bootstrap, **config)
-    try:
-        yield admin
-    finally:
-        admin.close()
-
-
-# --------------------------------------------------------------------------- the broker
-
 
 class LocalKafka:
     """One local broker bound to a state directory; restartable on the same port and data.
 
     ``start`` returns once a Kafka admin round trip succeeds; ``stop`` is idempotent. Another
     process (the CLI) can stop or inspect a broker through the same state directory.
+
+    A node of a cluster (:class:`~pipeline.devstack.localcluster.LocalKafkaCluster`) is the
+    same thing with its ``node_id``, the cluster's id, fixed ``ports`` and the quorum in
+    ``extra_properties``; the cluster calls ``launch`` on every node before ``wait_ready``.
     """
 
     def __init__(
@@ -216,20 +125,27 @@ class LocalKafka:
         cache_dir: Path | None = None,
         heap: str = "512m",
         extra_properties: Mapping[str, str] | None = None,
+        node_id: int = NODE_ID,
+        cluster_id: str | None = None,
+        ports: Ports | None = None,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.state_dir = self.state_dir.expanduser().resolve()  # pid checks match on this path
         self.version = validate_version(version or default_version())
         self.scram_users = tuple(scram_users or ())
         self.cache_dir = cache_dir
-        self.heap = _validate_heap(heap)
+        self.heap = validate_heap(heap)
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self._fixed_ports = ports
         self.extra_properties = dict(extra_properties or {})
         self.last_start: StartTiming | None = None
         self.last_stop_forced = False
         self._requested_port = port
-        self._ports: Ports | None = None
+        self._ports: Ports | None = ports  # a cluster node's are fixed from the start
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        self._launched_at = 0.0
 
     # -- paths and addresses
 
@@ -279,18 +195,7 @@ class LocalKafka:
         self, user: str | None = None, mechanism: str = "SCRAM-SHA-256"
     ) -> dict[str, Any]:
         """kafka-python keyword arguments for this broker (credentials of ``user`` if SCRAM)."""
-        config: dict[str, Any] = {"bootstrap_servers": self.bootstrap}
-        if not self.scram_users:
-            return config
-        chosen = next((u for u in self.scram_users if user in (None, u.name)), None)
-        if chosen is None:
-            raise LocalKafkaError(f"no SCRAM user {user!r} on this broker")
-        return config | {
-            "security_protocol": "SASL_PLAINTEXT",
-            "sasl_mechanism": mechanism,
-            "sasl_plain_username": chosen.name,
-            "sasl_plain_password": chosen.password,
-        }
+        return client_kwargs(self.bootstrap, self.scram_users, user, mechanism)
 
     # -- lifecycle
 
@@ -300,25 +205,60 @@ class LocalKafka:
         The first start of a version also downloads jars (Maven has its own 10 min limit).
         """
         began = time.monotonic()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.state_dir / ".lock"):
-            if self._adopt_running():
-                self.last_start = StartTiming(time.monotonic() - began, 0.0, False, adopted=True)
-                return self.last_start
-            ports = self._plan_ports()
-            java = find_java()
-            jars = resolve_jars(self.version, self.cache_dir)
-            self._prepare(java, jars.libs_dir, ports)
-            jvm_seconds = self._launch_and_wait(java, jars.libs_dir, timeout)
+        jars = self.launch()
+        if jars is None:
+            self.last_start = StartTiming(time.monotonic() - began, 0.0, False, adopted=True)
+            return self.last_start
+        jvm_seconds = self.wait_ready(timeout)
         timing = StartTiming(time.monotonic() - began, jars.seconds, jars.downloaded, jvm_seconds)
         log.info(
-            "kafka.ready bootstrap=%s pid=%s start_to_ready_s=%.2f jvm_to_ready_s=%.2f "
+            "kafka.ready bootstrap=%s node=%s pid=%s start_to_ready_s=%.2f jvm_to_ready_s=%.2f "
             "download_s=%.2f cold_cache=%s",
-            self.bootstrap, self._proc.pid if self._proc else None, timing.seconds,
+            self.bootstrap, self.node_id, self._proc.pid if self._proc else None, timing.seconds,
             jvm_seconds, jars.seconds, jars.downloaded,
         )  # fmt: skip
         self.last_start = timing
         return timing
+
+    def launch(self) -> Jars | None:
+        """Prepare and launch the JVM without waiting for it; None when one already runs.
+
+        Split from ``wait_ready`` because a node of a three-node quorum cannot become ready
+        until a second one is up: the cluster launches them all, then waits.
+        """
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.state_dir / ".lock"):
+            if self._adopt_running():
+                return None
+            ports = self._plan_ports()
+            java = find_java()
+            jars = resolve_jars(self.version, self.cache_dir)
+            self._prepare(java, jars.libs_dir, ports)
+            self._launched_at = time.monotonic()
+            proc = self._launch(java, jars.libs_dir)
+            self._write_record(proc.pid)
+        return jars
+
+    def wait_ready(self, timeout: float) -> float:
+        """Wait until the launched JVM serves (``timeout`` from launch); returns its seconds.
+
+        A node that does not get ready is killed, with its log tail in the error."""
+        proc = self._proc
+        if proc is None:
+            raise LocalKafkaError(f"node {self.node_id} in {self.state_dir} was not launched")
+        try:
+            deadline = self._launched_at + timeout
+            wait_until_ready(proc, self._probe_ports(), deadline, self.node_id)
+            return time.monotonic() - self._launched_at
+        except BaseException as exc:
+            terminate(proc.pid, proc, 10.0)
+            (self.state_dir / STATE_NAME).unlink(missing_ok=True)
+            self._proc = None
+            if isinstance(exc, LocalKafkaError):
+                raise LocalKafkaError(
+                    f"{exc}\n--- {self.log_path} (tail) ---\n{self.log_tail()}"
+                ) from exc
+            raise
 
     def stop(self, timeout: float = 30.0) -> bool:
         """SIGTERM the broker, SIGKILL after ``timeout``; True if one was running."""
@@ -331,7 +271,7 @@ class LocalKafka:
                 self._proc = None
                 return False
             began = time.monotonic()
-            self.last_stop_forced = not _terminate(pid, self._proc, timeout)
+            self.last_stop_forced = not terminate(pid, self._proc, timeout)
             (self.state_dir / STATE_NAME).unlink(missing_ok=True)
             self._proc = None
         log.info(
@@ -350,7 +290,7 @@ class LocalKafka:
 
     def status(self) -> BrokerRecord | None:
         """The running broker's record, or None (a stale ``broker.json`` counts as stopped)."""
-        record = _read_record(self.state_dir / STATE_NAME)
+        record = read_record(self.state_dir / STATE_NAME)
         if record is None or not self._is_our_process(record.pid):
             return None
         return record
@@ -392,32 +332,15 @@ class LocalKafka:
 
     def _plan_ports(self) -> Ports:
         """Same ports as last time where possible: restarts must keep the bootstrap address."""
-        previous = self._ports or _read_ports(self.state_dir / LAYOUT_NAME)
-        client = self._requested_port or (previous.client if previous else None)
-        if client is not None and not port_is_free(client):
-            raise LocalKafkaError(
-                f"port {client} on {HOST} is in use; pick another --port or stop what holds it"
-            )
-        taken = {client} if client else set()
-        client = client or _pick_port(taken)
-        controller = _keep_or_pick(previous.controller if previous else None, taken | {client})
-        internal = None
-        if self.scram_users:
-            old = previous.internal if previous else None
-            internal = _keep_or_pick(old, taken | {client, controller})
-        return Ports(client, controller, internal)
+        if self._fixed_ports is not None:
+            return check_fixed_ports(self._fixed_ports, self.node_id)
+        previous = self._ports or read_ports(self.state_dir / LAYOUT_NAME)
+        return plan_ports(previous, self._requested_port, internal=bool(self.scram_users))
 
     def _prepare(self, java: str, libs: Path, ports: Ports) -> None:
         """Write configs and format storage once; a formatted data dir is kept as is."""
         formatted = (self.data_dir / "meta.properties").exists()
-        layout = read_json(self.state_dir / LAYOUT_NAME) or {}
-        known_users = sorted(layout.get("scram_users", [])) if formatted else []
-        missing = sorted({u.name for u in self.scram_users} - set(known_users))
-        if formatted and missing:
-            raise LocalKafkaError(
-                f"{self.data_dir} was formatted without SCRAM users {missing}; users can only be "
-                "added at format time, so use a fresh --state-dir"
-            )
+        known_users = formatted_users(self.state_dir, self.scram_users) if formatted else []
         self.properties_path.write_text(
             render_server_properties(
                 ports, self.data_dir, scram=bool(self.scram_users), extra=self.extra_properties
@@ -430,74 +353,17 @@ class LocalKafka:
         write_json(self.state_dir / LAYOUT_NAME, {**asdict(ports), "scram_users": known_users})
         self._ports = ports
 
-    def _jvm_base(self, libs: Path) -> list[str]:
-        return [
-            f"-Dlog4j2.configurationFile={self.state_dir / 'log4j2.properties'}",
-            f"-Dkafka.logs.dir={self.state_dir}",
-            "-Djava.awt.headless=true",
-            "-cp",
-            str(libs / "*"),  # the JVM expands this classpath wildcard itself
-        ]
-
     def _format(self, java: str, libs: Path) -> None:
-        """Run kafka-storage format; SCRAM users become part of the bootstrap metadata.
-
-        The passwords appear on StorageTool's argv for about a second (its only interface);
-        they are never logged, and its output is redacted before it can reach an error.
-        """
-        cmd = [java, "-Xmx256m", *FAST_TOOL_JVM, *self._jvm_base(libs), "kafka.tools.StorageTool"]
-        cmd += ["format", "-t", new_cluster_id(), "-c", str(self.properties_path)]
-        for user in self.scram_users:
-            for mechanism in SCRAM_MECHANISMS:
-                cmd += ["--add-scram", f"{mechanism}=[name={user.name},password={user.password}]"]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise LocalKafkaError(
-                f"kafka-storage format did not run: {type(exc).__name__}"
-            ) from None
-        if proc.returncode != 0:
-            output = redact(proc.stdout + proc.stderr, [u.password for u in self.scram_users])
-            raise LocalKafkaError(
-                f"kafka-storage format failed (exit {proc.returncode}); output tail:\n"
-                f"{tail_lines(output)}"
-            )
-        log.info("kafka.formatted data_dir=%s scram_users=%s", self.data_dir, len(self.scram_users))
-
-    def _launch_and_wait(self, java: str, libs: Path, timeout: float) -> float:
-        """Launch the JVM and wait for readiness; returns launch-to-ready seconds."""
-        launched = time.monotonic()
-        proc = self._launch(java, libs)
-        try:
-            self._write_record(proc.pid)
-            wait_until_ready(proc, self._probe_ports(), launched + timeout)
-            return time.monotonic() - launched
-        except BaseException as exc:
-            _terminate(proc.pid, proc, 10.0)
-            (self.state_dir / STATE_NAME).unlink(missing_ok=True)
-            self._proc = None
-            if isinstance(exc, LocalKafkaError):
-                raise LocalKafkaError(
-                    f"{exc}\n--- {self.log_path} (tail) ---\n{self.log_tail()}"
-                ) from exc
-            raise
+        cluster_id = self.cluster_id or new_cluster_id()
+        format_storage(java, libs, self.state_dir, cluster_id, self.scram_users)
 
     def _launch(self, java: str, libs: Path) -> subprocess.Popen[bytes]:
-        """Start the JVM detached (own session), stdout+stderr appended to ``kafka.log``."""
-        cmd = [java, "-Xms128m", f"-Xmx{self.heap}", "-XX:+ExitOnOutOfMemoryError"]
-        cmd += [*self._jvm_base(libs), "kafka.Kafka", str(self.properties_path)]
-        with self.log_path.open("ab") as out:
-            self._log_offset = out.tell()
-            out.write(f"=== launching Kafka {self.version} at {time.ctime()} ===\n".encode())
-            out.flush()
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=self.state_dir, start_new_session=True,
-            )  # fmt: skip
+        proc, self._log_offset = launch_broker(java, libs, self.state_dir, self.heap, self.version)
         self._proc = proc
         log.info(
-            "kafka.launched pid=%s bootstrap=%s log=%s", proc.pid, self.bootstrap, self.log_path
-        )
+            "kafka.launched node=%s pid=%s bootstrap=%s log=%s",
+            self.node_id, proc.pid, self.bootstrap, self.log_path,
+        )  # fmt: skip
         return proc
 
     def _probe_ports(self) -> tuple[int, ...]:
@@ -527,126 +393,4 @@ class LocalKafka:
     def _is_our_process(self, pid: int) -> bool:
         if self._proc is not None and self._proc.pid == pid:
             return self._proc.poll() is None
-        return pid_alive(pid) and _cmdline_mentions(pid, str(self.properties_path))
-
-
-# --------------------------------------------------------------------------- module helpers
-
-
-def _validate_heap(heap: str) -> str:
-    """Accept only a size like ``512m``: the value is spliced into the JVM's argv."""
-    if not re.fullmatch(r"\d+[kKmMgG]?", heap):
-        raise LocalKafkaError(f"heap must be a JVM size such as 512m or 1g, not {heap!r}")
-    return heap
-
-
-def _read_record(path: Path) -> BrokerRecord | None:
-    data = read_json(path)
-    if data is None:
-        return None
-    try:
-        return BrokerRecord(**data)
-    except TypeError:
-        return None  # written by an incompatible version: treat as stale
-
-
-def _read_ports(path: Path) -> Ports | None:
-    data = read_json(path)
-    if data is None:
-        return None
-    try:
-        return Ports(int(data["client"]), int(data["controller"]), data.get("internal"))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _pick_port(taken: set[int]) -> int:
-    while True:
-        port = free_ports(1)[0]
-        if port not in taken:
-            return port
-
-
-def _keep_or_pick(preferred: int | None, taken: set[int]) -> int:
-    if preferred is not None and preferred not in taken and port_is_free(preferred):
-        return preferred
-    return _pick_port(taken)
-
-
-def wait_until_ready(proc: subprocess.Popen[bytes], ports: Sequence[int], deadline: float) -> None:
-    """Block until every port accepts TCP and an admin round trip on ``ports[0]`` sees us.
-
-    An open port alone is not enough: the broker must have registered with its controller and
-    be unfenced, otherwise the first topic creation of a test can still fail.
-    """
-    for port in ports:
-        _wait_for_port(proc, port, deadline)
-    _wait_for_registration(proc, f"{HOST}:{ports[0]}", deadline)
-
-
-def _check_alive(proc: subprocess.Popen[bytes]) -> None:
-    code = proc.poll()
-    if code is not None:
-        raise LocalKafkaError(f"Kafka JVM (pid {proc.pid}) exited with code {code} during start")
-
-
-def _wait_for_port(proc: subprocess.Popen[bytes], port: int, deadline: float) -> None:
-    while True:
-        _check_alive(proc)
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
-            return
-        if time.monotonic() > deadline:
-            raise LocalKafkaError(f"Kafka did not open {HOST}:{port} before the start timeout")
-        time.sleep(0.1)
-
-
-def _wait_for_registration(proc: subprocess.Popen[bytes], address: str, deadline: float) -> None:
-    from kafka.errors import KafkaError
-
-    remaining_ms = max(1000, int((deadline - time.monotonic()) * 1000))
-    try:
-        with open_admin(
-            address, bootstrap_timeout_ms=remaining_ms, request_timeout_ms=5000
-        ) as admin:
-            while not _cluster_ready(admin.describe_cluster()):
-                _check_alive(proc)
-                if time.monotonic() > deadline:
-                    raise LocalKafkaError(f"broker at {address} never reported itself unfenced")
-                time.sleep(0.1)
-    except KafkaError as exc:
-        _check_alive(proc)
-        raise LocalKafkaError(f"Kafka admin round trip to {address} failed: {exc!r}") from exc
-
-
-def _cluster_ready(cluster: Mapping[str, Any]) -> bool:
-    brokers = cluster.get("brokers") or []
-    return any(b.get("broker_id") == NODE_ID and not b.get("is_fenced") for b in brokers)
-
-
-def _terminate(pid: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> bool:
-    """SIGTERM, wait, then SIGKILL; True when the process exited on SIGTERM alone."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    if _wait_exit(pid, proc, timeout):
-        return True
-    log.warning("kafka.stop.sigkill pid=%s after_s=%.0f", pid, timeout)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    if not _wait_exit(pid, proc, 10.0):
-        raise LocalKafkaError(f"Kafka JVM pid {pid} survived SIGKILL")
-    return False
-
-
-def _wait_exit(pid: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> bool:
-    if proc is not None and proc.pid == pid:
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
+        return pid_alive(pid) and cmdline_mentions(pid, str(self.properties_path))

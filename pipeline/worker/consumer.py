@@ -29,7 +29,7 @@ def subscribe(settings: WorkerSettings, listener: ConsumerRebalanceListener) -> 
         s.kafka,
         s.group_id,
         max_poll_records=s.batch.max_size,
-        auto_offset_reset=s.auto_offset_reset,
+        auto_offset_reset="earliest",  # a new group's start: pipeline.worker.startpos
         session_timeout_ms=s.session_timeout_ms,
         heartbeat_interval_ms=min(3_000, s.session_timeout_ms // 3),
     )
@@ -61,6 +61,36 @@ def rewind(consumer: KafkaConsumer, records: list[Any]) -> None:
     for tp, offset in first.items():
         if tp in consumer.assignment():
             consumer.seek(tp, offset)
+
+
+def rejoin_fresh(
+    consumer: KafkaConsumer, settings: WorkerSettings, listener: ConsumerRebalanceListener
+) -> None:
+    """Leave the group and subscribe again, forgetting every fetch position.
+
+    After an exactly-once batch was aborted because the group moved on, the positions this
+    consumer holds are wrong either way: past the aborted batch, or (rewound) behind what a
+    member that held the partition meanwhile committed. kafka-python keeps the position of a
+    partition assigned back, so only a fresh subscription makes every partition start again
+    from its committed offset."""
+    consumer.unsubscribe()
+    if settings.input_pattern:
+        consumer.subscribe(pattern=settings.input_pattern, listener=listener)
+    else:
+        consumer.subscribe(topics=settings.input_topics, listener=listener)
+
+
+def rejoin(consumer: KafkaConsumer) -> None:
+    """Make the next poll rejoin the group.
+
+    After the broker refused a commit as coming from a stale generation, kafka-python 3.0.12
+    goes on polling as if still a member until a heartbeat tells it otherwise: a worker
+    resumed after its session expired had every batch refused again, for minutes, without
+    rejoining (test_reliability_rebalance). ``request_rejoin`` is the coordinator's own
+    (internal) switch for this; the kafka-python version is pinned (pyproject)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None:
+        coordinator.request_rejoin()
 
 
 def lag(consumer: KafkaConsumer, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:

@@ -9,7 +9,7 @@ indexed element by element.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
@@ -17,12 +17,13 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.contract.alerts import build_event, encode_event, utc_now_iso
+from pipeline.contract.bounds import MAX_RECORD_COPY_BYTES, bounded_key
 from pipeline.contract.entity_scoring import RoutedScores
+from pipeline.contract.exceptions import OutputTooLarge
 from pipeline.worker.codec import DecodedBatch
 from pipeline.worker.serving import ModelHandle
 
 Headers = list[tuple[str, bytes]]
-MAX_RECORD_COPY_BYTES = 900_000  # include_record: larger records are not copied into alerts
 
 
 class Sink(Protocol):
@@ -40,6 +41,24 @@ class EventTopics:
     include_record: bool = False  # copy the input record into alerts
 
 
+@dataclass(frozen=True)
+class TooLarge:
+    """A record whose event the producer refused as too large: it is dead-lettered instead."""
+
+    index: int  # position in the batch's records
+    topic: str
+    detail: str
+
+
+@dataclass
+class Emitted:
+    """What ``emit_events`` did: records over their threshold, and records whose events
+    could not be sent at all (each one dead-lettered by the caller, reason output_too_large)."""
+
+    anomalies: int = 0
+    too_large: list[TooLarge] = field(default_factory=list)
+
+
 def emit_events(
     records: list[Any],
     decoded: DecodedBatch,
@@ -47,26 +66,26 @@ def emit_events(
     model: ModelHandle,
     sink: Sink,
     topics: EventTopics,
-) -> int:
-    """Send the batch's events; returns how many records were over their threshold."""
+) -> Emitted:
+    """Send the batch's events; says how many records were over their threshold and which
+    records' events the producer refused as too large."""
     scores = scored.scores
     over = scored.is_anomaly
-    n_over = int(over.sum())
+    out = Emitted(anomalies=int(over.sum()))
     if topics.scores:
         rows = np.arange(len(scores))
     elif topics.alerts:
         rows = np.flatnonzero(over)
     else:
-        return n_over
+        return out
     if not rows.size:
-        return n_over
+        return out
     detected_at = utc_now_iso()
     names = model.spec.unit_names
     n_units = model.spec.n_units
     ref = (model.name, model.version)
     accepted, record_ids = decoded.accepted, decoded.record_ids
     entities = _entity_refs(scored, model, rows)
-    send = sink.send
     for j, score, threshold, anomalous, top_idx, top_err, entity in zip(
         rows.tolist(),
         scores.scores[rows].tolist(),
@@ -78,7 +97,11 @@ def emit_events(
         strict=True,
     ):
         rec = records[accepted[j]]
-        copy = topics.include_record and anomalous and topics.alerts
+        copy, copy_cut = (
+            record_copy(rec.value)
+            if topics.include_record and anomalous and topics.alerts
+            else (None, None)
+        )
         event = build_event(
             source=(rec.topic, rec.partition, rec.offset, rec.timestamp),
             key=rec.key,
@@ -89,15 +112,30 @@ def emit_events(
             top_features=[(names[u], e) for u, e in zip(top_idx, top_err, strict=True)],
             total_error=score * n_units,
             detected_at=detected_at,
-            record=record_copy(rec.value) if copy else None,
+            record=copy,
             entity=entity,
+            record_cut=copy_cut,
         )
-        payload = encode_event(event)
-        if anomalous and topics.alerts:
-            send(topics.alerts, payload, key=rec.key)
-        if topics.scores:
-            send(topics.scores, payload, key=rec.key)
-    return n_over
+        targets = [topics.alerts] if anomalous and topics.alerts else []
+        refused = _send(sink, [*targets, topics.scores], encode_event(event), bounded_key(rec.key))
+        if refused is not None:
+            out.too_large.append(TooLarge(accepted[j], *refused))
+    return out
+
+
+def _send(
+    sink: Sink, targets: list[str | None], payload: bytes, key: bytes | None
+) -> tuple[str, str] | None:
+    """Send one event to each target topic; (topic, why) when the producer refused it as too
+    large (the record's remaining sends are skipped: they carry the same payload)."""
+    for topic in targets:
+        if topic is None:
+            continue
+        try:
+            sink.send(topic, payload, key=key)
+        except OutputTooLarge as exc:
+            return topic, str(exc)
+    return None
 
 
 def _entity_refs(
@@ -111,14 +149,17 @@ def _entity_refs(
     return [(names[s],) for s in scored.slots[rows].tolist()]
 
 
-def record_copy(value: bytes | None) -> dict[str, Any] | None:
-    """The input record for an alert; None when it is not a JSON object (binary path), is
-    larger than MAX_RECORD_COPY_BYTES, or cannot be copied (the decoder skips ignored fields
+def record_copy(value: bytes | None) -> tuple[dict[str, Any] | None, int | None]:
+    """(the input record for an alert, its size when it was too large to copy).
+
+    The record is None when it is not a JSON object (binary path), is larger than
+    MAX_RECORD_COPY_BYTES (the alert would not fit a 1 MiB request: its size is returned, for
+    the event's ``truncated.record``), or cannot be copied (the decoder skips ignored fields
     unchecked, so a scored record can hold invalid UTF-8 or deep nesting there)."""
     if value is not None and len(value) > MAX_RECORD_COPY_BYTES:
-        return None  # the alert would not fit a 1 MiB request
+        return None, len(value)
     try:
         obj = msgspec.json.decode(value or b"")
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return None
-    return obj if isinstance(obj, dict) else None
+        return None, None
+    return (obj if isinstance(obj, dict) else None), None

@@ -12,8 +12,10 @@ Failures (README "Delivery guarantees"; the policy is ``pipeline.worker.retry``)
   rewound to the batch's first offsets and the batch collected again after a backoff; after
   ``max_batch_retries`` consecutive failures the worker exits non-zero with the offsets
   uncommitted, so a restart (or another group member) replays it and nothing is lost;
-- a commit refused because the group rebalanced is not a failure: the output is durable and
-  the partitions' new owner replays from the last commit (same event ids).
+- a commit refused because the group rebalanced is not a failure: at-least-once the output
+  is durable and the partitions' new owner replays from the last commit (same event ids);
+  exactly-once the transaction is aborted (the offsets are committed only under the group
+  generation the batch was polled in) and the batch is read again by whoever owns it.
 """
 
 from __future__ import annotations
@@ -31,14 +33,13 @@ from kafka.structs import TopicPartition
 from pipeline.contract.exceptions import CommitRejected, KafkaIOError, PipelineError
 from pipeline.contract.scoring import resolve_device, torch_threads
 from pipeline.kafka.clients import make_producer
-from pipeline.kafka.topics import ensure_topics
+from pipeline.kafka.topics import TopicDurability, ensure_topics
 from pipeline.worker import consumer as consumers
 from pipeline.worker.assignment import Assignment, fmt_partitions
 from pipeline.worker.batching import BatchCollector
 from pipeline.worker.drift import DriftMonitor
 from pipeline.worker.failures import describe_batch, is_kafka_failure, stage_of
 from pipeline.worker.metrics import MetricsServer, PipelineMetrics
-from pipeline.worker.overlap import PrefetchingSource
 from pipeline.worker.processing import BatchProcessor, Topics, observe_end_to_end
 from pipeline.worker.reload import AnnounceListener
 from pipeline.worker.retry import RetryPolicy
@@ -47,6 +48,7 @@ from pipeline.worker.serving import ModelHandle
 from pipeline.worker.settings import WorkerSettings
 from pipeline.worker.shadow import ShadowResult, ShadowScorer
 from pipeline.worker.sink import OutputSink, next_offsets
+from pipeline.worker.startpos import StartPositions
 from pipeline.worker.summary import RunSummary
 from pipeline.worker.txnid import TransactionalIds
 
@@ -72,14 +74,16 @@ class Worker:
         )
         self.processor.drift.use_model(self.model.artifact.manifest)
         self.shadow_scorer = ShadowScorer(settings.shadow_topic, self.metrics)
-        self.assignment = Assignment(self._on_lost)
+        self.start_positions = StartPositions(settings.start_from, settings.start_timestamp_ms)
+        self.assignment = Assignment(
+            self._on_lost, self.start_positions.assigned, self.start_positions.revoked
+        )
         self.retry = RetryPolicy(settings.max_batch_retries, settings.retry_backoff_s)
         self.txn_ids = TransactionalIds(
             settings.delivery, settings.group_id, settings.transactional_id
         )
         self.stop_event = threading.Event()
         self._collector: BatchCollector | None = None
-        self._source: PrefetchingSource | None = None  # polls ahead while the model runs
         self._last_beat = time.monotonic()
         self._sink: OutputSink | None = None
         self.metrics.kafka_wait.set_function(self.kafka_wait_s)
@@ -100,10 +104,13 @@ class Worker:
             self._beat()
             if self.settings.create_topics:
                 s = self.settings
-                ensure_topics(s.kafka, s.output_topics, s.topic_partitions, s.topic_replication)
+                ensure_topics(
+                    s.kafka, s.output_topics, s.topic_partitions,
+                    TopicDurability(s.topic_replication, s.topic_min_insync_replicas),
+                )  # fmt: skip
             stack.enter_context(torch_threads(self.settings.torch_threads))
-            stack.callback(self.processor.close)
             consumer = consumers.subscribe(self.settings, self.assignment)
+            self.start_positions.bind(consumer)
             stack.callback(consumers.close_consumer, consumer)
             stack.callback(self.txn_ids.release)  # after the producer is closed
             sink = OutputSink(self._make_producer, self.settings.delivery)
@@ -148,9 +155,8 @@ class Worker:
         idle_timeout_s: float | None,
     ) -> None:
         s = self.settings
-        self._source = PrefetchingSource(consumer, s.batch.max_size)
         collector = BatchCollector(
-            self._source,
+            consumer,
             s.batch.max_size,
             s.batch.max_wait_ms / 1000,
             should_stop=self.stop_event.is_set,
@@ -160,11 +166,12 @@ class Worker:
         while not self.stop_event.is_set():
             self._beat()
             self.models.maybe_reload()
+            self.start_positions.settle()
             try:
                 batch = collector.collect()
             except KafkaError as exc:
                 # records gathered before the error were never processed: read them again
-                consumers.rewind(consumer, collector.abandoned + self._drain_prefetched())
+                consumers.rewind(consumer, collector.abandoned)
                 self._failed(exc, [], sink)
                 continue
             self.metrics.ready.set(1 if self.is_ready() else 0)
@@ -188,29 +195,22 @@ class Worker:
             self._process_once(records, consumer, sink, summary)
             self.retry.succeeded()
         except CommitRejected as exc:
-            self.retry.succeeded()  # the output is durable: nothing to retry
-            self.metrics.commits_rejected.inc()
-            log.warning(
-                "offset commit refused after a rebalance; the new owner replays the batch",
-                extra={"batch": describe_batch(records), "error": str(exc)},
-            )
+            self._commit_rejected(exc, records, consumer, sink)
         except (PipelineError, KafkaError) as exc:
             sink.abort()
             self._failed(exc, records, sink)
-            consumers.rewind(consumer, records + self._drain_prefetched())
+            consumers.rewind(consumer, records)
 
     def _process_once(
         self, records: list[Any], consumer: KafkaConsumer, sink: OutputSink, summary: RunSummary
     ) -> None:
         started = time.perf_counter()
+        group = consumer.group_metadata()  # the membership the batch was polled in
         live = self.model
         sink.begin()
-        source = self._source if self.settings.overlap_compute else None
-        result = self.processor.process(
-            records, live, sink, source.prefetch if source is not None else None
-        )
+        result = self.processor.process(records, live, sink)
         shadow = self._score_shadow(records, sink)
-        sink.commit(consumer, next_offsets(records))
+        sink.commit(consumer, next_offsets(records), group)
         self.processor.observe(result)  # only now: a failed attempt must not count
         if shadow is not None:
             self.shadow_scorer.observe(shadow)
@@ -221,6 +221,25 @@ class Worker:
         m.model_scored.labels(role="live", version=live.version).inc(result.scored)
         m.model_anomalies.labels(role="live", version=live.version).inc(result.anomalies)
         summary.add(result, time.perf_counter() - started)
+
+    def _commit_rejected(
+        self, exc: CommitRejected, records: list[Any], consumer: KafkaConsumer, sink: OutputSink
+    ) -> None:
+        """The group moved on while the batch was processed: not a failure (no retry counted,
+        no backoff). At-least-once the output is durable and whoever owns the partitions next
+        replays from the last commit. Exactly-once the transaction was aborted, so the batch
+        is read again from the last commit, by whoever owns its partitions after a fresh join
+        (``rejoin_fresh``: every position is re-read from the committed offsets)."""
+        self.retry.succeeded()
+        self.metrics.commits_rejected.inc()
+        if sink.mode == "exactly-once":
+            consumers.rejoin_fresh(consumer, self.settings, self.assignment)
+        else:
+            consumers.rejoin(consumer)
+        log.warning(
+            "offset commit refused after a rebalance; the batch is replayed",
+            extra={"batch": describe_batch(records), "delivery": sink.mode, "error": str(exc)},
+        )
 
     def _failed(self, exc: BaseException, records: list[Any], sink: OutputSink) -> None:
         """Count the failure, replace a failed producer and back off (or raise: see retry)."""
@@ -233,10 +252,6 @@ class Worker:
         self._wait(delay)
 
     # --------------------------------------------------------------- pieces
-    def _drain_prefetched(self) -> list[Any]:
-        """Records polled ahead but not processed: a rewind must cover them too."""
-        return self._source.drain() if self._source is not None else []
-
     def _score_shadow(self, records: list[Any], sink: OutputSink) -> ShadowResult | None:
         """Run the shadow model; its failure never fails the live batch (its sends do: they
         are part of the batch's output and transaction)."""

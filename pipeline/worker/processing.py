@@ -5,30 +5,21 @@ Kept free of the consume/commit loop so it can be reused by batch scoring and te
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from pipeline.contract.artifact import Manifest
-from pipeline.contract.deadletter import dead_letter_headers, dead_letter_value
-from pipeline.contract.entity_scoring import RoutedScores
+from pipeline.contract.bounds import bounded_key
+from pipeline.contract.deadletter import OUTPUT_TOO_LARGE, dead_letter_headers, dead_letter_value
 from pipeline.contract.verdict import NON_FINITE_SCORE, OVER_THRESHOLD
-from pipeline.worker.codec import DecodedBatch, Rejection
 from pipeline.worker.drift import DriftMonitor
 from pipeline.worker.events import EventTopics, Sink, emit_events
 from pipeline.worker.metrics import PipelineMetrics
-from pipeline.worker.overlap import timed
 from pipeline.worker.serving import ModelHandle
-
-WhileScoring = Callable[[Callable[[], bool]], None]
-
-# Below this model time per batch, handing the batch to the scoring thread costs more than
-# the overlap wins (tiny tabular models take well under a millisecond per batch).
-OVERLAP_MIN_INFERENCE_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -69,68 +60,44 @@ class BatchProcessor:
         self.metrics = metrics
         self.include_record = include_record
         self.drift = drift if drift is not None else DriftMonitor(metrics)
-        self._scoring_thread: ThreadPoolExecutor | None = None
-        self._last_inference_s = 0.0
 
-    def process(
-        self,
-        records: list[Any],
-        model: ModelHandle,
-        sink: Sink,
-        while_scoring: WhileScoring | None = None,
-    ) -> BatchResult:
-        """Decode, score, and send the batch's alerts / dead letters / scores to ``sink``.
-
-        ``while_scoring(done)``, if given, runs in this thread while the model scores the
-        batch in a helper thread (torch releases the GIL), until ``done()`` is true: the
-        worker polls its next batch there (``pipeline.worker.overlap``). It is used only once a
-        batch's model time is large enough for the overlap to pay.
-        """
+    def process(self, records: list[Any], model: ModelHandle, sink: Sink) -> BatchResult:
+        """Decode, score, and send the batch's alerts / dead letters / scores to ``sink``."""
         decoded = model.decoder.decode_records(records)
         for rejection in decoded.rejected:
-            self._dead_letter(records[rejection.index], rejection, model, sink)
-        scored, inference_s = self._score(decoded, model, while_scoring)
+            rec = records[rejection.index]
+            self._dead_letter(rec, rejection.reason.value, rejection.detail, model, sink)
+        started = time.perf_counter()
+        scored = model.score(decoded)
+        inference_s = time.perf_counter() - started
         events = EventTopics(self.topics.alerts, self.topics.scores, self.include_record)
-        anomalies = emit_events(records, decoded, scored, model, sink, events)
+        emitted = emit_events(records, decoded, scored, model, sink, events)
+        for refused in emitted.too_large:
+            detail = f"{refused.topic}: {refused.detail}"
+            self._dead_letter(records[refused.index], OUTPUT_TOO_LARGE, detail, model, sink)
         return BatchResult(
             consumed=len(records),
             scored=len(scored),
-            anomalies=anomalies,
-            rejected=len(decoded.rejected),
+            anomalies=emitted.anomalies,
+            rejected=len(decoded.rejected) + len(emitted.too_large),
             inference_s=inference_s,
             scores=scored.monitored,
-            reasons=tuple(r.reason.value for r in decoded.rejected),
+            reasons=tuple(r.reason.value for r in decoded.rejected)
+            + (OUTPUT_TOO_LARGE,) * len(emitted.too_large),
             manifest=model.artifact.manifest,
             fallback=None if scored.slots is None else int((scored.slots == 0).sum()),
             non_finite=scored.non_finite,
         )
 
-    def _score(
-        self, decoded: DecodedBatch, model: ModelHandle, while_scoring: WhileScoring | None
-    ) -> tuple[RoutedScores, float]:
-        run = timed(lambda: model.score(decoded))
-        if while_scoring is None or self._last_inference_s < OVERLAP_MIN_INFERENCE_S:
-            scores, seconds = run()
-        else:
-            if self._scoring_thread is None:
-                self._scoring_thread = ThreadPoolExecutor(1, thread_name_prefix="scoring")
-            future = self._scoring_thread.submit(run)
-            while_scoring(future.done)
-            scores, seconds = future.result()
-        self._last_inference_s = seconds
-        return scores, seconds
-
-    def close(self) -> None:
-        """Stop the scoring thread, if one was started."""
-        if self._scoring_thread is not None:
-            self._scoring_thread.shutdown(wait=True)
-            self._scoring_thread = None
-
-    def _dead_letter(self, rec: Any, rejection: Rejection, model: ModelHandle, sink: Sink) -> None:
+    def _dead_letter(
+        self, rec: Any, reason: str, detail: str, model: ModelHandle, sink: Sink
+    ) -> None:
+        """Send ``rec`` to the dead-letter topic, every copied part within its bound."""
         value, truncated = dead_letter_value(rec.value)
+        key = bounded_key(rec.key)
         headers = dead_letter_headers(
-            reason=rejection.reason.value,
-            detail=rejection.detail,
+            reason=reason,
+            detail=detail,
             topic=rec.topic,
             partition=rec.partition,
             offset=rec.offset,
@@ -138,8 +105,9 @@ class BatchProcessor:
             model=f"{model.name}/{model.version}",
             original=rec.headers or [],
             truncated=truncated,
+            key_truncated=None if key is rec.key else len(rec.key),
         )
-        sink.send(self.topics.dead_letter, value, key=rec.key, headers=headers)
+        sink.send(self.topics.dead_letter, value, key=key, headers=headers)
 
     def observe(self, result: BatchResult) -> None:
         """Count a batch in the metrics; the worker calls this after the batch's commit."""

@@ -23,7 +23,12 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from pipeline.contract.announce import decode_announcement
-from pipeline.contract.exceptions import ArtifactError, ArtifactNotFound, DataError
+from pipeline.contract.exceptions import (
+    ArtifactError,
+    ArtifactNotFound,
+    DataError,
+    StoreUnavailable,
+)
 from pipeline.kafka.clients import new_consumer
 from pipeline.kafka.settings import KafkaSettings
 from pipeline.worker.serving import ModelHandle, ModelWatcher
@@ -102,9 +107,9 @@ class ModelSlot:
             candidate = self._open(version)
             if self._validate is not None:
                 self._validate(candidate)
-        except ArtifactNotFound as exc:
+        except (ArtifactNotFound, StoreUnavailable) as exc:
             # LATEST can name a version whose directory a slow shared volume does not show
-            # yet: not refused, the next poll tries again
+            # yet, or an object store is unreachable: not refused, the next poll tries again
             log.warning(
                 "model version named by LATEST not readable yet",
                 extra={"role": self.role, "candidate": version, "error": str(exc)},

@@ -13,6 +13,7 @@ import logging
 import torch
 
 from pipeline.contract.exceptions import ArtifactError
+from pipeline.contract.store import check_access
 from pipeline.worker.entity_serving import EntityOptions
 from pipeline.worker.metrics import PipelineMetrics
 from pipeline.worker.reload import ModelSlot, Role
@@ -33,6 +34,7 @@ class ServedModels:
         self.settings = settings
         self.metrics = metrics
         self.device = device
+        check_access(settings.model_store, "PIPELINE_MODEL_STORE")  # ConfigError: exit 2
         self.live = self._slot("live", settings.model_name, settings.model_version)
         self.live.start()
         self.shadow = self._start_shadow() if settings.shadow_enabled else None
@@ -79,7 +81,11 @@ class ServedModels:
             self.metrics.shadow_reloads.labels(result="refused").inc()
             log.error(
                 "shadow model unavailable; scoring without it until one loads",
-                extra={"name": s.shadow_name, "version": s.shadow_model_version, "error": str(exc)},
+                extra={
+                    "model": s.shadow_name,
+                    "version": s.shadow_model_version,
+                    "error": str(exc),
+                },
             )
         return slot
 

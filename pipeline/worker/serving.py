@@ -177,7 +177,7 @@ class ModelWatcher:
         try:
             version = latest_version(self.store, self.name)
         except ArtifactError as exc:
-            log.warning("cannot read LATEST", extra={"name": self.name, "error": str(exc)})
+            log.warning("cannot read LATEST", extra={"model": self.name, "error": str(exc)})
             return None
         if version in (current, self._refused):
             return None

@@ -8,6 +8,7 @@ the env-var diagnostics (typos, Kubernetes service links) live in ``pipeline.com
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -73,16 +74,37 @@ class WorkerSettings(BaseSettings):
         description="How long the group waits for a silent member (a crashed worker) before"
         " its partitions move to the others.",
     )
-    auto_offset_reset: Literal["earliest", "latest"] = Field(
-        default="earliest", description="Where a new group starts reading."
+    start_from: Literal["latest", "earliest", "timestamp"] = Field(
+        default="latest",
+        description="Where a new consumer group starts on partitions it never committed: latest"
+        " (records arriving from now on: a first deployment does not alert on old history),"
+        " earliest (all retained records) or timestamp (PIPELINE_START_TIMESTAMP_MS). The start"
+        " is committed at once, so a restart continues from it, never from a new latest.",
+    )
+    start_timestamp_ms: int | None = Field(
+        default=None,
+        ge=0,
+        description="With start_from=timestamp: epoch milliseconds; a new group starts at the"
+        " first record at or after it (at the end where there is none).",
     )
     create_topics: bool = Field(default=True, description="Create missing output topics at start.")
     topic_partitions: int = Field(default=3, ge=1, description="Partitions of created topics.")
-    topic_replication: int = Field(
-        default=1, ge=1, description="Replication factor of created topics."
+    topic_replication: int | None = Field(
+        default=None,
+        ge=1,
+        description="Replication factor of created topics; unset: min(3, brokers in the cluster).",
+    )
+    topic_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="min.insync.replicas of created topics; unset: replication factor - 1 (at"
+        " least 1), so acks=all writes survive the loss of one broker.",
     )
     model_store: str = Field(
-        default="model-store", min_length=1, description="Directory of the model store."
+        default="model-store",
+        min_length=1,
+        description="Model store: a directory, or an fsspec URL (s3://bucket/prefix, gs://, "
+        "az://, file://) with credentials from that store's usual environment (AWS_* for s3).",
     )
     model_name: StoreName = Field(
         default="default", min_length=1, description="Model name inside the store."
@@ -120,12 +142,6 @@ class WorkerSettings(BaseSettings):
         le=1024,
         description="CPU threads per model call; 0 = torch's default. 1 leaves the other "
         "cores to Kafka I/O and decoding; more threads spun against them (BENCHMARKS.md).",
-    )
-    overlap_compute: bool = Field(
-        default=False,
-        description="Experimental: poll the next batch while the model scores this one (when "
-        "it takes over 2 ms a batch). Did not pay on 2 busy CPU cores; a rebalance during the "
-        "overlap can stall kafka-python's group join (README: Throughput).",
     )
     top_k: int = Field(
         default=3, ge=0, le=100, description="Features with the largest error in each alert."
@@ -196,6 +212,12 @@ class WorkerSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
+    def _start_complete(self) -> WorkerSettings:
+        if self.start_from == "timestamp" and self.start_timestamp_ms is None:
+            raise ValueError("PIPELINE_START_FROM=timestamp needs PIPELINE_START_TIMESTAMP_MS")
+        return self
+
+    @model_validator(mode="after")
     def _shadow_complete(self) -> WorkerSettings:
         if self.shadow_topic and not self.shadow_enabled:
             raise ValueError("shadow_topic needs shadow_model_name or shadow_model_version")
@@ -227,8 +249,22 @@ class WorkerSettings(BaseSettings):
         return self.shadow_model_name or self.model_name
 
 
+# Settings that existed once and were taken out: a deployment still setting one must hear
+# that it no longer does anything, at start, rather than have the value silently ignored.
+REMOVED = {
+    "overlap_compute": "removed: polling the next batch while the model scored this one read "
+    "the group generation at commit time after a rebalance, which broke exactly-once fencing "
+    "(and never paid on the measured machines); unset it",
+}
+
+
 def load_worker_settings(**overrides: Any) -> WorkerSettings:
-    """Build settings once at start; a bad value raises ConfigError naming the env var."""
+    """Build settings once at start; a bad value raises ConfigError naming the env var, and
+    so does a removed setting still set (``REMOVED``)."""
+    for field, why in REMOVED.items():
+        env = f"PIPELINE_{field.upper()}"
+        if env in os.environ or field in overrides:
+            raise ConfigError(f"invalid settings: {env} ({field}) was {why}")
     try:
         return WorkerSettings(**overrides)
     except ValidationError as exc:

@@ -13,6 +13,7 @@ decode and forward pass per batch while a shadow is configured.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ import numpy as np
 from pipeline.worker.events import EventTopics, Sink, emit_events
 from pipeline.worker.metrics import PipelineMetrics
 from pipeline.worker.serving import ModelHandle
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,21 @@ class ShadowScorer:
         """Score the batch and send its score events; the metrics wait for ``observe``."""
         decoded = model.decoder.decode_records(records)
         scored = model.score(decoded)
-        anomalies = emit_events(records, decoded, scored, model, sink, self.topics)
+        emitted = emit_events(records, decoded, scored, model, sink, self.topics)
+        for refused in emitted.too_large:  # the live path accounts for the record
+            rec = records[refused.index]
+            log.warning(
+                "shadow score event too large to send, skipped",
+                extra={
+                    "record": f"{rec.topic}[{rec.partition}] offset={rec.offset}",
+                    "topic": refused.topic,
+                    "error": refused.detail,
+                },
+            )
         return ShadowResult(
             version=model.version,
             scored=len(scored),
-            anomalies=anomalies,
+            anomalies=emitted.anomalies,
             scores=scored.monitored,
             reasons=tuple(r.reason.value for r in decoded.rejected),
         )

@@ -24,7 +24,12 @@ from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from pipeline.contract.exceptions import CommitRejected, DeliveryError, KafkaIOError
+from pipeline.contract.exceptions import (
+    CommitRejected,
+    DeliveryError,
+    KafkaIOError,
+    OutputTooLarge,
+)
 from pipeline.kafka.clients import close_quietly
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,13 @@ DeliveryMode = Literal["at-least-once", "exactly-once"]
 Headers = list[tuple[str, bytes]]
 _FLUSH_SLICE_S = 1.0
 _REBALANCED = (kerr.CommitFailedError, kerr.RebalanceInProgressError)
+# a transaction's offsets refused because the consumer's generation or membership is stale
+_TXN_REBALANCED = (
+    *_REBALANCED,
+    kerr.IllegalGenerationError,
+    kerr.UnknownMemberIdError,
+    kerr.FencedInstanceIdError,
+)
 
 
 def next_offsets(records: Iterable[Any]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -110,20 +122,29 @@ class OutputSink:
     ) -> None:
         try:
             future = self.producer.send(topic, value=value, key=key, headers=headers or [])
+        except kerr.MessageSizeTooLargeError as exc:
+            raise OutputTooLarge(f"record to {topic} refused as too large: {exc}") from exc
         except KafkaError as exc:
             raise DeliveryError(f"send to {topic} failed: {exc!r}") from exc
         self._pending.append((topic, future))
 
     def commit(
-        self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
+        self,
+        consumer: KafkaConsumer,
+        offsets: dict[TopicPartition, OffsetAndMetadata],
+        group: Any = None,
     ) -> None:
         """Make the batch's output durable, then (atomically, in EOS mode) its offsets.
 
-        Raises CommitRejected when the group rebalanced meanwhile (at-least-once: the output
-        is durable and the new owner replays), DeliveryError / KafkaIOError otherwise."""
+        ``group``: the consumer's ``group_metadata()`` taken when the batch was polled; the
+        transaction's offsets are committed under that generation, so the broker refuses them
+        if the group moved on since (KIP-447 fencing). Raises CommitRejected when the group
+        rebalanced meanwhile (at-least-once: the output is durable and the new owner replays;
+        exactly-once: the transaction is aborted and the batch must be read again),
+        DeliveryError / KafkaIOError otherwise."""
         if self.mode == "exactly-once":
             with self._waiting():
-                self._commit_transaction(consumer, offsets)
+                self._commit_transaction(consumer, offsets, group)
             return
         with self._waiting():
             self._flush_and_check()
@@ -161,17 +182,29 @@ class OutputSink:
         self.reset()
 
     def _commit_transaction(
-        self, consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
+        self,
+        consumer: KafkaConsumer,
+        offsets: dict[TopicPartition, OffsetAndMetadata],
+        group: Any = None,
     ) -> None:
         self.begin()
         try:
             if offsets:
-                self.producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
+                group = consumer.group_metadata() if group is None else group
+                _check_generation(group, consumer.group_metadata(), offsets)
+                self.producer.send_offsets_to_transaction(offsets, group)
             self.producer.commit_transaction()
+        except (CommitRejected, *_TXN_REBALANCED) as exc:
+            self.abort()  # nothing of the batch becomes visible; its records are read again
+            if isinstance(exc, CommitRejected):
+                raise
+            raise CommitRejected(
+                f"transaction offsets refused for {_fmt(offsets)} (group rebalanced): {exc!r}"
+            ) from exc
         except KafkaError as exc:
-            raise DeliveryError(f"transaction commit failed for {_fmt(offsets)}: {exc!r}") from exc
-        finally:
             self._in_txn = False
+            raise DeliveryError(f"transaction commit failed for {_fmt(offsets)}: {exc!r}") from exc
+        self._in_txn = False
         self._check_futures()
 
     def _flush_and_check(self) -> None:
@@ -214,6 +247,21 @@ class OutputSink:
             if future.failed():
                 error = future.exception
                 raise DeliveryError(f"record to {topic} was not delivered: {error!r}") from error
+
+
+def _check_generation(
+    polled: Any, now: Any, offsets: dict[TopicPartition, OffsetAndMetadata]
+) -> None:
+    """Refuse to commit a batch's offsets under another membership than the one it was polled
+    in. kafka-python resets a member's generation to -1 when its session expired, and the
+    broker does not check a transactional offset commit of generation -1 at all: committing
+    then would let a member that lost its partitions commit over their new owner."""
+    was, is_ = (polled.generation_id, polled.member_id), (now.generation_id, now.member_id)
+    if was != is_ or polled.generation_id < 0:
+        raise CommitRejected(
+            f"offsets for {_fmt(offsets)} not committed: the batch was polled in generation "
+            f"{was[0]} as {was[1]!r}, the consumer is now in generation {is_[0]} as {is_[1]!r}"
+        )
 
 
 def _fmt(offsets: dict[TopicPartition, OffsetAndMetadata]) -> str:

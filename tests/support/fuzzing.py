@@ -133,3 +133,29 @@ def bad_utf8_string(draw: Any, spec: FeatureSpec) -> bytes:
 @st.composite
 def valid_record(draw: Any, spec: FeatureSpec) -> bytes:
     return json.dumps(good_value(spec, draw)).encode()
+
+
+# ------------------------------------------------------------- keys and headers near 1 MiB
+
+MIB = 1 << 20
+# sizes around the bounds of pipeline.contract.bounds and the 1 MiB request / message limit
+EDGE_SIZES = [0, 1, 2047, 2049, 4095, 4096, 4097, 32_769, 100_000, MIB - 200, MIB, MIB + 1]
+
+
+@st.composite
+def edge_bytes(draw: Any) -> bytes:
+    """Bytes of a size at or near a limit: UTF-8 text (multi-byte characters, so a cut can
+    fall inside one), or bytes that are not UTF-8 (a key is then hex-encoded, twice as long)."""
+    size: int = draw(st.sampled_from(EDGE_SIZES) | st.integers(min_value=0, max_value=64))
+    kind: str = draw(st.sampled_from(["ascii", "utf8", "binary"]))
+    if kind == "ascii":
+        return b"k" * size
+    if kind == "utf8":
+        return ("\u00e9" * (size // 2 + 1)).encode()[:size].decode("utf-8", "ignore").encode()
+    return b"\xff" * size
+
+
+EDGE_KEYS = st.none() | edge_bytes()
+EDGE_HEADERS = st.lists(
+    st.tuples(st.sampled_from(["h", "trace", "x" * 300]), edge_bytes()), max_size=2
+)

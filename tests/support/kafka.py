@@ -16,11 +16,20 @@ TOPIC_TIMEOUT_MS = 30_000
 
 
 def create_topic(
-    admin: Any, partitions: int = 1, *, config: dict[str, str] | None = None, prefix: str = "test"
+    admin: Any,
+    partitions: int = 1,
+    *,
+    config: dict[str, str] | None = None,
+    prefix: str = "test",
+    replication: int = 1,
 ) -> str:
     """Create a uuid-named topic and return once every partition has a leader in metadata."""
     name = f"{prefix}-{uuid.uuid4().hex}"
-    spec = {"num_partitions": partitions, "replication_factor": 1, "configs": config or {}}
+    spec = {
+        "num_partitions": partitions,
+        "replication_factor": replication,
+        "configs": config or {},
+    }
     admin.create_topics({name: spec}, timeout_ms=TOPIC_TIMEOUT_MS)
     admin.wait_for_topics([name], timeout_ms=TOPIC_TIMEOUT_MS)
     return name

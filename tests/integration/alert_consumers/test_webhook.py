@@ -3,6 +3,7 @@ alerts, real HTTP receivers on loopback and the real `alerts sink` process."""
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import closing
 from pathlib import Path
@@ -74,33 +75,55 @@ def sink(bootstrap: str, topic: str, group: str, url: str, *extra: str):
 def test_a_redirect_to_another_origin_is_not_followed_and_not_counted_delivered(
     kafka_bootstrap, make_topic, tmp_path
 ):
-    """urllib turns a POST answered 302 into a GET that carries Authorization to wherever
-    Location points, and counts the final 200 as delivered."""
+    """urllib turned a POST answered 302 into a GET that carried Authorization to wherever
+    Location pointed, and counted the final 200 as delivered. Now each alert is refused as
+    a redirect (dead-lettered with the reason) and nothing reaches the other origin."""
     topic = worker_alerts(kafka_bootstrap, tmp_path, make_topic())
+    dead = tmp_path / "refused.jsonl"
     with receiver(lambda _: Reply(200)) as other:
         moved = Reply(302, {"Location": f"{other.url}/landing"})
         with receiver(lambda _: moved) as hook:
-            done = sink(kafka_bootstrap, topic, "pager", f"{hook.url}/alerts")
+            done = sink(
+                kafka_bootstrap, topic, "pager", f"{hook.url}/alerts", "--dead-letter", str(dead)
+            )
     leaked = [(r.method, r.headers.get("Authorization")) for r in other.requests]
     assert leaked == [], f"the redirect was followed to another origin: {leaked}"
-    assert done.returncode == 5, done.stderr
-    assert "302" in done.stderr
-    assert committed_and_end(kafka_bootstrap, "pager", topic)[0][0] in (None, 0)
+    assert done.returncode == 0, done.stderr
+    assert [(r.method, r.path) for r in hook.requests] == [("POST", "/alerts")] * 5
+    letters = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert [(d["reason"], d["status"]) for d in letters] == [("redirect", 302)] * 5
+    assert letters[0]["detail"] == f"HTTP 302 to {other.url}/*** (not followed)"
+    stats = json.loads(done.stdout.splitlines()[-1])
+    assert (stats["written"], stats["dead_lettered"]) == (0, 5)
+    assert all(c == end for c, end in committed_and_end(kafka_bootstrap, "pager", topic).values())
 
 
-def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, make_topic):
+def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, make_topic, tmp_path):
     """The URL of a Slack-style hook and the --header values are credentials: not in the
-    error of a refused alert, not in the logs of a delivery, not when a header is malformed."""
+    messages and dead letters of a refused alert, not in the error when retries run out, not
+    in the logs of a delivery, not when a header is malformed."""
     topic = make_topic()
     send_alerts(kafka_bootstrap, topic, 2)
+    dead = tmp_path / "refused.jsonl"
     outputs = []
     with receiver(lambda _: Reply(400, body=b"invalid_payload")) as hook:
-        refused = sink(kafka_bootstrap, topic, "refused", hook.url + HOOK_PATH)
-        outputs.append(refused.stdout + refused.stderr)
-    assert refused.returncode == 5, refused.stderr
-    assert "400" in refused.stderr and hook.url in refused.stderr  # the origin is shown
+        refused = sink(
+            kafka_bootstrap, topic, "refused", hook.url + HOOK_PATH, "--dead-letter", str(dead)
+        )
+        outputs += [refused.stdout + refused.stderr, dead.read_text()]
+    assert refused.returncode == 0, refused.stderr
+    assert "invalid_payload" in dead.read_text() and f"{hook.url}/***" in refused.stderr
+    with receiver(lambda _: Reply(503)) as hook:
+        failed = sink(
+            kafka_bootstrap, topic, "failed", hook.url + HOOK_PATH, "--dead-letter", str(dead),
+            "--webhook-retries", "1",
+        )  # fmt: skip
+        outputs.append(failed.stdout + failed.stderr)
+    assert failed.returncode == 5 and f"{hook.url}/***" in failed.stderr, failed.stderr
     with receiver() as hook:
-        delivered = sink(kafka_bootstrap, topic, "delivered", hook.url + HOOK_PATH)
+        delivered = sink(
+            kafka_bootstrap, topic, "delivered", hook.url + HOOK_PATH, "--dead-letter", str(dead)
+        )
         outputs.append(delivered.stdout + delivered.stderr)
     assert delivered.returncode == 0, delivered.stderr
     assert len(hook.requests) == 2
@@ -108,7 +131,7 @@ def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, ma
     malformed = run_module(
         "pipeline", "alerts", "sink", "--bootstrap", kafka_bootstrap, "--topic", topic,
         "--webhook", "http://127.0.0.1:9" + HOOK_PATH, "--header", "Authorization " + TOKEN,
-        cwd=ROOT,
+        "--dead-letter", str(dead), cwd=ROOT,
     )  # fmt: skip
     assert malformed.returncode == 2
     outputs.append(malformed.stdout + malformed.stderr)
@@ -179,3 +202,42 @@ def test_timeouts_and_5xx_are_retried_then_fail_the_batch():
         with closing(hs):
             hs.write([alert_event(0)])
     assert len(hook.requests) == 4
+
+
+def test_a_refused_alert_goes_to_the_dead_letter_file_and_the_group_goes_on(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    """A 4xx used to exit the sink uncommitted, and every restart replayed the same alert:
+    one alert the receiver will never take blocked the group for good."""
+    topic = worker_alerts(kafka_bootstrap, tmp_path, make_topic())
+
+    def respond(got: Received) -> Reply:
+        if msgspec.json.decode(got.body)["record_id"] == "r-000002":
+            return Reply(422, body=b'{"error": "text too long"}')
+        return Reply(204)
+
+    dead = tmp_path / "refused.jsonl"
+    with receiver(respond) as hook:
+        first = sink(
+            kafka_bootstrap, topic, "pager", hook.url + HOOK_PATH, "--dead-letter", str(dead)
+        )
+        again = sink(
+            kafka_bootstrap, topic, "pager", hook.url + HOOK_PATH, "--dead-letter", str(dead)
+        )
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout.splitlines()[-1]) | {"batches": 0} == {
+        "written": 4, "dead_lettered": 1, "duplicates": 0, "filtered": 0, "suppressed": 0,
+        "invalid": 0, "batches": 0,
+    }  # fmt: skip
+    assert len(hook.requests) == 5  # each alert once: nothing retried, nothing replayed
+    assert all(c == end for c, end in committed_and_end(kafka_bootstrap, "pager", topic).values())
+    assert again.returncode == 0 and json.loads(again.stdout.splitlines()[-1])["written"] == 0
+    (letter,) = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert (letter["reason"], letter["status"]) == ("refused", 422)
+    assert "text too long" in letter["detail"]
+    assert letter["event"]["record_id"] == "r-000002"
+    assert letter["endpoint"] == f"{hook.url}/***"
+    assert "refused_at" in letter
+
+    missing = sink(kafka_bootstrap, topic, "pager", hook.url)
+    assert missing.returncode == 2 and "--dead-letter" in missing.stderr

@@ -80,3 +80,12 @@ def test_seen_ids_are_bounded():
     assert seen.add("a") and seen.add("b") and not seen.add("a")
     seen.add("c")  # evicts "b", the least recently seen
     assert "a" in seen and "b" not in seen and len(seen) == 2
+
+
+def test_an_alert_whose_score_is_not_finite_passes_every_min_score_and_prints():
+    """The worker sends such an alert with "score": null and reason non_finite_score."""
+    e = decode_event(encode_event(event(score=float("nan"))))
+    assert e is not None and e["score"] is None and e["reason"] == "non_finite_score"
+    assert AlertFilter(min_score=1e300)(e)
+    line = format_pretty(e)
+    assert "score not finite" in line and "r-0" in line

@@ -19,6 +19,12 @@ def test_announcement_round_trips_and_names_the_published_version(tmp_path):
     assert parsed.created_at == manifest.created_at
 
 
+def test_announcement_of_an_object_store_version_names_its_url(tmp_path):
+    manifest = publish_model(tmp_path, name="sensors")
+    message = ModelAnnouncement.from_manifest(manifest, "s3://models/prod/")
+    assert message.path == f"s3://models/prod/sensors/{manifest.version}"
+
+
 def test_consumers_ignore_unknown_fields_and_refuse_broken_messages():
     value = (
         b'{"schema_version": 2, "name": "m", "version": "v1", "path": "/s/m/v1", '

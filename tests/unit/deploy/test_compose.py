@@ -48,6 +48,8 @@ def test_every_project_service_runs_a_real_entry_point():
 def test_environment_names_are_real_settings():
     for name, svc in project_services().items():
         for key in svc.get("environment", {}):
+            if key.startswith("AWS_"):  # the object store's client (s3fs), not our settings
+                continue
             assert key in KNOWN_ENV, f"{name}: unknown setting {key}"
 
 
@@ -137,7 +139,8 @@ def test_gpu_worker_is_a_profile_of_the_same_group():
     for key in ("PIPELINE_GROUP_ID", "PIPELINE_INPUT_TOPIC", "PIPELINE_MODEL_STORE"):
         assert gpu["environment"][key] == cpu["environment"][key], key
     assert gpu["volumes"] == cpu["volumes"]
-    assert {"gpu"} == {p for svc in SERVICES.values() for p in svc.get("profiles", [])}
+    profiles = {p for svc in SERVICES.values() for p in svc.get("profiles", [])}
+    assert profiles == {"gpu", "object-store"}
 
 
 def test_alert_consumer_reads_the_workers_alert_topic():
@@ -157,3 +160,26 @@ def test_trainer_and_worker_share_the_model_store_and_start_in_order():
     assert worker["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
     assert worker["environment"]["PIPELINE_MODEL_NAME"] == trainer["environment"]["TRAINER_NAME"]
     assert "kafka:9092" in worker["environment"]["PIPELINE_KAFKA__BOOTSTRAP_SERVERS"]
+
+
+def test_object_store_profile_shares_the_store_on_s3_without_a_model_volume():
+    trainer, worker, s3 = SERVICES["trainer-s3"], SERVICES["worker-s3"], SERVICES["s3"]
+    store = trainer["environment"]["TRAINER_MODEL_STORE"]
+    assert store.startswith("s3://")
+    assert worker["environment"]["PIPELINE_MODEL_STORE"] == store
+    assert worker["volumes"] == []
+    assert not [v for v in trainer["volumes"] if v.startswith("models:")]
+    assert worker["depends_on"]["trainer-s3"]["condition"] == "service_completed_successfully"
+    bucket = store.split("/")[2]
+    assert SERVICES["s3-bucket"]["command"][-1] == f"/objects/{bucket}"
+    assert s3["environment"]["JCLOUDS_FILESYSTEM_BASEDIR"] == "/objects"
+    port = s3["environment"]["S3PROXY_ENDPOINT"].rsplit(":", 1)[1]
+    for svc in (trainer, worker):
+        env = svc["environment"]
+        assert env["AWS_ENDPOINT_URL"] == f"http://s3:{port}"
+        assert env["AWS_ACCESS_KEY_ID"] == s3["environment"]["S3PROXY_IDENTITY"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == s3["environment"]["S3PROXY_CREDENTIAL"]
+    for svc in SERVICES.values():  # every image pinned to a version tag
+        image = svc.get("image", "")
+        if image and not image.startswith("anomaly-pipeline"):
+            assert ":" in image and not image.endswith(":latest"), image

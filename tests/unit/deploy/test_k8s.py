@@ -21,8 +21,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from cloudcoil.models.keda.v1alpha1 import ScaledObject
-from pydantic import ValidationError
+from cloudcoil.models.keda.v1alpha1 import ScaledObject, TriggerAuthentication
+from pydantic import BaseModel, ValidationError
 
 from pipeline.common.settings_doc import env_rows
 from pipeline.worker.settings import WorkerSettings, load_worker_settings
@@ -31,7 +31,12 @@ from tests.support.tools import ROOT, require_tool
 from trainer.settings import TrainerSettings, load_trainer_settings
 
 K8S = ROOT / "deploy" / "k8s"
-LAYERS = ["base", "overlays/cpu", "overlays/gpu"]
+LAYERS = ["base", "overlays/cpu", "overlays/gpu", "overlays/object-store"]
+OBJECT_STORE = "overlays/object-store"
+KEDA_MODELS: dict[str, type[BaseModel]] = {
+    "ScaledObject": ScaledObject,
+    "TriggerAuthentication": TriggerAuthentication,
+}
 K8S_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 KNOWN_ENV = {e for e, _, _ in env_rows(WorkerSettings, "PIPELINE_")} | {
     e for e, _, _ in env_rows(TrainerSettings, "TRAINER_")
@@ -85,9 +90,9 @@ def env_of(docs: tuple[Doc, ...], workload: Doc) -> dict[str, str]:
 
 # ------------------------------------------------------------------ KEDA strictness
 def keda_problems(doc: Doc) -> list[str]:
-    """Errors of a ScaledObject against KEDA's CRD model, unknown fields included."""
+    """Errors of a KEDA object against its CRD model, unknown fields included."""
     try:
-        model = ScaledObject.model_validate(doc)
+        model = KEDA_MODELS[doc["kind"]].model_validate(doc)
     except ValidationError as exc:
         return [f"{'/'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
     kept = model.model_dump(by_alias=True, exclude_unset=True, mode="json")
@@ -111,24 +116,25 @@ def _dropped(given: Any, kept: Any, path: str) -> Iterator[str]:
 def test_every_object_validates_against_the_kubernetes_and_keda_schemas(layer):
     docs = render(layer)
     kinds = sorted(d["kind"] for d in docs)
+    storage = ["Secret"] if layer == OBJECT_STORE else ["PersistentVolumeClaim"] * 2
     assert kinds == sorted(
         [
             "Namespace",
             "ConfigMap",
             "ConfigMap",
             "Secret",
-            "PersistentVolumeClaim",
-            "PersistentVolumeClaim",
+            *storage,
             "Deployment",
             "Service",
             "PodDisruptionBudget",
             "ScaledObject",
+            "TriggerAuthentication",
             "CronJob",
         ]
     )
     for doc in docs:
         where = f"{layer}: {doc['kind']}/{doc['metadata']['name']}"
-        if doc["kind"] == "ScaledObject":
+        if doc["kind"] in KEDA_MODELS:
             assert keda_problems(doc) == [], where
             continue
         for version in K8S_VERSIONS:
@@ -175,8 +181,9 @@ def test_settings_are_real_and_load(layer, monkeypatch, tmp_path):
     ]:
         env = env_of(docs, one(docs, kind, name))
         assert env, name
-        assert all(key.startswith(prefix) for key in env), env
-        unknown = set(env) - KNOWN_ENV  # pydantic-settings ignores unknown env names
+        # AWS_*: the object-store credentials s3fs reads (overlays/object-store)
+        assert all(key.startswith((prefix, "AWS_")) for key in env), env
+        unknown = {k for k in env if not k.startswith("AWS_")} - KNOWN_ENV
         assert not unknown, f"{name}: not settings: {unknown}"
         for key, value in env.items():
             monkeypatch.setenv(key, value)
@@ -217,12 +224,45 @@ def test_keda_scales_the_worker_group_on_its_input_lag():
     meta = trigger["metadata"]
     assert meta["consumerGroup"] == env["PIPELINE_GROUP_ID"]
     assert meta["topic"] == env["PIPELINE_INPUT_TOPIC"]
-    assert meta["bootstrapServers"] == env["PIPELINE_KAFKA__BOOTSTRAP_SERVERS"]
+    # the bootstrap address is read from the worker's env, i.e. from the one ConfigMap
+    assert "bootstrapServers" not in meta
+    assert meta["bootstrapServersFromEnv"] == "PIPELINE_KAFKA__BOOTSTRAP_SERVERS"
+    assert env[meta["bootstrapServersFromEnv"]]
     assert meta["allowIdleConsumers"] == "false", "at most one worker per partition"
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    # SASL/TLS of KEDA's own client: the mode matches the worker's, the secrets are the worker's
+    protocol = env["PIPELINE_KAFKA__SECURITY_PROTOCOL"]
+    assert (meta["sasl"] != "none") == protocol.startswith("SASL")
+    assert (meta["tls"] == "enable") == protocol.endswith("SSL")
+    auth = one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    assert set(refs) == {"username", "password"}
+    worker_secrets = {
+        r["secretRef"]["name"] for r in container(worker)["envFrom"] if "secretRef" in r
+    }
+    for param, setting in [("username", "SASL_USERNAME"), ("password", "SASL_PASSWORD")]:
+        assert refs[param]["name"] in worker_secrets
+        assert refs[param]["key"] == f"PIPELINE_KAFKA__{setting}"
+        assert refs[param]["key"] in one(docs, "Secret", refs[param]["name"])["stringData"]
 
 
-@pytest.mark.parametrize("layer", LAYERS)
+def test_object_store_overlay_has_no_shared_volume():
+    docs = render(OBJECT_STORE)
+    worker = one(docs, "Deployment", "anomaly-worker")
+    trainer = one(docs, "CronJob", "anomaly-trainer")
+    wenv, tenv = env_of(docs, worker), env_of(docs, trainer)
+    assert wenv["PIPELINE_MODEL_STORE"] == tenv["TRAINER_MODEL_STORE"]
+    assert wenv["PIPELINE_MODEL_STORE"].startswith("s3://")
+    assert tenv["TRAINER_DATA"].startswith("s3://")
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    for workload in (worker, trainer):
+        volumes = pod_spec(workload)["volumes"]
+        assert all("persistentVolumeClaim" not in v for v in volumes)
+        assert {m["mountPath"] for m in container(workload)["volumeMounts"]} == {"/tmp"}
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env_of(docs, workload))
+
+
+@pytest.mark.parametrize("layer", [x for x in LAYERS if x != OBJECT_STORE])
 def test_trainer_and_worker_share_the_model_store(layer):
     docs = render(layer)
     worker = one(docs, "Deployment", "anomaly-worker")

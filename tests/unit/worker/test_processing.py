@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.worker import processing
 from pipeline.worker.metrics import PipelineMetrics
 from pipeline.worker.processing import BatchProcessor, Topics
 from pipeline.worker.serving import open_model
@@ -44,40 +43,6 @@ def batch(n=300):
     return [
         Rec(i, msgspec.json.encode({f"x{j}": v for j, v in enumerate(r)}))
         for i, r in enumerate(rows.tolist())
-    ]
-
-
-def test_overlapped_scoring_sends_exactly_what_the_plain_path_sends(model, monkeypatch):
-    records = [*batch(), Rec(999, b"{bad")]
-    plain_sink, overlap_sink = ListSink(), ListSink()
-    topics = Topics("alerts", "dlq", "scores")
-    plain = BatchProcessor(topics, PipelineMetrics()).process(records, model, plain_sink)
-
-    monkeypatch.setattr(processing, "OVERLAP_MIN_INFERENCE_S", 0.0)
-    calls = []
-
-    def while_scoring(done):
-        calls.append(1)
-        while not done():
-            pass
-
-    proc = BatchProcessor(topics, PipelineMetrics())
-    try:
-        for _ in range(2):
-            overlap_sink.sent.clear()
-            result = proc.process(records, model, overlap_sink, while_scoring)
-    finally:
-        proc.close()
-    assert calls == [1, 1]
-    assert result.anomalies == plain.anomalies > 0
-    assert _without_time(overlap_sink.sent) == _without_time(plain_sink.sent)
-    assert ("dlq", b"{bad") in overlap_sink.sent
-
-
-def _without_time(sent):
-    return [
-        (t, {k: v for k, v in e.items() if k != "detected_at"} if isinstance(e, dict) else e)
-        for t, e in sent
     ]
 
 

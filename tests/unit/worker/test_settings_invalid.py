@@ -45,10 +45,12 @@ BAD: dict[str, tuple[list[str], dict[str, str], str | None]] = {
     "PIPELINE_SCORES_TOPIC": (["sc*res"], {}, None),
     "PIPELINE_GROUP_ID": ([""], {}, None),
     "PIPELINE_SESSION_TIMEOUT_MS": (["1000", "2000000"], {}, None),
-    "PIPELINE_AUTO_OFFSET_RESET": (["beginning"], {}, None),
+    "PIPELINE_START_FROM": (["beginning", "timestamp"], {}, None),
+    "PIPELINE_START_TIMESTAMP_MS": (["-1", "yesterday"], {}, None),
     "PIPELINE_CREATE_TOPICS": (["maybe"], {}, None),
     "PIPELINE_TOPIC_PARTITIONS": (["0"], {}, None),
     "PIPELINE_TOPIC_REPLICATION": (["0"], {}, None),
+    "PIPELINE_TOPIC_MIN_INSYNC_REPLICAS": (["0", "two"], {}, None),
     "PIPELINE_MODEL_STORE": ([""], {}, None),
     "PIPELINE_MODEL_NAME": (["", "../etc", "a/b"], {}, None),
     "PIPELINE_MODEL_VERSION": (["../../x"], {}, None),
@@ -58,7 +60,6 @@ BAD: dict[str, tuple[list[str], dict[str, str], str | None]] = {
     "PIPELINE_ENTITY_MEMORY_MB": (["0", "-1", "lots"], {}, None),
     "PIPELINE_DEVICE": (["tpu"], {}, None),
     "PIPELINE_TORCH_THREADS": (["-1", "2048"], {}, None),
-    "PIPELINE_OVERLAP_COMPUTE": (["sometimes"], {}, None),
     "PIPELINE_TOP_K": (["-1", "101"], {}, None),
     "PIPELINE_INCLUDE_RECORD": (["perhaps"], {}, None),
     "PIPELINE_MAX_RECORD_BYTES": (["0"], {}, None),
@@ -128,6 +129,24 @@ def test_the_real_command_exits_2_naming_every_bad_setting(tmp_path):
         missing = {name for name in named if name not in run.stderr}
         assert not missing, (missing, run.stderr)
         assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_the_removed_overlap_setting_fails_at_start_naming_it(env, tmp_path, value):
+    """PIPELINE_OVERLAP_COMPUTE is gone (it broke exactly-once fencing): a deployment that
+    still sets it, to anything, is refused at start rather than silently ignored."""
+    env.setenv("PIPELINE_OVERLAP_COMPUTE", value)
+    with pytest.raises(
+        ConfigError, match=r"PIPELINE_OVERLAP_COMPUTE \(overlap_compute\) was removed"
+    ):
+        load_worker_settings()
+    env.delenv("PIPELINE_OVERLAP_COMPUTE")
+    with pytest.raises(ConfigError, match="overlap_compute"):
+        load_worker_settings(overlap_compute=True)
+    (tmp_path / ".env").write_text(f"PIPELINE_OVERLAP_COMPUTE={value}\n")
+    env.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="PIPELINE_OVERLAP_COMPUTE"):  # .env: unknown-key check
+        load_worker_settings()
 
 
 def test_secrets_are_not_echoed_in_the_error(env):

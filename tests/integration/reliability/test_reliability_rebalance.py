@@ -1,0 +1,91 @@
+"""A rebalance while a batch is being committed, with real worker processes and a broker.
+
+Worker A is frozen (SIGSTOP) with a batch's output written and its offsets not yet committed;
+worker B joins the group meanwhile and, once A's session has expired, takes every partition
+and replays from the last commit. A is then resumed: its commit is refused because the group
+moved on. That must not be a failure: A keeps running (and rejoins), nothing is lost, and in
+exactly-once mode A's transaction is aborted, so read_committed readers see no duplicate.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from pipeline.kafka.settings import KafkaSettings
+from tests.support.faults import (
+    SCALED_TIMEOUT,
+    OffsetProbe,
+    SteadyProducer,
+    account,
+    freeze_when,
+    record_result,
+    scaled,
+    worker_env,
+)
+from tests.support.workers import publish, wait_for
+
+pytestmark = [pytest.mark.kafka, SCALED_TIMEOUT]
+STREAM_S = 20.0  # records keep arriving through the freeze, B's join and A's return
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_a_commit_refused_after_a_rebalance_is_not_a_failure(
+    kafka_bootstrap, make_topic, tmp_path, workers, delivery
+):
+    publish(tmp_path)
+    source = make_topic(2)
+    group = f"g-{source}"
+    config = {"bootstrap_servers": kafka_bootstrap}
+    total = scaled(3000)
+    producer = SteadyProducer(config, source, total, rate=total / STREAM_S)
+    probe = OffsetProbe(config, group)
+    scores = f"{group}-scores"
+    try:
+        a = workers.start(worker_env(kafka_bootstrap, tmp_path, source, group=group,
+                                     delivery=delivery), "a")  # fmt: skip
+        wait_for(lambda: a.consumed() >= min(300, total // 5), 120, "A scoring")
+        if delivery == "exactly-once":
+            freeze_when(a, lambda: probe.open_transaction(scores))
+        else:
+            freeze_when(a, lambda: probe.high_water(scores) > probe.committed(source))
+        frozen_at = time.monotonic()
+        b = workers.start(worker_env(kafka_bootstrap, tmp_path, source, group=group,
+                                     delivery=delivery), "b")  # fmt: skip
+        # A's session (6 s) expires while it is frozen; B then holds both partitions. A is
+        # resumed well within the 60 s transaction timeout (else the broker aborts and fences it)
+        wait_for(lambda: b.http_status("/readyz") == 200, 60, "B assigned A's partitions")
+        frozen_s = time.monotonic() - frozen_at
+        a.signal(signal.SIGCONT)
+        if delivery == "at-least-once":
+            wait_for(lambda: a.metric("pipeline_commits_rejected_total") >= 1, 60, "refusal")
+        sent = producer.finish()
+        try:
+            wait_for(lambda: probe.all_committed(source), 180, "every record committed")
+        except AssertionError as exc:
+            stuck = {w.name: (w.consumed(), w.metric("pipeline_batches_total")) for w in (a, b)}
+            raise AssertionError(f"{exc}; consumed, batches: {stuck}\n{a.tail(10)}") from exc
+        assert a.proc.poll() is None, f"A stopped:\n{a.tail()}"
+        rejected = a.metric("pipeline_commits_rejected_total")
+        failures = sum(
+            a.metric("pipeline_batch_failures_total", stage=s)
+            for s in ("poll", "score", "deliver", "commit", "process")
+        )
+        assert b.stop() == 0, b.tail()
+        assert a.stop() == 0, a.tail()
+    finally:
+        producer.abort()
+        probe.close()
+    report = account(KafkaSettings(bootstrap_servers=kafka_bootstrap), source, group, group=group)
+    assert sent == total
+    assert (report.records, report.due, report.lost) == (total, total, 0), report.as_dict()
+    if delivery == "exactly-once":
+        assert report.duplicates == 0, report.as_dict()
+    assert failures == 0  # the refusal is not counted as a failed batch
+    record_result(
+        f"commit refused after a rebalance ({delivery})", sent=total,
+        faults=f"A frozen mid-batch, B joined, A resumed {frozen_s:.0f} s later",
+        lost=report.lost, duplicates=report.duplicates, commits_rejected=rejected,
+    )  # fmt: skip
