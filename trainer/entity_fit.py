@@ -48,8 +48,8 @@ from trainer.data import ParquetSource
 from trainer.distributed import Dist, init_distributed, shutdown
 from trainer.entity_data import EntityRows, read_entity_rows
 from trainer.entity_loop import StackedFit, fit_stacked
+from trainer.fingerprint import data_fingerprint
 from trainer.fit import (
-    data_fingerprint,
     fit_model,
     model_config,
     prepare,
