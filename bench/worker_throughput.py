@@ -206,6 +206,7 @@ def worker_settings(kafka: KafkaSettings, store: Path, topic: str, **kw: Any) ->
         alert_topic=f"{topic}-alerts",
         dlq_topic=f"{topic}-dlq",
         group_id=f"worker-{uuid.uuid4().hex}",
+        start_from="earliest",  # the backlog is produced before the worker starts
         model_store=str(store),
         model_name=topic.split("-", maxsplit=1)[0],
         id_field="id",

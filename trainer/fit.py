@@ -323,7 +323,7 @@ def _publish_on_rank0(
                 },
             )
             outcome = (manifest, None)
-        except OSError as exc:
+        except (OSError, ArtifactError) as exc:  # StoreUnavailable too: no rank may hang
             outcome = (None, f"cannot publish to model store {s.model_store!r}: {exc}")
     published, error = d.broadcast(outcome)
     if published is None:

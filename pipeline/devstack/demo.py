@@ -221,6 +221,7 @@ def _start_worker(
         "PIPELINE_ALERT_TOPIC": topics["anomalies"],
         "PIPELINE_DLQ_TOPIC": topics["dlq"],
         "PIPELINE_GROUP_ID": f"{topics['records']}-workers",
+        "PIPELINE_START_FROM": "earliest",  # the sample records may be written first
         "PIPELINE_MODEL_STORE": store if isinstance(store, str) else str(store.absolute()),
         "PIPELINE_MODEL_NAME": "sensors",
         "PIPELINE_ID_FIELD": "machine_id",

@@ -29,7 +29,7 @@ def subscribe(settings: WorkerSettings, listener: ConsumerRebalanceListener) -> 
         s.kafka,
         s.group_id,
         max_poll_records=s.batch.max_size,
-        auto_offset_reset=s.auto_offset_reset,
+        auto_offset_reset="earliest",  # a new group's start: pipeline.worker.startpos
         session_timeout_ms=s.session_timeout_ms,
         heartbeat_interval_ms=min(3_000, s.session_timeout_ms // 3),
     )

@@ -33,7 +33,7 @@ from kafka.structs import TopicPartition
 from pipeline.contract.exceptions import CommitRejected, KafkaIOError, PipelineError
 from pipeline.contract.scoring import resolve_device, torch_threads
 from pipeline.kafka.clients import make_producer
-from pipeline.kafka.topics import ensure_topics
+from pipeline.kafka.topics import TopicDurability, ensure_topics
 from pipeline.worker import consumer as consumers
 from pipeline.worker.assignment import Assignment, fmt_partitions
 from pipeline.worker.batching import BatchCollector
@@ -48,6 +48,7 @@ from pipeline.worker.serving import ModelHandle
 from pipeline.worker.settings import WorkerSettings
 from pipeline.worker.shadow import ShadowResult, ShadowScorer
 from pipeline.worker.sink import OutputSink, next_offsets
+from pipeline.worker.startpos import StartPositions
 from pipeline.worker.summary import RunSummary
 from pipeline.worker.txnid import TransactionalIds
 
@@ -73,7 +74,10 @@ class Worker:
         )
         self.processor.drift.use_model(self.model.artifact.manifest)
         self.shadow_scorer = ShadowScorer(settings.shadow_topic, self.metrics)
-        self.assignment = Assignment(self._on_lost)
+        self.start_positions = StartPositions(settings.start_from, settings.start_timestamp_ms)
+        self.assignment = Assignment(
+            self._on_lost, self.start_positions.assigned, self.start_positions.revoked
+        )
         self.retry = RetryPolicy(settings.max_batch_retries, settings.retry_backoff_s)
         self.txn_ids = TransactionalIds(
             settings.delivery, settings.group_id, settings.transactional_id
@@ -100,9 +104,13 @@ class Worker:
             self._beat()
             if self.settings.create_topics:
                 s = self.settings
-                ensure_topics(s.kafka, s.output_topics, s.topic_partitions, s.topic_replication)
+                ensure_topics(
+                    s.kafka, s.output_topics, s.topic_partitions,
+                    TopicDurability(s.topic_replication, s.topic_min_insync_replicas),
+                )  # fmt: skip
             stack.enter_context(torch_threads(self.settings.torch_threads))
             consumer = consumers.subscribe(self.settings, self.assignment)
+            self.start_positions.bind(consumer)
             stack.callback(consumers.close_consumer, consumer)
             stack.callback(self.txn_ids.release)  # after the producer is closed
             sink = OutputSink(self._make_producer, self.settings.delivery)
@@ -158,6 +166,7 @@ class Worker:
         while not self.stop_event.is_set():
             self._beat()
             self.models.maybe_reload()
+            self.start_positions.settle()
             try:
                 batch = collector.collect()
             except KafkaError as exc:

@@ -74,13 +74,31 @@ class WorkerSettings(BaseSettings):
         description="How long the group waits for a silent member (a crashed worker) before"
         " its partitions move to the others.",
     )
-    auto_offset_reset: Literal["earliest", "latest"] = Field(
-        default="earliest", description="Where a new group starts reading."
+    start_from: Literal["latest", "earliest", "timestamp"] = Field(
+        default="latest",
+        description="Where a new consumer group starts on partitions it never committed: latest"
+        " (records arriving from now on: a first deployment does not alert on old history),"
+        " earliest (all retained records) or timestamp (PIPELINE_START_TIMESTAMP_MS). The start"
+        " is committed at once, so a restart continues from it, never from a new latest.",
+    )
+    start_timestamp_ms: int | None = Field(
+        default=None,
+        ge=0,
+        description="With start_from=timestamp: epoch milliseconds; a new group starts at the"
+        " first record at or after it (at the end where there is none).",
     )
     create_topics: bool = Field(default=True, description="Create missing output topics at start.")
     topic_partitions: int = Field(default=3, ge=1, description="Partitions of created topics.")
-    topic_replication: int = Field(
-        default=1, ge=1, description="Replication factor of created topics."
+    topic_replication: int | None = Field(
+        default=None,
+        ge=1,
+        description="Replication factor of created topics; unset: min(3, brokers in the cluster).",
+    )
+    topic_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="min.insync.replicas of created topics; unset: replication factor - 1 (at"
+        " least 1), so acks=all writes survive the loss of one broker.",
     )
     model_store: str = Field(
         default="model-store",
@@ -192,6 +210,12 @@ class WorkerSettings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         default="json", description="json: one object per line; text: for people."
     )
+
+    @model_validator(mode="after")
+    def _start_complete(self) -> WorkerSettings:
+        if self.start_from == "timestamp" and self.start_timestamp_ms is None:
+            raise ValueError("PIPELINE_START_FROM=timestamp needs PIPELINE_START_TIMESTAMP_MS")
+        return self
 
     @model_validator(mode="after")
     def _shadow_complete(self) -> WorkerSettings:

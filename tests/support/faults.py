@@ -69,6 +69,7 @@ def worker_env(
         "PIPELINE_DLQ_TOPIC": f"{prefix}-dlq",
         "PIPELINE_SCORES_TOPIC": f"{prefix}-scores",
         "PIPELINE_GROUP_ID": group,
+        "PIPELINE_START_FROM": "earliest",
         "PIPELINE_DELIVERY": delivery,
         "PIPELINE_MODEL_STORE": str(store),
         "PIPELINE_MODEL_NAME": NAME,

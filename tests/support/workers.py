@@ -59,6 +59,7 @@ def settings(bootstrap: str, store: Path, source: str, **kw: Any) -> WorkerSetti
     base: dict[str, Any] = {
         "kafka": KafkaSettings(bootstrap_servers=bootstrap),
         "model_store": str(store),
+        "start_from": "earliest",  # tests produce first, then start the worker
         "model_name": NAME,
         "id_field": "id",
         "metrics_port": 0,

@@ -112,6 +112,7 @@ def test_audit_cli_exit_code_and_json(kafka_bootstrap, scenario, tmp_path):
         "PIPELINE_SCORES_TOPIC": scores,
         "PIPELINE_DLQ_TOPIC": dlq,
         "PIPELINE_GROUP_ID": group,
+        "PIPELINE_START_FROM": "earliest",
     }
 
     def run_audit(*args: str) -> subprocess.CompletedProcess[str]:

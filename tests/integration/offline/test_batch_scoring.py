@@ -37,6 +37,7 @@ def test_batch_scores_equal_the_workers_scores_for_the_same_records(
     produce_json(kafka_bootstrap, source, to_records(stream), key_field="machine_id")
     settings = WorkerSettings(
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
+        start_from="earliest",
         model_store=str(store),
         model_name="sensors",
         id_field="machine_id",

@@ -96,6 +96,7 @@ def test_a_debug_level_worker_and_the_audit_work_over_scram_and_never_log_the_pa
         "PIPELINE_DLQ_TOPIC": f"{source}-dlq",
         "PIPELINE_ALERT_TOPIC": f"{source}-alerts",
         "PIPELINE_GROUP_ID": "secure",
+        "PIPELINE_START_FROM": "earliest",
         "PIPELINE_MODEL_STORE": str(tmp_path),
         "PIPELINE_MODEL_NAME": NAME,
         "PIPELINE_ID_FIELD": "id",

@@ -43,6 +43,7 @@ def model_store(tmp_path_factory):
 def worker_settings(bootstrap, store, **kw) -> WorkerSettings:
     return WorkerSettings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap),
+        start_from="earliest",
         model_store=str(store),
         model_name="sensors",
         id_field="machine_id",
@@ -115,6 +116,7 @@ def test_cli_run_reads_settings_from_env_and_exits_cleanly(
         "PIPELINE_ALERT_TOPIC": alerts,
         "PIPELINE_DLQ_TOPIC": f"{source}-dlq",
         "PIPELINE_GROUP_ID": f"cli-{source}",
+        "PIPELINE_START_FROM": "earliest",
         "PIPELINE_MODEL_STORE": str(model_store),
         "PIPELINE_MODEL_NAME": "sensors",
         "PIPELINE_ID_FIELD": "machine_id",

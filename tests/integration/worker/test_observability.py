@@ -117,6 +117,7 @@ def live(kafka_bootstrap, kafka_admin, tmp_path_factory) -> Iterator[LiveRun]:
         alert_topic=alerts,
         dlq_topic=dlq,
         group_id=f"g-{source}",
+        start_from="earliest",
         model_store=str(root / "store"),
         model_name="m",
         device="cpu",

@@ -176,6 +176,7 @@ def worker_env(bootstrap: str, store: Path, source: str, scores: str, port: int)
         "PIPELINE_DLQ_TOPIC": f"{source}-dlq",
         "PIPELINE_SCORES_TOPIC": scores,
         "PIPELINE_GROUP_ID": f"g-{source}",
+        "PIPELINE_START_FROM": "earliest",
         "PIPELINE_MODEL_STORE": str(store),
         "PIPELINE_MODEL_NAME": NAME,
         "PIPELINE_ID_FIELD": "id",

@@ -1,0 +1,149 @@
+"""Broker faults on the local three-node cluster while real worker processes score a stream,
+with every input record accounted for afterwards through the scores topic
+(``pipeline.alert_consumers.audit``): nothing lost, and no duplicate in exactly-once mode.
+
+- the leader of input partitions SIGKILLed mid-stream (both delivery modes);
+- the active KRaft controller SIGKILLed mid-stream.
+
+Topics have three replicas and min.insync.replicas 2 (the worker's defaults on three brokers),
+so one broker down stops nothing. The node that hosts the group and transaction coordinators
+is spared by the input-leader fault (its loss is a separate fault, see docs/reliability.md).
+Sizes scale with RELIABILITY_SCALE; the cluster is started once per session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pipeline.devstack.localcluster import LocalKafkaCluster
+from pipeline.devstack.localkafka import open_admin
+from pipeline.kafka.settings import KafkaSettings
+from tests.support.faults import (
+    SCALED_TIMEOUT,
+    OffsetProbe,
+    SteadyProducer,
+    WorkerProcess,
+    Workers,
+    account,
+    record_result,
+    scaled,
+    worker_env,
+)
+from tests.support.kafka import create_topic
+from tests.support.workers import publish, wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.cluster, SCALED_TIMEOUT]
+MODES = ["at-least-once", "exactly-once"]
+STREAM_S = 10.0
+INTERNAL = ("__consumer_offsets", "__transaction_state")
+
+
+def leaders(admin: Any, topics: list[str]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the broker leading it now."""
+    return {
+        (d["name"], p["partition_index"]): p["leader_id"]
+        for d in admin.describe_topics(topics)
+        for p in d["partitions"]
+    }
+
+
+def coordinator_nodes(admin: Any) -> set[int]:
+    """Brokers leading the offsets and transaction-state partitions (the coordinators)."""
+    existing = set(admin.list_topics())
+    return set(leaders(admin, [t for t in INTERNAL if t in existing]).values())
+
+
+def sigkill(cluster: LocalKafkaCluster, node_id: int) -> None:
+    pid = cluster.node(node_id).pid
+    assert pid is not None, f"node {node_id} is not running"
+    os.kill(pid, signal.SIGKILL)
+
+
+def run_fault(
+    cluster: LocalKafkaCluster,
+    tmp_path: Any,
+    workers: Workers,
+    delivery: str,
+    choose_victim: Callable[[Any, str], int],
+    scenario: str,
+) -> None:
+    """Stream into a fresh 3-partition topic, SIGKILL the node ``choose_victim`` names once
+    the worker scores, restart it after the stream, and account for every record."""
+    publish(tmp_path)
+    bootstrap = cluster.bootstrap
+    with open_admin(bootstrap) as admin:
+        source = create_topic(admin, 3, replication=3, config={"min.insync.replicas": "2"})
+    group = f"g-{source}"
+    env = worker_env(bootstrap, tmp_path, source, group=group, delivery=delivery)
+    config = {"bootstrap_servers": bootstrap}
+    total = scaled(1200)
+    producer = SteadyProducer(config, source, total, rate=total / STREAM_S)
+    probe = OffsetProbe(config, group)
+    try:
+        worker = workers.start(env, "worker")
+        wait_for(lambda: worker.consumed() >= min(200, total // 5), 120, "first records scored")
+        with open_admin(bootstrap) as admin:
+            victim = choose_victim(admin, source)
+        before = worker.consumed()
+        sigkill(cluster, victim)
+        killed = time.monotonic()
+        wait_for(lambda: scored_past(worker, before + 50), 120, "scoring resumes")
+        resumed_s = time.monotonic() - killed
+        sent = producer.finish()
+        cluster.start(node=victim)
+        wait_for(lambda: probe.all_committed(source), 180, "every record committed")
+        assert worker.stop() == 0, worker.tail()
+    finally:
+        producer.abort()
+        probe.close()
+    report = account(KafkaSettings(bootstrap_servers=bootstrap), source, group, group=group)
+    assert (report.records, report.due, report.lost) == (total, total, 0), report.as_dict()
+    assert sent == total
+    if delivery == "exactly-once":
+        assert report.duplicates == 0, report.as_dict()
+    record_result(
+        f"cluster: {scenario} ({delivery})",
+        sent=total, faults=f"SIGKILL node {victim}", lost=report.lost,
+        duplicates=report.duplicates, resumed_after_s=round(resumed_s, 1),
+    )  # fmt: skip
+
+
+def scored_past(worker: WorkerProcess, n: float) -> bool:
+    return worker.consumed() >= n
+
+
+def input_leader_not_coordinator(admin: Any, source: str) -> int:
+    """A broker leading input partitions that hosts no coordinator."""
+    spared = coordinator_nodes(admin)
+    candidates = sorted(set(leaders(admin, [source]).values()) - spared)
+    assert candidates, f"every input leader is a coordinator node {spared}"
+    return candidates[0]
+
+
+@pytest.mark.parametrize("delivery", MODES)
+def test_sigkill_of_an_input_partition_leader_loses_nothing(
+    cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers, delivery: str
+) -> None:
+    run_fault(
+        cluster, tmp_path, workers, delivery, input_leader_not_coordinator,
+        "SIGKILL of the input partitions' leader",
+    )  # fmt: skip
+
+
+def test_sigkill_of_the_active_controller_loses_nothing(
+    cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers
+) -> None:
+    def controller(_admin: Any, _source: str) -> int:
+        active = cluster.active_controller()
+        assert active is not None
+        return active
+
+    run_fault(
+        cluster, tmp_path, workers, "at-least-once", controller,
+        "SIGKILL of the active controller",
+    )  # fmt: skip

@@ -1,0 +1,83 @@
+"""Where a new group starts (``PIPELINE_START_FROM``), against a real broker: ``latest`` (the
+default) skips the history, ``earliest`` reads it, ``timestamp`` starts at the first record at
+or after it; in each case the start is committed at once, so a worker restarted before its
+first batch continues from there instead of resetting again."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from pipeline.worker.loop import Worker
+from pipeline.worker.settings import WorkerSettings
+from tests.support.workers import (
+    Background,
+    events,
+    numeric_records,
+    produce_records,
+    publish,
+    settings,
+    wait_for,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+def committed(bootstrap: str, group: str, topic: str) -> int | None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        offset: int | None = consumer.committed(TopicPartition(topic, 0))
+        return offset
+    finally:
+        consumer.close()
+
+
+def test_the_default_is_latest_and_the_start_is_committed_before_any_record(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    assert WorkerSettings.model_fields["start_from"].default == "latest"
+    publish(tmp_path)
+    source = make_topic(1)
+    produce_records(kafka_bootstrap, source, numeric_records(30))  # history, before the group
+    scores = f"{source}-scores"
+    s = settings(kafka_bootstrap, tmp_path, source, start_from="latest", scores_topic=scores)
+    worker = Background(Worker(s))
+    try:
+        # pinned with nothing consumed yet: a restart now would not reset to a newer "latest"
+        wait_for(lambda: committed(kafka_bootstrap, s.group_id, source) == 30, 60, "start commit")
+        produce_records(kafka_bootstrap, source, numeric_records(5, start=1000))
+        wait_for(lambda: worker.value("pipeline_records_consumed_total") >= 5, 60, "new records")
+    finally:
+        summary = worker.stop()
+    assert summary.consumed == 5
+    scored = sorted(e["record_id"] for e in events(kafka_bootstrap, scores))
+    assert scored == [f"r-{i:06d}" for i in range(1000, 1005)]
+
+
+def test_earliest_reads_the_history(kafka_bootstrap, make_topic, tmp_path):
+    publish(tmp_path)
+    source = make_topic(1)
+    produce_records(kafka_bootstrap, source, numeric_records(30))
+    s = settings(kafka_bootstrap, tmp_path, source, start_from="earliest")
+    summary = Worker(s).run(idle_timeout_s=5)
+    assert summary.consumed == 30
+    assert committed(kafka_bootstrap, s.group_id, source) == 30
+
+
+def test_timestamp_starts_at_the_first_record_at_or_after_it(kafka_bootstrap, make_topic, tmp_path):
+    publish(tmp_path)
+    source = make_topic(1)
+    produce_records(kafka_bootstrap, source, numeric_records(10))
+    time.sleep(0.05)
+    since_ms = int(time.time() * 1000)
+    time.sleep(0.05)
+    produce_records(kafka_bootstrap, source, numeric_records(7, start=500))
+    s = settings(
+        kafka_bootstrap, tmp_path, source, start_from="timestamp", start_timestamp_ms=since_ms
+    )
+    summary = Worker(s).run(idle_timeout_s=5)
+    assert summary.consumed == 7
+    assert committed(kafka_bootstrap, s.group_id, source) == 17
