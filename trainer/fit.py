@@ -389,11 +389,16 @@ def _spec_options(s: TrainerSettings) -> SpecOptions:
         numeric_columns=tuple(s.numeric_columns),
         max_categories=s.max_categories,
         missing=s.missing,
-        split=SplitOptions(
-            validation_fraction=s.validation_fraction,
-            calibration_fraction=s.calibration_fraction,
-            seed=s.seed,
-            by=s.split_by,
-            kind=s.split_kind,
-        ),
+        split=split_options(s),
+    )
+
+
+def split_options(s: TrainerSettings) -> SplitOptions:
+    """The three-way split of the settings; entity models use it too (trainer.entity_fit)."""
+    return SplitOptions(
+        validation_fraction=s.validation_fraction,
+        calibration_fraction=s.calibration_fraction,
+        seed=s.seed,
+        by=s.split_by,
+        kind=s.split_kind,
     )
