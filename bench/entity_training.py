@@ -27,8 +27,9 @@ from pipeline.devstack.fleet import fleet_frame
 from trainer.distributed import Dist
 from trainer.entity_data import read_entity_rows
 from trainer.entity_loop import fit_stacked
-from trainer.fit import fit, model_config, prepare
+from trainer.fit import fit, model_config, prepare, split_options
 from trainer.settings import load_trainer_settings
+from trainer.split import plan_split
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         prepared = prepare(s, Dist())
         config = model_config(prepared.spec, s)
-        rows = read_entity_rows(
-            prepared.source, prepared.spec, "machine_id", fraction=s.validation_fraction, seed=0
-        )
+        split = plan_split(prepared.source, split_options(s))
+        rows = read_entity_rows(prepared.source, prepared.spec, "machine_id", split=split)
         members = list(range(len(rows.keys)))
         device = torch.device("cpu")
         log(f"{len(rows):,} rows, {len(members)} entities, model {config.hidden_dims}")

@@ -4,8 +4,8 @@ Why a verdict computed from the spread: a median on the right side of a goal say
 single runs land on both sides of it (a worker/ceiling ratio of 0.73, 1.25 and 1.10 has a
 median of 110% but does not show ">= 80%"). A goal is claimed ``met`` only when every run
 meets it (the whole min-max range is on the goal's side), ``not met`` when no run does, and
-``not shown`` when runs fall on both sides: more or quieter runs are needed before either
-claim.
+``not shown`` when runs fall on both sides, or when there are fewer than ``MIN_RUNS`` (one
+10 s run has no spread to judge by): more or quieter runs are needed before either claim.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 MET, NOT_MET, NOT_SHOWN = "met", "not met", "not shown"
+MIN_RUNS = 3
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,10 @@ def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Spread
 
 
 def verdict(spread: Spread, goal: float, *, higher_is_better: bool) -> str:
-    """``met`` if every run meets ``goal``, ``not met`` if none does, else ``not shown``."""
+    """``met`` if every run meets ``goal``, ``not met`` if none does, else ``not shown``
+    (also with fewer than ``MIN_RUNS`` runs)."""
+    if spread.runs < MIN_RUNS:
+        return NOT_SHOWN
     worst, best = (spread.low, spread.high) if higher_is_better else (spread.high, spread.low)
 
     def meets(x: float) -> bool:

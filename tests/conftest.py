@@ -26,6 +26,7 @@ from kafka.errors import KafkaError
 
 from pipeline.devstack.localcluster import LocalKafkaCluster
 from pipeline.devstack.localkafka import LocalKafka, LocalKafkaError, open_admin
+from pipeline.kafka.socket_leak import close_failed_connects
 from tests.support.faults import Workers
 from tests.support.kafka import create_topic
 
@@ -38,6 +39,12 @@ KAFKA_FIXTURES = frozenset(
 )
 CLUSTER_FIXTURES = frozenset({"kafka_cluster", "cluster"})
 SharedKafka = LocalKafka | LocalKafkaCluster
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Clients the tests build directly get the same socket fix as the project's own, so a
+    leaked socket anywhere fails the run (ResourceWarning is an error in pyproject)."""
+    close_failed_connects()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

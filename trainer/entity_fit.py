@@ -4,10 +4,11 @@
    column is left out of the features.
 2. The fallback is an ordinary fit of the entity architecture on every row
    (``trainer.fit.fit_model``): same split, early stopping and threshold as a single model.
-3. Entities with at least ``min_entity_rows`` rows, and enough held-out rows for the threshold
+3. Entities with at least ``min_entity_rows`` rows, and enough calibration rows for the threshold
    quantile, get a model of their own, all fitted at once (``trainer.entity_loop``).
-4. Each entity's threshold is the quantile of *its own* held-out scores, scored by the
-   worker's ``EntityScorer``; held-out rows never fit weights.
+4. Each entity's threshold is the quantile of *its own* calibration scores, scored by the
+   worker's ``EntityScorer``. The split is the single model's three parts (``trainer.split``):
+   fit rows train, select rows drive early stopping, calibration rows only set thresholds.
 5. Stacked weights (slot 0 the fallback), the entity index and the manifest are published as
    one version through the atomic publish path.
 
@@ -47,16 +48,18 @@ from trainer.data import ParquetSource
 from trainer.distributed import Dist, init_distributed, shutdown
 from trainer.entity_data import EntityRows, read_entity_rows
 from trainer.entity_loop import StackedFit, fit_stacked
+from trainer.fingerprint import data_fingerprint
 from trainer.fit import (
-    data_fingerprint,
     fit_model,
     model_config,
     prepare,
+    split_options,
     summary_of,
     threshold_info,
 )
 from trainer.rows import bytes_per_row
 from trainer.settings import TrainerSettings
+from trainer.split import CALIBRATE, FIT, SELECT, plan_split
 from trainer.threshold import HeldOut
 
 log = logging.getLogger(__name__)
@@ -98,14 +101,7 @@ def _fit(s: TrainerSettings, d: Dist) -> Manifest:
         fallback = _fit_fallback(s, d, data, config, device, started)
     _check_memory(s, source, spec)
     rows = read_entity_rows(
-        # held-out rows of each entity give its threshold: the calibration share (issue 14
-        # moves entity models onto trainer.split's three parts)
-        source,
-        spec,
-        column,
-        fraction=s.calibration_fraction,
-        seed=s.seed,
-        only=s.entities,
+        source, spec, column, split=plan_split(source, split_options(s)), only=s.entities
     )
     members, thin = _eligible(rows, s)
     log.info("entity models", extra={"entities": len(members), "thin": thin, "column": column})
@@ -211,7 +207,7 @@ def _check_memory(s: TrainerSettings, source: ParquetSource, spec: FeatureSpec) 
 
 
 def min_held_out(quantile: float) -> int:
-    """Fewest held-out rows for which the quantile is not the largest score: the smallest n
+    """Fewest calibration rows for which the quantile is not the largest score: the smallest n
     with ceil((n + 1) q) <= n."""
     return max(1, math.ceil(quantile / (1 - quantile) - 1e-9))
 
@@ -219,9 +215,10 @@ def min_held_out(quantile: float) -> int:
 def _eligible(rows: EntityRows, s: TrainerSettings) -> tuple[list[int], int]:
     """Entities that get a model (indices into rows.keys), and how many are too thin."""
     total = rows.counts()
-    held = rows.counts(held_out=True)
-    fitting = total - held
-    ok = (total >= s.min_entity_rows) & (held >= min_held_out(s.quantile)) & (fitting > 0)
+    fitting, selecting = rows.counts(FIT), rows.counts(SELECT)
+    calibrating = rows.counts(CALIBRATE)
+    ok = total >= s.min_entity_rows
+    ok &= (calibrating >= min_held_out(s.quantile)) & (fitting > 0) & (selecting > 0)
     return [int(i) for i in np.flatnonzero(ok)], int((~ok).sum())
 
 
@@ -246,7 +243,7 @@ def _assemble(
     version: str,
 ) -> Slots:
     """Base slots (refit ones replaced) then new entities; slot 0 the fallback."""
-    held, total = rows.counts(held_out=True), rows.counts()
+    calibrating, fitting = rows.counts(CALIBRATE), rows.counts(FIT)
     if base is not None and base.entities is not None:
         idx = base.entities.index
         all_slots = np.arange(len(idx.entities), dtype=np.int64)
@@ -274,8 +271,8 @@ def _assemble(
             out.thresholds.append(0.0)
         slot = position[key]
         targets.append(slot)
-        out.calibration_rows[slot] = int(held[m])
-        out.train_rows[slot] = int(total[m] - held[m])
+        out.calibration_rows[slot] = int(calibrating[m])
+        out.train_rows[slot] = int(fitting[m])
         out.fitted_in[slot] = version
     if stacked is not None:
         out.layers = _placed(out.layers, stacked.model.stacked(), targets, len(out.entities))
@@ -306,8 +303,8 @@ def _thresholds(
     quantile: float,
     version: str,
 ) -> tuple[list[float], np.ndarray[Any, Any]]:
-    """The threshold of each slot fitted now, from its own held-out rows scored by
-    ``EntityScorer`` (the fallback's and reused slots' stay as they are); and every held-out
+    """The threshold of each slot fitted now, from its own calibration rows scored by
+    ``EntityScorer`` (the fallback's and reused slots' stay as they are); and every calibration
     row's score relative to the threshold of the slot serving it."""
     weights = InMemoryWeights(config, slots.layers)
     index = EntityIndex(
@@ -320,7 +317,7 @@ def _thresholds(
     )
     bank = EntityBank(weights, torch.device("cpu"), weights.n_slots)
     scorer = EntityScorer(spec, EntityRouter(index), bank, top_k=0)
-    held = np.flatnonzero(rows.held_out)
+    held = np.flatnonzero(rows.part == CALIBRATE)
     keys = [rows.keys[e] if e >= 0 else None for e in rows.entity[held].tolist()]
     routed = scorer.score(rows.cont[held], rows.cat[held], keys)
     assert routed.slots is not None

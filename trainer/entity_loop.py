@@ -11,11 +11,11 @@ is the median entity's rows once, in at most ``STEPS_PER_EPOCH`` steps: entities
 hundred rows step ``entity_batch_size`` rows at a time, larger ones in proportionally larger
 batches (so 10,000-row entities do not cost 50 times the steps). Small entities pass over
 their rows more often in an epoch and large ones less. After every epoch each entity's
-validation loss (mean score of its held-out rows) decides its own early stopping: its best
+validation loss (mean score of its selection rows) decides its own early stopping: its best
 weights are kept, and training ends when every entity has gone ``patience`` epochs without
 improving (or at ``entity_epochs``).
-The validation loss watches at most ``VALIDATION_ROWS`` held-out rows per entity, in one
-grouped forward per epoch; the thresholds use every held-out row.
+The validation loss watches at most ``VALIDATION_ROWS`` selection rows per entity, in one
+grouped forward per epoch; the thresholds use the calibration rows, which training never sees.
 
 Rows live on the training device as two arrays; entities are processed in chunks of
 ``ENTITY_CHUNK`` per forward/backward (gradients accumulate) to bound activation memory.
@@ -39,10 +39,11 @@ from pipeline.contract.scoring import SpecTransform
 from pipeline.contract.stacked import StackedAutoEncoder
 from trainer.entity_data import EntityRows
 from trainer.settings import TrainerSettings
+from trainer.split import FIT, SELECT
 
 log = logging.getLogger(__name__)
 ENTITY_CHUNK = 4096  # entities per forward/backward within a step
-VALIDATION_ROWS = 512  # most held-out rows per entity behind its early-stopping decisions
+VALIDATION_ROWS = 512  # most selection rows per entity behind its early-stopping decisions
 STEPS_PER_EPOCH = 50  # most optimiser steps between two validations
 # epochs without gain when --patience is unset (the single model derives its own)
 ENTITY_PATIENCE = 5
@@ -71,7 +72,7 @@ class _Data:
     cont: Tensor
     cat: Tensor
     fit_rows: list[npt.NDArray[np.int64]]  # per entity
-    val_idx: Tensor  # (E, V) held-out rows of each entity, padded with its first one
+    val_idx: Tensor  # (E, V) selection rows of each entity, padded with its first one
     val_mask: Tensor  # (E, V) True for real rows
 
 
@@ -145,10 +146,10 @@ def fit_stacked(
 
 def _device_data(rows: EntityRows, members: list[int], device: torch.device) -> _Data:
     """Rows on the device; per entity its fitting rows and (up to ``VALIDATION_ROWS``, evenly
-    spread over its held-out rows in position order) the rows its early stopping watches,
+    spread over its selection rows in position order) the rows its early stopping watches,
     as an (E, V) block that the grouped forward scores without gathering weights."""
-    fit_all = rows.rows_of(held_out=False)
-    val_all = rows.rows_of(held_out=True)
+    fit_all = rows.rows_of(FIT)
+    val_all = rows.rows_of(SELECT)
     width = min(VALIDATION_ROWS, max(len(val_all[m]) for m in members))
     idx = np.zeros((len(members), width), dtype=np.int64)
     mask = np.zeros((len(members), width), dtype=bool)

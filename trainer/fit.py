@@ -14,8 +14,6 @@ held-out row.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from trainer.budget import Budget, plan_budget
 from trainer.checkpoint import Checkpointer
 from trainer.data import ParquetSource
 from trainer.distributed import Dist, device_for, init_distributed, shutdown
+from trainer.fingerprint import data_fingerprint, run_fingerprint
 from trainer.loop import TrainResult, train
 from trainer.progress import make_reporter
 from trainer.rows import SplitRows, bytes_per_row
@@ -61,17 +60,6 @@ from trainer.threshold import HeldOut, fit_unit_scale, held_out_stats
 log = logging.getLogger(__name__)
 
 # Settings that do not change the trained model; a checkpoint may be resumed across them.
-_NOT_IN_RUN_FINGERPRINT = {
-    "epochs",
-    "model_store",
-    "name",
-    "checkpoint_dir",
-    "progress",
-    "announce_topic",
-    "kafka",
-    "device",
-    "memory_budget_mb",
-}
 
 
 @dataclass(frozen=True)
@@ -176,7 +164,7 @@ def fit_model(
         },
     )
     checkpointer = (
-        Checkpointer(s.checkpoint_dir, d.rank, run_fingerprint(s, data, d.world))
+        Checkpointer(s.checkpoint_dir, d.rank, run_fingerprint(s, data.source, data.spec, d.world))
         if s.checkpoint_dir
         else None
     )
@@ -357,28 +345,6 @@ def threshold_info(held: HeldOut, s: TrainerSettings) -> ThresholdInfo:
     )
 
 
-def data_fingerprint(source: ParquetSource, spec: FeatureSpec) -> str:
-    """sha256 over the file list with row counts and the fitted statistics."""
-    digest = hashlib.sha256()
-    rows: dict[str, int] = {}
-    for piece in source.pieces:
-        rows[piece.path] = rows.get(piece.path, 0) + piece.rows
-    for path in source.files:
-        digest.update(path.encode())
-        digest.update(str(rows.get(path, 0)).encode())
-    digest.update(spec.model_dump_json().encode())
-    return digest.hexdigest()
-
-
-def run_fingerprint(s: TrainerSettings, data: Prepared, world: int) -> str:
-    """What a checkpoint must match to be resumed: model-shaping settings, spec, data, ranks."""
-    shaping = s.model_dump(mode="json", exclude=_NOT_IN_RUN_FINGERPRINT)
-    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
-    digest.update(data_fingerprint(data.source, data.spec).encode())
-    digest.update(f"world={world}".encode())
-    return digest.hexdigest()
-
-
 def _spec_options(s: TrainerSettings) -> SpecOptions:
     entity = (s.entity_column,) if s.entity_column else ()
     return SpecOptions(
@@ -389,11 +355,16 @@ def _spec_options(s: TrainerSettings) -> SpecOptions:
         numeric_columns=tuple(s.numeric_columns),
         max_categories=s.max_categories,
         missing=s.missing,
-        split=SplitOptions(
-            validation_fraction=s.validation_fraction,
-            calibration_fraction=s.calibration_fraction,
-            seed=s.seed,
-            by=s.split_by,
-            kind=s.split_kind,
-        ),
+        split=split_options(s),
+    )
+
+
+def split_options(s: TrainerSettings) -> SplitOptions:
+    """The three-way split of the settings; entity models use it too (trainer.entity_fit)."""
+    return SplitOptions(
+        validation_fraction=s.validation_fraction,
+        calibration_fraction=s.calibration_fraction,
+        seed=s.seed,
+        by=s.split_by,
+        kind=s.split_kind,
     )

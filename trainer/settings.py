@@ -270,6 +270,11 @@ class TrainerSettings(BaseSettings):
                 f"validation_fraction + calibration_fraction must leave rows to fit "
                 f"(got {self.validation_fraction} + {self.calibration_fraction})"
             )
+        if self.split_by is not None and self.split_by == self.entity_column:
+            raise ValueError(
+                f"split_by ({self.split_by!r}) is the entity column: each entity's rows "
+                "would all land in one part; split entity models by time, or leave it unset"
+            )
         return self
 
     @property

@@ -22,6 +22,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -230,11 +231,21 @@ def _trim_cache(fetched: Path, keep: int = CACHED_VERSIONS) -> None:
     """Keep the ``keep`` most recently fetched versions of a model, ``fetched`` included: the
     one in service (a per-entity bank reads its weights file lazily) is the one fetched before
     it, and a worker running for months must not fill its disk with old versions."""
-    others = [p for p in fetched.parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in [p for p in others if p != fetched][keep - 1 :]:
+    entries = [p for p in fetched.parent.iterdir() if p.is_dir()]
+    others = sorted(
+        (p for p in entries if not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    # downloads of a process killed mid-way; an hour is far longer than any live download
+    abandoned = [p for p in entries if p.name.startswith(".fetch-") and _age_s(p) > 3600]
+    for old in [p for p in others if p != fetched][keep - 1 :] + abandoned:
         shutil.rmtree(old, ignore_errors=True)
         log.info("cached model version removed", extra={"path": str(old)})
+
+
+def _age_s(path: Path) -> float:
+    return time.time() - path.stat().st_mtime
 
 
 # --------------------------------------------------------------------- listing

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from pipeline.kafka.socket_leak import close_failed_connects
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -25,6 +27,7 @@ def construct(client_class: Callable[..., T], **config: Any) -> T:
     """``client_class(**config)`` that leaves nothing behind when it raises."""
     from kafka.net.compat import KafkaNetClient
 
+    close_failed_connects()
     created: list[Any] = []
 
     def factory(**kwargs: Any) -> Any:

@@ -25,6 +25,9 @@ from tests.support.workers import settings as worker_settings
 
 ROOT = Path(__file__).parents[3]
 TOKEN = "Bearer tok-7f3a9c"
+# seconds without records before a worker or sink stops: a first fetch under load 13 on two
+# cores took over 2 s, which ended runs that had records waiting
+IDLE_S = 6
 HOOK_PATH = "/services/T0001/B0002/hooksecret9d2e"  # a Slack-style URL: the path is the key
 
 
@@ -60,7 +63,7 @@ def worker_alerts(bootstrap: str, store: Path, source: str, n: int = 5) -> str:
     publish_model(store, numeric_spec(4), name=NAME, threshold=0.0)
     produce_records(bootstrap, source, numeric_records(n))
     s = worker_settings(bootstrap, store, source)
-    assert Worker(s).run(idle_timeout_s=1.5).anomalies == n
+    assert Worker(s).run(idle_timeout_s=IDLE_S).anomalies == n
     return s.alert_topic
 
 
@@ -68,7 +71,7 @@ def sink(bootstrap: str, topic: str, group: str, url: str, *extra: str):
     return run_module(
         "pipeline", "alerts", "sink", "--bootstrap", bootstrap, "--topic", topic,
         "--group", group, "--webhook", url, "--header", f"Authorization: {TOKEN}",
-        "--idle-timeout", "2", *extra, cwd=ROOT,
+        "--idle-timeout", str(IDLE_S), *extra, cwd=ROOT,
     )  # fmt: skip
 
 

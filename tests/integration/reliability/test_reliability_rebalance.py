@@ -19,6 +19,7 @@ from tests.support.faults import (
     SCALED_TIMEOUT,
     OffsetProbe,
     SteadyProducer,
+    WorkerProcess,
     account,
     freeze_when,
     record_result,
@@ -44,8 +45,8 @@ def test_a_commit_refused_after_a_rebalance_is_not_a_failure(
     probe = OffsetProbe(config, group)
     scores = f"{group}-scores"
     try:
-        a = workers.start(worker_env(kafka_bootstrap, tmp_path, source, group=group,
-                                     delivery=delivery), "a")  # fmt: skip
+        env_a = worker_env(kafka_bootstrap, tmp_path, source, group=group, delivery=delivery)
+        a = workers.start(env_a, "a")
         wait_for(lambda: a.consumed() >= min(300, total // 5), 120, "A scoring")
         if delivery == "exactly-once":
             freeze_when(a, lambda: probe.open_transaction(scores))
@@ -61,6 +62,12 @@ def test_a_commit_refused_after_a_rebalance_is_not_a_failure(
         a.signal(signal.SIGCONT)
         if delivery == "at-least-once":
             wait_for(lambda: a.metric("pipeline_commits_rejected_total") >= 1, 60, "refusal")
+            outcome = "refused"
+        else:
+            outcome = wait_for(lambda: _eos_outcome(a), 90, "A's transaction decided")
+        if outcome == "hung":  # known gap (docs/reliability.md): restart it, as a probe would
+            a.kill()
+            a = workers.start(env_a, "a-restarted")
         sent = producer.finish()
         try:
             wait_for(lambda: probe.all_committed(source), 180, "every record committed")
@@ -88,4 +95,18 @@ def test_a_commit_refused_after_a_rebalance_is_not_a_failure(
         f"commit refused after a rebalance ({delivery})", sent=total,
         faults=f"A frozen mid-batch, B joined, A resumed {frozen_s:.0f} s later",
         lost=report.lost, duplicates=report.duplicates, commits_rejected=rejected,
+        outcome=outcome,
     )  # fmt: skip
+
+
+def _eos_outcome(a: WorkerProcess) -> str | None:
+    """What the resumed exactly-once worker made of its batch: its commit refused (the
+    transaction aborted), or committed because its offsets had reached the transaction before
+    the rebalance (the broker checked them then), or hung: kafka-python 3.0.12 then waits on
+    the transaction forever (seen in ~1 of 4 runs after SIGSTOP/SIGCONT)."""
+    if a.metric("pipeline_commits_rejected_total") >= 1:
+        return "refused"
+    if a.metric("pipeline_kafka_wait_seconds") >= 30:
+        return "hung"
+    resumed = [line for line in a.logs() if "partitions revoked" in str(line.get("msg"))]
+    return "committed" if len(resumed) >= 2 and a.metric("pipeline_batches_total") > 0 else None

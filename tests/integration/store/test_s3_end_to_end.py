@@ -43,6 +43,7 @@ def test_trainer_publishes_to_s3_and_a_worker_process_scores_with_it(
         "PIPELINE_ALERT_TOPIC": alerts,
         "PIPELINE_DLQ_TOPIC": f"{source}-dlq",
         "PIPELINE_GROUP_ID": f"s3-{source}",
+        "PIPELINE_START_FROM": "earliest",  # the records were produced before the worker
         "PIPELINE_MODEL_STORE": s3_store,
         "PIPELINE_MODEL_NAME": "sensors",
         "PIPELINE_ID_FIELD": "machine_id",

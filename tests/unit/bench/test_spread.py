@@ -47,3 +47,10 @@ def test_formatting_and_bad_input():
         Spread.of([])
     with pytest.raises(ValueError, match="2 runs against 3"):
         ratios([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_fewer_than_three_runs_show_nothing():
+    """The latency rows once called "met" came from a single 10 s run each."""
+    assert verdict(Spread.of([76.6]), 100.0, higher_is_better=False) == NOT_SHOWN
+    assert verdict(Spread.of([0.2, 0.3]), 0.8, higher_is_better=True) == NOT_SHOWN
+    assert verdict(Spread.of([0.2, 0.3, 0.25]), 0.8, higher_is_better=True) == NOT_MET

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,21 @@ def test_local_cache_keeps_only_the_newest_fetched_versions(url: str) -> None:
         load_artifact(url, "m")
     cached = sorted(p.name for p in (store.cache_dir(url) / "m").iterdir())
     assert cached == sorted(versions[-store.CACHED_VERSIONS :])
+
+
+def test_downloads_abandoned_by_a_killed_process_are_removed(url: str) -> None:
+    publish_model(url, seed=0)  # type: ignore[arg-type]
+    load_artifact(url, "m")
+    models = store.cache_dir(url) / "m"
+    old, fresh = models / ".fetch-v0-dead", models / ".fetch-v1-live"
+    for path in (old, fresh):
+        path.mkdir()
+        (path / "model.safetensors").write_bytes(b"part")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    publish_model(url, seed=1)  # type: ignore[arg-type]
+    load_artifact(url, "m")
+    assert not old.exists()
+    assert fresh.exists()  # maybe another process's download in progress
 
 
 def test_plain_paths_are_not_checked_and_bad_urls_name_the_setting(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,10 +17,10 @@ from pipeline.contract.entity_scoring import open_entity_scorer
 from pipeline.contract.exceptions import ConfigError
 from pipeline.contract.tabular import encode_record_batch
 from pipeline.devstack.fleet import fleet_frame, fleet_stream
-from trainer.data import split_mask
 from trainer.evaluate import EvaluationRequest, evaluate
 from trainer.fit import fit
 from trainer.settings import load_trainer_settings
+from trainer.split import SplitOptions, split_indices
 
 MACHINES = 6
 
@@ -67,17 +69,21 @@ def test_every_entity_with_enough_rows_gets_its_model_the_rest_the_fallback(flee
     assert set(index.fitted_in) == {manifest.version}
 
 
-def test_each_threshold_is_the_quantile_of_its_own_held_out_rows(fleet):
+def _parts(data: Path) -> dict[str, np.ndarray]:
+    """The single model's three-way split of the same rows (trainer.split, default shares)."""
+    return split_indices(pq.read_table(data), SplitOptions(seed=3))
+
+
+def test_each_threshold_is_the_quantile_of_its_own_calibration_rows(fleet):
     root, data, manifest = fleet
     loaded = load_artifact(root / "store", "fleet")
     spec = manifest.features
     table = pd.read_parquet(data)
-    held = split_mask(np.arange(len(table), dtype=np.uint64), 0.2, 3)
-    import pyarrow as pa
+    held = _parts(data)["calibrate"]
 
-    rb = pa.RecordBatch.from_pandas(table[held], preserve_index=False)
+    rb = pa.RecordBatch.from_pandas(table.iloc[held], preserve_index=False)
     cont, cat = encode_record_batch(rb, spec)
-    keys = table.machine_id[held].tolist()
+    keys = table.machine_id.iloc[held].tolist()
     assert loaded.entities is not None
     scorer = open_entity_scorer(spec, loaded.entities, torch.device("cpu"), top_k=0)
     routed = scorer.score(cont, cat, keys)
@@ -91,6 +97,26 @@ def test_each_threshold_is_the_quantile_of_its_own_held_out_rows(fleet):
     assert index.thresholds[0] == manifest.threshold.value  # the fallback's, over all rows
     thin_rows = routed.slots[np.array(keys) == "press-thin"]
     assert thin_rows.size and (thin_rows == 0).all()
+
+
+def test_rows_that_select_an_entity_model_never_calibrate_it(fleet):
+    """The same three parts as a single model: fit, select (early stopping, best epoch),
+    calibrate; the index counts fitting and calibration rows, the rest selected."""
+    root, data, _ = fleet
+    entities = load_artifact(root / "store", "fleet").entities
+    assert entities is not None
+    index = entities.index
+    machines = pd.read_parquet(data).machine_id.to_numpy()
+    parts = _parts(data)
+    for slot, entity in enumerate(index.entities):
+        if entity is None:
+            continue
+        counts = {name: int((machines[rows] == entity).sum()) for name, rows in parts.items()}
+        assert counts["select"] > 0
+        assert (index.train_rows[slot], index.calibration_rows[slot]) == (
+            counts["fit"],
+            counts["calibrate"],
+        ), entity
 
 
 def test_refitting_some_entities_reuses_every_other_model(fleet, tmp_path):
@@ -154,3 +180,8 @@ def test_entity_options_without_an_entity_column_fail_naming_the_env_var():
     for bad in ({"entities": "a,b"}, {"base_version": "v1"}):
         with pytest.raises(ConfigError, match=r"TRAINER_(ENTITIES|BASE_VERSION).*--entity-column"):
             load_trainer_settings(**bad)
+
+
+def test_splitting_entity_models_by_their_own_entity_column_is_refused():
+    with pytest.raises(ConfigError, match=r"split_by .*'machine_id'.* is the entity column"):
+        load_trainer_settings(entity_column="machine_id", split_by="machine_id")
