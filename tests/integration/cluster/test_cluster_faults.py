@@ -5,7 +5,6 @@ with every input record accounted for afterwards through the scores topic
 - the leader of input partitions SIGKILLed mid-stream (both delivery modes);
 - the leader of the alert topic SIGKILLed mid-stream;
 - the active KRaft controller SIGKILLed mid-stream;
-- a rolling restart of all three brokers while streaming (exactly-once);
 - a broker frozen with SIGSTOP for longer than its session timeout, then resumed.
 
 Topics have three replicas and min.insync.replicas 2 (the worker's defaults on three brokers),
@@ -177,17 +176,6 @@ def test_sigkill_of_the_active_controller_loses_nothing(
     )  # fmt: skip
 
 
-def test_a_rolling_restart_of_every_broker_loses_nothing_exactly_once(
-    cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers
-) -> None:
-    def rolling(_admin: Any, _source: str) -> tuple[str, Callable[[], object]]:
-        for node in sorted(cluster.nodes):
-            cluster.restart(node)  # SIGTERM (controlled shutdown), start, wait until unfenced
-        return "rolling restart of nodes 1, 2, 3", lambda: None
-
-    run_fault(cluster, tmp_path, workers, "exactly-once", rolling, "rolling restart")
-
-
 def test_a_broker_frozen_past_its_session_timeout_loses_nothing(
     cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers
 ) -> None:
@@ -205,49 +193,3 @@ def test_a_broker_frozen_past_its_session_timeout_loses_nothing(
         return f"SIGSTOP node {victim} for {frozen_s:.0f} s", lambda: None
 
     run_fault(cluster, tmp_path, workers, "at-least-once", freeze, "broker frozen (SIGSTOP)")
-
-
-@pytest.mark.parametrize("delivery", MODES)
-def test_a_worker_restarts_while_the_first_bootstrap_broker_stays_down(
-    cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers, delivery: str
-) -> None:
-    """The worker is SIGKILLed and restarted while the first broker of its bootstrap list is
-    stopped; it bootstraps from the others and nothing is lost."""
-    publish(tmp_path)
-    bootstrap = cluster.bootstrap
-    first = min(cluster.nodes)
-    assert bootstrap.split(",")[0] == cluster.node_bootstrap(first)
-    with open_admin(bootstrap) as admin:
-        source = create_topic(admin, 3, replication=3, config={"min.insync.replicas": "2"})
-    group = f"g-{source}"
-    env = worker_env(bootstrap, tmp_path, source, group=group, delivery=delivery)
-    config = {"bootstrap_servers": bootstrap}
-    total = scaled(1200)
-    producer = SteadyProducer(config, source, total, rate=total / STREAM_S)
-    probe = OffsetProbe(config, group)
-    try:
-        worker = workers.start(env, "first")
-        wait_for(lambda: worker.consumed() >= min(200, total // 5), 120, "first records scored")
-        worker.kill()
-        cluster.stop(node=first)
-        stopped = time.monotonic()
-        second = workers.start(env, "second")
-        wait_for(lambda: commits(second) >= 3, 180, "commits resume")
-        resumed_s = time.monotonic() - stopped
-        sent = producer.finish()
-        wait_for(lambda: probe.all_committed(source), 180, "every record committed")
-        assert second.stop() == 0, second.tail()
-    finally:
-        producer.abort()
-        probe.close()
-        cluster.start(node=first)
-    report = account(KafkaSettings(bootstrap_servers=bootstrap), source, group, group=group)
-    assert (report.records, report.due, report.lost) == (total, total, 0), report.as_dict()
-    assert sent == total
-    if delivery == "exactly-once":
-        assert report.duplicates == 0, report.as_dict()
-    record_result(
-        f"cluster: worker restart, first bootstrap broker down ({delivery})",
-        sent=total, faults=f"SIGKILL worker + stop node {first}", lost=report.lost,
-        duplicates=report.duplicates, resumed_after_s=round(resumed_s, 1),
-    )  # fmt: skip
