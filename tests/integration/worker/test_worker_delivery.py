@@ -140,7 +140,8 @@ def test_a_failed_batch_is_retried_with_a_new_producer_until_it_goes_through(
         60,
         "two failed attempts",
     )
-    assert committed(kafka_bootstrap, s.group_id, source) == {0: None, 1: None}
+    # nothing past the start position (committed once the group is stable: worker.startpos)
+    assert set(committed(kafka_bootstrap, s.group_id, source).values()) <= {None, 0}
     set_max_message_bytes(kafka_admin, scores, 1_000_000)  # the operator fixes the topic
     summary = bg.join(60)
     assert summary.consumed == 150  # counted once: failed attempts are not in the summary
