@@ -170,12 +170,14 @@ def local_kafka(shared_kafka: SharedKafka | None) -> Iterator[LocalKafka]:
 
 @pytest.fixture(scope="session")
 def kafka_cluster(
-    shared_kafka: SharedKafka | None, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalKafkaCluster]:
     """A local three-node cluster for the whole session: the suite's own when it runs on one,
     else one started here (apart from the single broker, which the other tests keep using)."""
-    if isinstance(shared_kafka, LocalKafkaCluster) and len(shared_kafka.nodes) >= 3:
-        yield shared_kafka
+    if suite_brokers(request.config) >= 3 and not external_bootstrap(request.config):
+        shared = request.getfixturevalue("shared_kafka")
+        assert isinstance(shared, LocalKafkaCluster)
+        yield shared
         return
     cluster = LocalKafkaCluster(tmp_path_factory.mktemp("kafka-cluster"), 3, heap="384m")
     start_or_fail(cluster, CLUSTER_START_TIMEOUT_S)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.devstack.localcluster import LocalKafkaCluster
 from pipeline.devstack.localkafka import open_admin
+from tests.conftest import CLUSTER_START_TIMEOUT_S
 from tests.support.cli import run_module
 from tests.support.kafka import consume, create_topic, produce_acked
 from tests.support.workers import wait_for
@@ -73,20 +75,27 @@ def test_one_node_stopped_and_started_again_by_the_cli(cluster: LocalKafkaCluste
     assert consume(config, topic, 2) == [b"before", b"during"]
 
 
-def test_the_whole_cluster_stops_and_starts_on_the_same_data(cluster: LocalKafkaCluster) -> None:
-    topic = replicated_topic(cluster)
-    config = cluster.client_config()
-    produce_acked(config, topic, [b"kept"])
+def test_the_whole_cluster_stops_and_starts_on_the_same_data(tmp_path: Path) -> None:
+    """On a cluster of its own: stopping every node of the session's cluster from another
+    process would leave the other tests' clients to a cluster restarted behind their back."""
+    own = LocalKafkaCluster(tmp_path / "own", 3, heap="256m")
+    try:
+        own.start(CLUSTER_START_TIMEOUT_S)
+        topic = replicated_topic(own)
+        config = own.client_config()
+        produce_acked(config, topic, [b"kept"])
 
-    assert kafka_cli(cluster, "stop").returncode == 0
-    code, status = cli_status(cluster)
-    assert code == 3 and not any(n["running"] for n in status["nodes"])
-    assert status["controller"] is None
+        assert kafka_cli(own, "stop").returncode == 0
+        code, status = cli_status(own)
+        assert code == 3 and not any(n["running"] for n in status["nodes"])
+        assert status["controller"] is None
 
-    started = kafka_cli(cluster, "start", "--timeout", "240")
-    assert started.returncode == 0, started.stderr
-    assert cli_status(cluster)[0] == 0
-    assert consume(config, topic, 1) == [b"kept"]
+        started = kafka_cli(own, "start", "--timeout", "240", "--heap", "256m")
+        assert started.returncode == 0, started.stderr
+        assert cli_status(own)[0] == 0
+        assert consume(config, topic, 1) == [b"kept"]
+    finally:
+        own.stop()
 
 
 def test_a_cluster_keeps_its_node_count(cluster: LocalKafkaCluster) -> None:
