@@ -363,6 +363,19 @@ def account(
         time.sleep(1)
 
 
+def assert_accounted(
+    bootstrap: str, source: str, group: str, total: int, *, no_duplicates: bool
+) -> AuditReport:
+    """Every one of the ``total`` records of ``source`` scored or dead-lettered by ``group``
+    (its outputs ``<group>-scores``/``-dlq``), none lost; none twice where ``no_duplicates``
+    (exactly-once, or a clean handover)."""
+    report = account(KafkaSettings(bootstrap_servers=bootstrap), source, group, group=group)
+    assert (report.records, report.due, report.lost) == (total, total, 0), report.as_dict()
+    if no_duplicates:
+        assert report.duplicates == 0, report.as_dict()
+    return report
+
+
 def record_result(scenario: str, **numbers: Any) -> None:
     """Append a scenario's numbers to ``$RELIABILITY_REPORT`` (JSON lines), if set: the
     source of the table in docs/reliability.md."""

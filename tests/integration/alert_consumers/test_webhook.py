@@ -34,20 +34,7 @@ HOOK_PATH = "/services/T0001/B0002/hooksecret9d2e"  # a Slack-style URL: the pat
 def send_alerts(bootstrap: str, topic: str, n: int) -> list[dict]:
     """``n`` alert events on ``topic``, as a worker writes them (built with the contract)."""
     now = int(time.time() * 1000)
-    events = [
-        build_event(
-            source=("records", 0, i, now),
-            key=f"k{i}".encode(),
-            record_id=f"r-{i}",
-            score=2.0,
-            threshold=1.0,
-            model=("m", "v1"),
-            top_features=[("x0", 1.5)],
-            total_error=4.0,
-            detected_at="2026-01-01T00:00:00.000Z",
-        )
-        for i in range(n)
-    ]
+    events = [alert_event(i, timestamp_ms=now) for i in range(n)]
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     try:
         for event in events:
@@ -143,10 +130,11 @@ def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, ma
         assert "tok-7f3a9c" not in text, text
 
 
-def alert_event(i: int) -> dict:
+def alert_event(i: int, timestamp_ms: int = 0) -> dict:
+    """Alert ``i`` as a worker writes it (built with the contract)."""
     return build_event(
-        source=("records", 0, i, 0),
-        key=b"k",
+        source=("records", 0, i, timestamp_ms),
+        key=f"k{i}".encode(),
         record_id=f"r-{i}",
         score=2.0,
         threshold=1.0,

@@ -12,13 +12,12 @@ import pytest
 
 from pipeline.contract.exceptions import DataError
 from pipeline.devstack.sampledata import mixed_stream, normal_frame, to_records
-from pipeline.kafka.settings import KafkaSettings
 from pipeline.offline.batch_scoring import score_parquet
 from pipeline.worker.loop import Worker
-from pipeline.worker.settings import WorkerSettings
 from tests.support.cli import run_module
 from tests.support.kafka import produce_json, read_all
 from tests.support.training import train_sensors
+from tests.support.workers import settings as worker_settings
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +34,14 @@ def test_batch_scores_equal_the_workers_scores_for_the_same_records(
     stream.loc[::9, "pressure"] = np.nan  # imputation on both paths
     source, alerts, scores_topic = make_topic(partitions=2), make_topic(), make_topic()
     produce_json(kafka_bootstrap, source, to_records(stream), key_field="machine_id")
-    settings = WorkerSettings(
-        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
-        start_from="earliest",
-        model_store=str(store),
+    settings = worker_settings(
+        kafka_bootstrap,
+        store,
+        source,
         model_name="sensors",
         id_field="machine_id",
-        metrics_port=0,
-        device="cpu",
-        input_topic=source,
         alert_topic=alerts,
-        dlq_topic=f"{source}-dlq",
         scores_topic=scores_topic,
-        group_id=f"g-{source}",
         top_k=4,
     )
     Worker(settings).run(idle_timeout_s=2)

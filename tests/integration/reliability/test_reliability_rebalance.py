@@ -14,13 +14,12 @@ import time
 
 import pytest
 
-from pipeline.kafka.settings import KafkaSettings
 from tests.support.faults import (
     SCALED_TIMEOUT,
     OffsetProbe,
     SteadyProducer,
     WorkerProcess,
-    account,
+    assert_accounted,
     freeze_when,
     record_result,
     scaled,
@@ -85,11 +84,9 @@ def test_a_commit_refused_after_a_rebalance_is_not_a_failure(
     finally:
         producer.abort()
         probe.close()
-    report = account(KafkaSettings(bootstrap_servers=kafka_bootstrap), source, group, group=group)
     assert sent == total
-    assert (report.records, report.due, report.lost) == (total, total, 0), report.as_dict()
-    if delivery == "exactly-once":
-        assert report.duplicates == 0, report.as_dict()
+    exactly_once = delivery == "exactly-once"
+    report = assert_accounted(kafka_bootstrap, source, group, total, no_duplicates=exactly_once)
     assert failures == 0  # the refusal is not counted as a failed batch
     record_result(
         f"commit refused after a rebalance ({delivery})", sent=total,

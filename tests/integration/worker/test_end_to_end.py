@@ -17,13 +17,12 @@ from pipeline.contract.deadletter import parse_dead_letter
 from pipeline.contract.scoring import Scorer
 from pipeline.contract.tabular import encode_record_batch
 from pipeline.devstack.sampledata import mixed_stream, to_records
-from pipeline.kafka.settings import KafkaSettings
 from pipeline.worker.loop import Worker
 from pipeline.worker.metrics import PipelineMetrics
-from pipeline.worker.settings import WorkerSettings
 from tests.support.cli import run_module
 from tests.support.kafka import committed_and_end, produce, produce_json, read_all
 from tests.support.training import train_sensors
+from tests.support.workers import settings as worker_settings
 
 pytestmark = pytest.mark.kafka
 SCHEMA = json.loads(
@@ -38,19 +37,6 @@ def model_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     train_sensors(root, 6000, data_seed=5, epochs=60, seed=0)
     return root / "store"
-
-
-def worker_settings(bootstrap, store, **kw) -> WorkerSettings:
-    return WorkerSettings(
-        kafka=KafkaSettings(bootstrap_servers=bootstrap),
-        start_from="earliest",
-        model_store=str(store),
-        model_name="sensors",
-        id_field="machine_id",
-        metrics_port=0,
-        device="cpu",
-        **kw,
-    )
 
 
 def test_worker_alerts_exactly_the_records_over_the_threshold(
@@ -71,10 +57,11 @@ def test_worker_alerts_exactly_the_records_over_the_threshold(
     settings = worker_settings(
         kafka_bootstrap,
         model_store,
-        input_topic=source,
+        source,
+        model_name="sensors",
+        id_field="machine_id",
         alert_topic=alerts,
         dlq_topic=dlq,
-        group_id=f"g-{source}",
     )
     metrics = PipelineMetrics()
     summary = Worker(settings, metrics).run(idle_timeout_s=3)
