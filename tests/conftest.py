@@ -28,7 +28,7 @@ from pipeline.devstack.localcluster import LocalKafkaCluster
 from pipeline.devstack.localkafka import LocalKafka, LocalKafkaError, open_admin
 from pipeline.kafka.socket_leak import close_failed_connects
 from tests.support.faults import Workers
-from tests.support.kafka import create_topic
+from tests.support.kafka import create_topic, settle_cluster
 
 BOOTSTRAP_ENV = "PIPELINE_TEST_KAFKA_BOOTSTRAP"
 BROKERS_ENV = "PIPELINE_TEST_KAFKA_BROKERS"
@@ -206,6 +206,7 @@ def heal(cluster: LocalKafkaCluster) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
     start_or_fail(cluster, CLUSTER_START_TIMEOUT_S)
+    settle_cluster(cluster.bootstrap)
 
 
 @pytest.fixture

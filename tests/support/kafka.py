@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from pipeline.devstack.localkafka import open_admin
 from pipeline.kafka.metadata import wait_for_partitions
 
 TOPIC_TIMEOUT_MS = 30_000
@@ -130,3 +131,21 @@ def committed_and_end(bootstrap: str, group: str, topic: str) -> dict[int, tuple
         return {tp.partition: (consumer.committed(tp), end[tp]) for tp in parts}
     finally:
         consumer.close()
+
+
+def settle_cluster(bootstrap: str, timeout_s: float = 90) -> None:
+    """Wait until every replica is in sync again, then give leadership back to the preferred
+    replicas. After a node restarts, the brokers' own leader rebalance (every 5 minutes) would
+    otherwise move partitions, the group coordinators among them, in the middle of a later
+    test, and a group rejoining then stalled kafka-python's join for minutes."""
+    deadline = time.monotonic() + timeout_s
+    with open_admin(bootstrap) as admin:
+        while lagging := [
+            f"{d['name']}[{p['partition_index']}]"
+            for d in admin.describe_topics()
+            for p in d["partitions"]
+            if len(p["isr_nodes"]) < len(p["replica_nodes"])
+        ]:
+            assert time.monotonic() < deadline, f"replicas not back in sync: {lagging[:5]}"
+            time.sleep(0.5)
+        admin.elect_leaders(0, raise_errors=False)  # 0: preferred replicas

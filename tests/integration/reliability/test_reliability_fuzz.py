@@ -44,7 +44,14 @@ from tests.support.fuzzing import (
     hostile_values,
 )
 from tests.support.kafka import read_all
-from tests.support.workers import NAME, publish, wait_for
+from tests.support.workers import (
+    NAME,
+    events,
+    numeric_records,
+    produce_records,
+    publish,
+    wait_for,
+)
 from tests.support.workers import settings as worker_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("torch_one_thread"), SCALED_TIMEOUT]
@@ -324,3 +331,30 @@ def test_a_record_whose_alert_is_too_large_to_send_is_dead_lettered_as_output_to
     sample = metrics.registry.get_sample_value
     assert sample("pipeline_records_invalid_total", {"reason": "output_too_large"}) == 1
     assert sample("pipeline_batch_failures_total", {"stage": "deliver"}) is None
+
+
+def test_records_whose_scores_overflow_alert_as_not_finite_none_pass_as_normal(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    """Valid records with values near float32's limit (the codec accepts up to ~3.4e38) make
+    the model's reconstruction error overflow: each one alerts with reason non_finite_score
+    through a real worker and broker, none is committed as normal, nothing is lost."""
+    publish(tmp_path, alert_share=0.0001)  # ordinary records almost never alert
+    source = make_topic(2)
+    normal = numeric_records(60)
+    extreme = [
+        {"id": f"x-{i:03d}", "x0": sign * 3.4e38, "x1": 1.0, "x2": 2.0, "x3": 3.0}
+        for i, sign in enumerate([1.0, -1.0] * 10)
+    ]
+    produce_records(kafka_bootstrap, source, normal + extreme)
+    s = worker_settings(kafka_bootstrap, tmp_path, source, scores_topic=f"{source}-scores")
+    summary = Worker(s, PipelineMetrics()).run(idle_timeout_s=3)
+    assert summary.consumed == len(normal) + len(extreme)
+    alerts = {e["record_id"]: e for e in events(kafka_bootstrap, s.alert_topic)}
+    for record in extreme:
+        alert = alerts.get(record["id"])
+        assert alert is not None, f"{record['id']} passed as normal"
+        assert (alert["reason"], alert["score"]) == ("non_finite_score", None), alert
+    assert all(e["reason"] == "over_threshold" for k, e in alerts.items() if k.startswith("r-"))
+    report = account(KafkaSettings(bootstrap_servers=kafka_bootstrap), source, source)
+    assert (report.records, report.lost) == (len(normal) + len(extreme), 0), report.as_dict()

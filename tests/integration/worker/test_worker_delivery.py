@@ -169,7 +169,8 @@ def test_exactly_once_failure_aborts_the_batch_output(kafka_bootstrap, make_topi
     with pytest.raises(KafkaIOError, match="failed 2 times"):
         Worker(s).run(idle_timeout_s=10)
     assert events(kafka_bootstrap, s.alert_topic, committed_only=True) == []
-    assert committed(kafka_bootstrap, s.group_id, source) == {0: None}
+    # nothing past the start position (committed once the group is stable: worker.startpos)
+    assert set(committed(kafka_bootstrap, s.group_id, source).values()) <= {None, 0}
 
 
 def test_a_fenced_transactional_producer_stops_the_worker_without_retries(
