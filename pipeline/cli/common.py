@@ -6,8 +6,9 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -29,3 +30,17 @@ def install_signal_handlers(stop: Callable[[], None]) -> None:
 def fail(code: int, message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+EXIT_NOT_RUNNING = 3  # LSB convention for `status` of a stopped service
+
+
+def state_dir_option(envvar: str, what: str, default: str) -> Callable[[Any], Any]:
+    """``--state-dir`` of a local service command group (Kafka, S3): where it keeps its state."""
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=envvar,
+        default=None,
+        help=f"{what} state directory [env {envvar}; default {default}].",
+    )

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli.common import EXIT_NOT_RUNNING
+from pipeline.cli.common import state_dir_option as common_state_dir_option
 from pipeline.devstack.localcluster import LocalKafkaCluster, describe, is_cluster, status_json
 from pipeline.devstack.localkafka import (
     ENV_STATE_DIR,
@@ -27,15 +29,7 @@ from pipeline.devstack.localkafka import (
 )
 
 ENV_SCRAM_PASSWORD = "PIPELINE_KAFKA_SCRAM_PASSWORD"  # noqa: S105  (a variable name, not a secret)
-EXIT_NOT_RUNNING = 3  # LSB convention for `status` of a stopped service
-
-state_dir_option = click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar=ENV_STATE_DIR,
-    default=None,
-    help=f"Broker state directory [env {ENV_STATE_DIR}; default ./.kafka-local].",
-)
+state_dir_option = common_state_dir_option(ENV_STATE_DIR, "Broker", "./.kafka-local")
 node_option = click.option(
     "--node",
     type=click.IntRange(1, 9),

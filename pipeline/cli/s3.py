@@ -17,18 +17,12 @@ from typing import TypeVar
 
 import click
 
+from pipeline.cli.common import EXIT_NOT_RUNNING
+from pipeline.cli.common import state_dir_option as common_state_dir_option
 from pipeline.devstack.locals3 import ENV_STATE_DIR, LocalS3, LocalS3Error
 
 T = TypeVar("T")
-EXIT_NOT_RUNNING = 3  # LSB convention for `status` of a stopped service
-
-state_dir_option = click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar=ENV_STATE_DIR,
-    default=None,
-    help=f"Server state directory [env {ENV_STATE_DIR}; default ./.s3-local].",
-)
+state_dir_option = common_state_dir_option(ENV_STATE_DIR, "Server", "./.s3-local")
 
 
 @click.group(name="s3")

@@ -24,7 +24,6 @@ import http.client
 import logging
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.devstack import maven
+from pipeline.devstack.localkafka_proc import free_ports, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class LocalS3:
         except TypeError:
             record = None
         exited = self._proc is not None and self._proc.poll() is not None
-        if record is None or exited or not _pid_alive(record.pid):
+        if record is None or exited or not pid_alive(record.pid):
             (self.state_dir / STATE_NAME).unlink(missing_ok=True)
             return None
         return record
@@ -174,7 +174,7 @@ class LocalS3:
         jars = resolve_jars(self.version, self.cache_dir)
         with _errors():
             java = maven.find_java()
-        port = port or _free_port()
+        port = port or free_ports(1, HOST)[0]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.state_dir / "s3proxy.properties"
         props.write_text(render_properties(port, self.data_dir, IDENTITY, self.credential))
@@ -260,28 +260,11 @@ def _terminate(pid: int, timeout: float = 30.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _read(path: Path) -> str:
