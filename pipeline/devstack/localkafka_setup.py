@@ -88,11 +88,7 @@ class Ports:
 
 def cache_root() -> Path:
     """Per-user jar cache root, so every worktree and test run shares one download."""
-    override = os.environ.get(ENV_CACHE)
-    if override:
-        return Path(override).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "anomaly-pipeline" / "kafka"
+    return maven.jar_cache(ENV_CACHE, "kafka")
 
 
 def default_state_dir() -> Path:

@@ -78,11 +78,7 @@ def default_state_dir() -> Path:
 
 def cache_root() -> Path:
     """Per-user jar cache, shared by every worktree and test run."""
-    override = os.environ.get(ENV_CACHE)
-    if override:
-        return Path(override).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "anomaly-pipeline" / "s3proxy"
+    return maven.jar_cache(ENV_CACHE, "s3proxy")
 
 
 def resolve_jars(version: str = DEFAULT_VERSION, root: Path | None = None) -> maven.Jars:

@@ -261,3 +261,13 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def jar_cache(env_var: str, service: str) -> Path:
+    """Per-user jar cache of one JVM service (``env_var`` overrides it), so every worktree and
+    test run shares one download."""
+    override = os.environ.get(env_var)
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "anomaly-pipeline" / service
