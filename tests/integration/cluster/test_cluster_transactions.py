@@ -1,0 +1,222 @@
+"""Transactions on the local three-node cluster when the coordinators go away: the node hosting
+the group and transaction coordinators SIGKILLed mid-stream (both delivery modes), and an
+exactly-once transaction kept open past its timeout, so the coordinator aborts it and fences
+the worker's producer. Every input record is accounted for through the scores topic afterwards
+(``pipeline.alert_consumers.audit``): nothing lost, and no duplicate in exactly-once mode.
+
+The first test reproduces the kafka-python defect on its own (``pipeline.kafka.txn_requeue``):
+a transactional request bound for a coordinator that cannot be reached was dropped, and the
+call waiting for it (commit, send_offsets_to_transaction) never returned."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from pipeline.devstack.localcluster import LocalKafkaCluster
+from pipeline.devstack.localkafka import open_admin
+from pipeline.kafka.clients import close_quietly, make_producer
+from pipeline.kafka.settings import KafkaSettings
+from tests.support.faults import (
+    SCALED_TIMEOUT,
+    OffsetProbe,
+    SteadyProducer,
+    WorkerProcess,
+    Workers,
+    assert_accounted,
+    record_result,
+    scaled,
+    worker_env,
+)
+from tests.support.kafka import create_topic
+from tests.support.workers import publish, wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.cluster, SCALED_TIMEOUT]
+MODES = ["at-least-once", "exactly-once"]
+STREAM_S = 10.0
+OFFSETS, TXN_STATE = "__consumer_offsets", "__transaction_state"
+
+
+# ----------------------------------------------------------------------------- coordinators
+
+
+def java_hash(text: str) -> int:
+    """Java's ``String.hashCode``: how a broker maps a group or transactional id to the
+    partition of its internal topic whose leader is the coordinator."""
+    data = text.encode("utf-16-be")
+    h = 0
+    for i in range(0, len(data), 2):
+        h = (31 * h + int.from_bytes(data[i : i + 2], "big")) & 0xFFFFFFFF
+    return h
+
+
+def coordinator(admin: Any, internal_topic: str, key: str) -> int:
+    """The broker coordinating ``key`` (a group id in ``__consumer_offsets``, a transactional
+    id in ``__transaction_state``): the leader of the key's partition of that topic."""
+    (described,) = admin.describe_topics([internal_topic])
+    partitions = {p["partition_index"]: p["leader_id"] for p in described["partitions"]}
+    return int(partitions[(java_hash(key) & 0x7FFFFFFF) % len(partitions)])
+
+
+def sigkill(cluster: LocalKafkaCluster, node_id: int) -> None:
+    pid = cluster.node(node_id).pid
+    assert pid is not None, f"node {node_id} is not running"
+    os.kill(pid, signal.SIGKILL)
+
+
+def commits(worker: WorkerProcess) -> float:
+    return worker.metric("pipeline_commits_total")
+
+
+# ----------------------------------------------------------------------- the library defect
+
+
+def test_a_transaction_commits_after_its_coordinator_node_is_killed(
+    cluster: LocalKafkaCluster,
+) -> None:
+    """kafka-python 3.0.12 dropped the AddPartitionsToTxn request when the coordinator's node
+    could not be reached (``await_ready`` raised where the sender expects False), so a
+    transaction begun after the node died never committed: commit_transaction waited
+    forever although a new coordinator took over within seconds."""
+    bootstrap = cluster.bootstrap
+    with open_admin(bootstrap) as admin:
+        topic = create_topic(admin, 1, replication=3, config={"min.insync.replicas": "2"})
+    txn_id = f"txn-{uuid.uuid4().hex}"
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+    producer = make_producer(kafka, transactional_id=txn_id)
+    try:
+        producer.begin_transaction()  # one transaction first: the coordinator is known
+        producer.send(topic, b"before")
+        producer.commit_transaction()
+        with open_admin(bootstrap) as admin:
+            victim = coordinator(admin, TXN_STATE, txn_id)
+        sigkill(cluster, victim)
+        errors: list[BaseException] = []
+        done = threading.Thread(target=_one_transaction, args=(producer, topic, errors))
+        done.start()
+        done.join(90)
+        assert not done.is_alive(), f"commit_transaction hung after node {victim} was killed"
+        assert errors == []
+    finally:
+        close_quietly(producer)
+    assert sorted(_read_committed(bootstrap, topic, 2)) == [b"after", b"before"]
+
+
+def _one_transaction(producer: Any, topic: str, errors: list[BaseException]) -> None:
+    try:
+        producer.begin_transaction()
+        producer.send(topic, b"after")
+        producer.commit_transaction()
+    except BaseException as exc:  # reported by the test
+        errors.append(exc)
+
+
+def _read_committed(bootstrap: str, topic: str, count: int) -> list[bytes]:
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while len(seen) < count and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                seen.extend(r.value for r in records)
+        return seen
+    finally:
+        consumer.close()
+
+
+# --------------------------------------------------------------------- worker scenarios
+
+
+def stream_with_fault(
+    cluster: LocalKafkaCluster,
+    tmp_path: Any,
+    workers: Workers,
+    delivery: str,
+    inject: Any,
+    scenario: str,
+    check: Any = None,
+    **env_extra: str,
+) -> float:
+    """Stream 1,200 records (scaled) over 10 s into a fresh 3-partition RF3 topic, call
+    ``inject(admin, group, txn_id, worker)`` once the worker scores (it returns what it did and
+    how to undo it), wait until three more batches are committed, ``check(worker)`` while it
+    still runs, and account for every record. Returns the seconds until commits resumed."""
+    publish(tmp_path)
+    bootstrap = cluster.bootstrap
+    with open_admin(bootstrap) as admin:
+        source = create_topic(admin, 3, replication=3, config={"min.insync.replicas": "2"})
+    group, txn_id = f"g-{source}", f"t-{source}"
+    env = worker_env(
+        bootstrap, tmp_path, source, group=group, delivery=delivery,
+        PIPELINE_TRANSACTIONAL_ID=txn_id, **env_extra,
+    )  # fmt: skip
+    config = {"bootstrap_servers": bootstrap}
+    total = scaled(1200)
+    producer = SteadyProducer(config, source, total, rate=total / STREAM_S)
+    probe = OffsetProbe(config, group)
+    try:
+        worker = workers.start(env, "worker")
+        wait_for(lambda: worker.consumed() >= min(200, total // 5), 120, "first records scored")
+        with open_admin(bootstrap) as admin:
+            fault, recover = inject(admin, group, txn_id, worker)
+        injected = time.monotonic()
+        at_fault = commits(worker)
+        wait_for(lambda: commits(worker) >= at_fault + 3, 180, "commits resume")
+        resumed_s = time.monotonic() - injected
+        sent = producer.finish()
+        recover()
+        wait_for(lambda: probe.all_committed(source), 180, "every record committed")
+        if check is not None:
+            check(worker)
+        assert worker.stop() == 0, worker.tail()
+    finally:
+        producer.abort()
+        probe.close()
+    exactly_once = delivery == "exactly-once"
+    report = assert_accounted(bootstrap, source, group, total, no_duplicates=exactly_once)
+    assert sent == total
+    record_result(
+        f"cluster: {scenario} ({delivery})",
+        sent=total, faults=fault, lost=report.lost,
+        duplicates=report.duplicates, resumed_after_s=round(resumed_s, 1),
+    )  # fmt: skip
+    return resumed_s
+
+
+@pytest.mark.parametrize("delivery", MODES)
+def test_sigkill_of_the_coordinator_node_loses_nothing(
+    cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers, delivery: str
+) -> None:
+    """The node coordinating the worker's transactions (exactly-once) or its group
+    (at-least-once) is SIGKILLed mid-stream; the coordinator moves to another node once the
+    cluster fences the dead one (6 s) and the worker goes on committing."""
+
+    def kill_coordinator(admin: Any, group: str, txn_id: str, _: WorkerProcess) -> Any:
+        group_node = coordinator(admin, OFFSETS, group)
+        txn_node = coordinator(admin, TXN_STATE, txn_id)
+        victim = txn_node if delivery == "exactly-once" else group_node
+        sigkill(cluster, victim)
+        hosts = [
+            n for n, node in (("group", group_node), ("transaction", txn_node)) if node == victim
+        ]
+        what = f"SIGKILL node {victim} ({' and '.join(hosts)} coordinator)"
+        return what, lambda: cluster.start(node=victim)
+
+    stream_with_fault(
+        cluster, tmp_path, workers, delivery, kill_coordinator,
+        "SIGKILL of the coordinator node",
+    )  # fmt: skip
