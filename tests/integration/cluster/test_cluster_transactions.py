@@ -32,6 +32,7 @@ from tests.support.faults import (
     WorkerProcess,
     Workers,
     assert_accounted,
+    freeze_when,
     record_result,
     scaled,
     worker_env,
@@ -219,4 +220,38 @@ def test_sigkill_of_the_coordinator_node_loses_nothing(
     stream_with_fault(
         cluster, tmp_path, workers, delivery, kill_coordinator,
         "SIGKILL of the coordinator node",
+    )  # fmt: skip
+
+
+def test_a_transaction_open_past_its_timeout_fences_the_producer_and_the_worker_goes_on(
+    cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers
+) -> None:
+    """The worker is frozen (SIGSTOP) inside an open transaction for longer than its 10 s
+    transaction timeout: the coordinator aborts the transaction and bumps the producer epoch.
+    Resumed, the worker's producer is fenced; the worker must replace it and re-read from the
+    committed offsets (before: ProducerFencedError was fatal, exit 4, and a supervisor
+    restart-looped it). Its session timeout outlasts the freeze, so the fence is the only
+    fault (the group rebalance on top is test_reliability_rebalance's)."""
+    timeout_s, frozen_s = 10.0, 16.0
+
+    def freeze_in_transaction(admin: Any, group: str, _txn: str, worker: WorkerProcess) -> Any:
+        probe = OffsetProbe({"bootstrap_servers": cluster.bootstrap})
+        try:
+            tries = freeze_when(worker, lambda: probe.open_transaction(f"{group}-scores"))
+        finally:
+            probe.close()
+        time.sleep(frozen_s)
+        worker.signal(signal.SIGCONT)
+        what = f"SIGSTOP the worker in an open transaction for {frozen_s:.0f} s ({tries} tries)"
+        return what, lambda: None
+
+    def fenced_and_rebuilt(worker: WorkerProcess) -> None:
+        rebuilds = worker.metric("pipeline_producer_rebuilds_total", reason="fenced")
+        assert rebuilds >= 1, worker.tail()
+
+    stream_with_fault(
+        cluster, tmp_path, workers, "exactly-once", freeze_in_transaction,
+        "transaction open past its timeout (worker frozen)", check=fenced_and_rebuilt,
+        PIPELINE_TRANSACTION_TIMEOUT_MS=str(int(timeout_s * 1000)),
+        PIPELINE_SESSION_TIMEOUT_MS="45000",
     )  # fmt: skip
