@@ -10,6 +10,7 @@ call waiting for it (commit, send_offsets_to_transaction) never returned."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer
+from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from pipeline.devstack.localcluster import LocalKafkaCluster
@@ -65,6 +67,50 @@ def coordinator(admin: Any, internal_topic: str, key: str) -> int:
     (described,) = admin.describe_topics([internal_topic])
     partitions = {p["partition_index"]: p["leader_id"] for p in described["partitions"]}
     return int(partitions[(java_hash(key) & 0x7FFFFFFF) % len(partitions)])
+
+
+def colocate_coordinators(bootstrap: str, group: str, txn_id: str) -> int:
+    """Make the node coordinating ``group`` coordinate ``txn_id`` too, so one SIGKILL takes
+    both away: the transaction-state partition of ``txn_id`` gets that node first in its
+    replica list (same replicas, no data moves) and a preferred-leader election. Creates both
+    internal topics first (a group lookup, a transactional producer's init). Returns the node."""
+    producer = make_producer(KafkaSettings(bootstrap_servers=bootstrap), transactional_id=txn_id)
+    close_quietly(producer)
+    with open_admin(bootstrap) as admin:
+        with contextlib.suppress(KafkaError):  # the lookup creates __consumer_offsets
+            admin.describe_groups([group])
+        target = wait_for(lambda: _leader_of(admin, OFFSETS, group), 60, "group coordinator")
+        tp = TopicPartition(TXN_STATE, _partition_of(admin, TXN_STATE, txn_id))
+        (described,) = admin.describe_topics([TXN_STATE])
+        (state,) = [p for p in described["partitions"] if p["partition_index"] == tp.partition]
+        replicas = state["replica_nodes"]
+        if state["leader_id"] != target:
+            admin.alter_partition_reassignments(
+                {tp: [target, *(r for r in replicas if r != target)]}
+            )
+            wait_for(lambda: _first_replica(admin, tp) == target, 60, "replica order changed")
+            admin.elect_leaders(0, {TXN_STATE: [tp.partition]}, raise_errors=False)
+            wait_for(lambda: coordinator(admin, TXN_STATE, txn_id) == target, 60, "election")
+    return int(target)
+
+
+def _partition_of(admin: Any, internal_topic: str, key: str) -> int:
+    (described,) = admin.describe_topics([internal_topic])
+    return (java_hash(key) & 0x7FFFFFFF) % len(described["partitions"])
+
+
+def _leader_of(admin: Any, internal_topic: str, key: str) -> int | None:
+    try:
+        leader = coordinator(admin, internal_topic, key)
+    except (KeyError, ValueError, KafkaError):
+        return None
+    return leader if leader >= 0 else None
+
+
+def _first_replica(admin: Any, tp: TopicPartition) -> int:
+    (described,) = admin.describe_topics([tp.topic])
+    by_index = {p["partition_index"]: p for p in described["partitions"]}
+    return int(by_index[tp.partition]["replica_nodes"][0])
 
 
 def sigkill(cluster: LocalKafkaCluster, node_id: int) -> None:
@@ -150,9 +196,11 @@ def stream_with_fault(
     inject: Any,
     scenario: str,
     check: Any = None,
+    prepare: Any = None,
     **env_extra: str,
 ) -> float:
     """Stream 1,200 records (scaled) over 10 s into a fresh 3-partition RF3 topic, call
+    ``prepare(group, txn_id)`` before the worker starts,
     ``inject(admin, group, txn_id, worker)`` once the worker scores (it returns what it did and
     how to undo it), wait until three more batches are committed, ``check(worker)`` while it
     still runs (what it returns is recorded too), and account for every record. Returns the
@@ -171,6 +219,8 @@ def stream_with_fault(
     producer = SteadyProducer(config, source, total, rate=total / STREAM_S)
     probe = OffsetProbe(config, group)
     try:
+        if prepare is not None:
+            prepare(group, txn_id)
         worker = workers.start(env, "worker")
         wait_for(lambda: worker.consumed() >= min(200, total // 5), 120, "first records scored")
         with open_admin(bootstrap) as admin:
@@ -202,14 +252,21 @@ def stream_with_fault(
 def test_sigkill_of_the_coordinator_node_loses_nothing(
     cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers, delivery: str
 ) -> None:
-    """The node coordinating the worker's transactions (exactly-once) or its group
-    (at-least-once) is SIGKILLed mid-stream; the coordinator moves to another node once the
-    cluster fences the dead one (6 s) and the worker goes on committing."""
+    """The node coordinating the worker's group and (exactly-once) its transactions is
+    SIGKILLed mid-stream; the coordinators move to other nodes once the cluster fences the
+    dead one (6 s) and the worker goes on committing. Exactly-once, the test first makes one
+    node host both coordinators (``colocate_coordinators``)."""
+    exactly_once = delivery == "exactly-once"
+
+    def prepare(group: str, txn_id: str) -> None:
+        if exactly_once:
+            colocate_coordinators(cluster.bootstrap, group, txn_id)
 
     def kill_coordinator(admin: Any, group: str, txn_id: str, _: WorkerProcess) -> Any:
         group_node = coordinator(admin, OFFSETS, group)
-        txn_node = coordinator(admin, TXN_STATE, txn_id)
-        victim = txn_node if delivery == "exactly-once" else group_node
+        txn_node = coordinator(admin, TXN_STATE, txn_id) if exactly_once else None
+        assert txn_node in (None, group_node), (group_node, txn_node)
+        victim = group_node
         sigkill(cluster, victim)
         hosts = [
             n for n, node in (("group", group_node), ("transaction", txn_node)) if node == victim
@@ -219,7 +276,7 @@ def test_sigkill_of_the_coordinator_node_loses_nothing(
 
     stream_with_fault(
         cluster, tmp_path, workers, delivery, kill_coordinator,
-        "SIGKILL of the coordinator node",
+        "SIGKILL of the coordinator node", prepare=prepare,
     )  # fmt: skip
 
 
