@@ -80,14 +80,17 @@ def default_hidden_dims(input_dim: int, members: int = 1) -> tuple[list[int], in
     """Layer sizes of each member that scale with the input: a funnel down to the latent.
 
     The input rounded up to a power of two (at most 512) is the first layer's width, split
-    between the members (at least 32 each), so the widest and costliest layers of a wide
-    input (input x first, and its mirror) cost about what one model's do however many
-    members there are; then half of that, and a latent of a quarter of the input (4 to 32).
-    Narrower members underfit the 24-wide diamonds set (ROC-AUC 0.89 at 16-8 vs 0.93 at
-    32-16, BENCHMARKS.md "Detection quality").
+    between the members, so the widest and costliest layers of a wide input (input x first,
+    and its mirror) cost about what one model's do however many members there are; then half
+    of that, and a latent of a quarter of the input (4 to 32, at most the second width).
+    Members get a floor: 32 wide, or 16 in an ensemble below 64 inputs. On the tuning sets
+    below 64 inputs, 16-8 members scored as well as 32-16 ones (mean ROC-AUC 0.884 vs 0.880
+    over five sets, 3 seeds) at about the cost of the single model before the ensemble, while
+    the 64-wide digits lost 0.011 at 16 wide (BENCHMARKS.md "Detection quality").
     """
-    first = max(32, min(512, _round_pow2(input_dim)) // members)
-    second = max(16, first // 2)
+    floor = 16 if members > 1 and input_dim < 64 else 32
+    first = max(floor, min(512, _round_pow2(input_dim)) // members)
+    second = max(floor // 2, first // 2)
     latent = max(4, min(32, input_dim // 4))
     return [first, second], min(latent, second)
 
