@@ -10,7 +10,8 @@
     ├── ScoringError           the model failed on a batch
     └── KafkaIOError           talking to Kafka failed
         ├── DeliveryError      a produced record was not acknowledged
-        │   └── OutputTooLarge the producer refused one record as over its size limit
+        │   ├── OutputTooLarge the producer refused one record as over its size limit
+    │   └── TransactionStalled a transactional call did not finish within its deadline
         ├── CommitRejected     the group moved on (rebalance): offsets not committed
         ├── KafkaFatalError    retrying cannot help (auth, fenced producer, ...): stop
         └── AnnounceError      a model was published but its announcement was not sent
@@ -73,6 +74,12 @@ class OutputTooLarge(DeliveryError):
     Nothing was queued, so the batch (and its transaction) is intact: the worker dead-letters
     the record whose output it was (reason ``output_too_large``) instead of failing the batch,
     which would meet the same record on every retry and restart."""
+
+
+class TransactionStalled(DeliveryError):
+    """A transactional call (commit, abort, sending the offsets) did not finish within its
+    deadline (the transaction timeout): the exactly-once worker replaces its producer and
+    reads on from the committed offsets (``pipeline.worker.recovery``)."""
 
 
 class CommitRejected(KafkaIOError):

@@ -93,6 +93,9 @@ def node_properties(node_id: int, controller_ports: Mapping[int, int]) -> dict[s
         "controller.quorum.voters": voters,
         "broker.heartbeat.interval.ms": "1000",
         "broker.session.timeout.ms": "6000",
+        # a transaction left open past its timeout is aborted (its producer fenced) within a
+        # second, not up to 10 s later: the exactly-once fence test waits for exactly that
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         **internal_replication(len(controller_ports)),
     }
 

@@ -2,8 +2,9 @@
 
 Authentication and authorization failures, a fenced transactional producer, an unsupported
 broker or a bad client configuration cannot be fixed by retrying, so the worker stops at once
-(``is_fatal``); everything else (timeouts, lost connections, leader changes, a record a topic
-refuses) is retried batch-wise with backoff, a bounded number of times.
+(``is_fatal``; an exactly-once worker first replaces a fenced producer a bounded number of
+times, ``pipeline.worker.recovery``); everything else (timeouts, lost connections, leader
+changes, a record a topic refuses) is retried batch-wise with backoff, a bounded number of times.
 """
 
 from __future__ import annotations

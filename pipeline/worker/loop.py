@@ -6,8 +6,12 @@ offsets -> repeat.
 
 Failures (README "Delivery guarantees"; the policy is ``pipeline.worker.retry``):
 
-- a fatal Kafka error (authentication, authorization, fenced producer, ...) stops the worker
-  at once (``KafkaFatalError``, exit 4) with the batch uncommitted;
+- a fatal Kafka error (authentication, authorization, ...) stops the worker at once
+  (``KafkaFatalError``, exit 4) with the batch uncommitted;
+- exactly-once, a fenced transactional producer (its transaction outlived the transaction
+  timeout) or a transactional call past its deadline is not fatal: the producer is replaced,
+  the consumer re-reads from the committed offsets, a bounded number of times
+  (``pipeline.worker.recovery``);
 - anything else fails the batch: its output is aborted, the producer replaced, the consumer
   rewound to the batch's first offsets and the batch collected again after a backoff; after
   ``max_batch_retries`` consecutive failures the worker exits non-zero with the offsets
@@ -41,6 +45,7 @@ from pipeline.worker.drift import DriftMonitor
 from pipeline.worker.failures import describe_batch, is_kafka_failure, stage_of
 from pipeline.worker.metrics import MetricsServer, PipelineMetrics
 from pipeline.worker.processing import BatchProcessor, Topics, observe_end_to_end
+from pipeline.worker.recovery import ProducerRecovery, RebuildReason, rebuild_reason
 from pipeline.worker.reload import AnnounceListener
 from pipeline.worker.retry import RetryPolicy
 from pipeline.worker.served import ServedModels
@@ -82,6 +87,7 @@ class Worker:
         self.txn_ids = TransactionalIds(
             settings.delivery, settings.group_id, settings.transactional_id
         )
+        self.recovery = ProducerRecovery(self.txn_ids.current)
         self.stop_event = threading.Event()
         self._collector: BatchCollector | None = None
         self._last_beat = time.monotonic()
@@ -113,7 +119,11 @@ class Worker:
             self.start_positions.bind(consumer)
             stack.callback(consumers.close_consumer, consumer)
             stack.callback(self.txn_ids.release)  # after the producer is closed
-            sink = OutputSink(self._make_producer, self.settings.delivery)
+            sink = OutputSink(
+                self._make_producer,
+                self.settings.delivery,
+                txn_deadline_s=self.settings.transaction_timeout_ms / 1000,
+            )
             self._sink = sink
             stack.callback(sink.close)
             _ = sink.producer  # connect now: bad credentials fail at start, not at batch one
@@ -197,6 +207,10 @@ class Worker:
         except CommitRejected as exc:
             self._commit_rejected(exc, records, consumer, sink)
         except (PipelineError, KafkaError) as exc:
+            reason = rebuild_reason(exc) if sink.mode == "exactly-once" else None
+            if reason is not None:
+                self._rebuild_producer(reason, exc, records, consumer, sink)
+                return
             sink.abort()
             self._failed(exc, records, sink)
             consumers.rewind(consumer, records)
@@ -240,6 +254,23 @@ class Worker:
             "offset commit refused after a rebalance; the batch is replayed",
             extra={"batch": describe_batch(records), "delivery": sink.mode, "error": str(exc)},
         )
+
+    def _rebuild_producer(
+        self,
+        reason: RebuildReason,
+        exc: BaseException,
+        records: list[Any],
+        consumer: KafkaConsumer,
+        sink: OutputSink,
+    ) -> None:
+        """The transactional producer was fenced or stalled: close it (the next batch's
+        ``init_transactions`` with the same id fences what is left of it) and re-read every
+        partition from the committed offsets, which is where the last committed transaction
+        ended whatever became of this one. Too many rebuilds raise KafkaFatalError."""
+        self.recovery.allow(reason, exc, describe_batch(records) if records else "polling")
+        self.metrics.producer_rebuilds.labels(reason=reason).inc()
+        sink.reset()
+        consumers.rejoin_fresh(consumer, self.settings, self.assignment)
 
     def _failed(self, exc: BaseException, records: list[Any], sink: OutputSink) -> None:
         """Count the failure, replace a failed producer and back off (or raise: see retry)."""
@@ -328,7 +359,13 @@ class Worker:
             stack.callback(announcer.stop)
 
     def _make_producer(self) -> KafkaProducer:
-        return make_producer(self.settings.kafka, transactional_id=self.txn_ids.current())
+        txn_id = self.txn_ids.current()
+        if txn_id is None:
+            return make_producer(self.settings.kafka)
+        timeout_ms = self.settings.transaction_timeout_ms
+        return make_producer(
+            self.settings.kafka, transactional_id=txn_id, transaction_timeout_ms=timeout_ms
+        )
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
         for tp, behind in consumers.lag(consumer, self.assignment.partitions).items():

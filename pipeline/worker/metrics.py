@@ -142,6 +142,12 @@ class PipelineMetrics:
             "Offset commits refused because the group rebalanced (batch replayed by new owner)",
             registry=r,
         )
+        self.producer_rebuilds = Counter(
+            "pipeline_producer_rebuilds",
+            "Exactly-once producers replaced after a fence or a stalled transactional call",
+            ["reason"],
+            registry=r,
+        )
         self.records_revoked = Counter(
             "pipeline_records_revoked",
             "Records dropped from a batch being collected when their partition was revoked",

@@ -170,6 +170,17 @@ class WorkerSettings(BaseSettings):
             " worker on this host holds (a restart gets its predecessor's id back)."
         ),
     )
+    transaction_timeout_ms: int = Field(
+        default=60_000,
+        ge=1_000,
+        le=900_000,
+        description=(
+            "exactly-once: the coordinator aborts a transaction open this long (and fences"
+            " its producer; the worker then replaces the producer and reads on from the"
+            " committed offsets); also the deadline of every transactional call. At most the"
+            " brokers' transaction.max.timeout.ms (15 min by default)."
+        ),
+    )
     reload_interval_s: float = Field(
         default=10.0, ge=0, description="How often to check LATEST for a new model; 0 disables."
     )

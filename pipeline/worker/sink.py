@@ -7,7 +7,9 @@ Delivery (README "Delivery guarantees"):
   offsets (``send_offsets_to_transaction``); readers use ``isolation_level=read_committed``.
 
 After any failure the sink replaces its producer: an idempotent or transactional producer that
-saw an error refuses every later send.
+saw an error refuses every later send. Every transactional call waits at most
+``txn_deadline_s`` (the transaction timeout: past it the coordinator aborts the transaction
+anyway); one that does not finish raises TransactionStalled (``pipeline.kafka.txn_calls``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from pipeline.contract.exceptions import (
     DeliveryError,
     KafkaIOError,
     OutputTooLarge,
+    TransactionStalled,
 )
+from pipeline.kafka import txn_calls
 from pipeline.kafka.clients import close_quietly
 
 log = logging.getLogger(__name__)
@@ -72,10 +76,12 @@ class OutputSink:
         make: Callable[[], KafkaProducer],
         mode: DeliveryMode,
         flush_timeout_s: float = 60,
+        txn_deadline_s: float = 60,
     ) -> None:
         self._make = make
         self.mode = mode
         self.flush_timeout_s = flush_timeout_s
+        self.txn_deadline_s = txn_deadline_s
         self._producer: KafkaProducer | None = None
         self._pending: list[tuple[str, FutureRecordMetadata]] = []
         self._in_txn = False
@@ -96,7 +102,7 @@ class OutputSink:
     @contextmanager
     def _waiting(self) -> Iterator[None]:
         """Mark a call that waits for the broker. While the broker is away these calls block
-        (kafka-python waits for a transaction commit without a timeout, a flush for up to
+        (a transaction commit for up to ``txn_deadline_s``, a flush for up to
         ``flush_timeout_s``); the worker reports itself alive meanwhile, since restarting it
         would not bring the broker back (``pipeline_kafka_wait_seconds``)."""
         outer = self.waiting_since is None
@@ -159,15 +165,17 @@ class OutputSink:
             raise KafkaIOError(f"offset commit failed for {_fmt(offsets)}: {exc!r}") from exc
 
     def abort(self) -> None:
-        """Drop the batch's output: abort the transaction (EOS) or forget the futures."""
+        """Drop the batch's output: abort the transaction (EOS) or forget the futures. A
+        producer whose abort failed is replaced: its transactional state is unknown."""
         self._pending.clear()
         if self._in_txn:
             self._in_txn = False
             try:
                 with self._waiting():
-                    self.producer.abort_transaction()
+                    txn_calls.abort_transaction(self.producer, self.txn_deadline_s)
             except KafkaError as exc:
                 log.warning("abort_transaction failed", extra={"error": repr(exc)})
+                self.reset()
 
     def reset(self) -> None:
         """Close the producer (after a failure); the next batch creates a new one."""
@@ -192,14 +200,22 @@ class OutputSink:
             if offsets:
                 group = consumer.group_metadata() if group is None else group
                 _check_generation(group, consumer.group_metadata(), offsets)
-                self.producer.send_offsets_to_transaction(offsets, group)
-            self.producer.commit_transaction()
+                txn_calls.send_offsets_to_transaction(
+                    self.producer, offsets, group, self.txn_deadline_s
+                )
+            txn_calls.commit_transaction(self.producer, self.txn_deadline_s)
         except (CommitRejected, *_TXN_REBALANCED) as exc:
             self.abort()  # nothing of the batch becomes visible; its records are read again
             if isinstance(exc, CommitRejected):
                 raise
             raise CommitRejected(
                 f"transaction offsets refused for {_fmt(offsets)} (group rebalanced): {exc!r}"
+            ) from exc
+        except kerr.KafkaTimeoutError as exc:
+            self._in_txn = False
+            raise TransactionStalled(
+                f"transaction for {_fmt(offsets)} not committed within"
+                f" {self.txn_deadline_s:.1f} s: {exc!r}"
             ) from exc
         except KafkaError as exc:
             self._in_txn = False

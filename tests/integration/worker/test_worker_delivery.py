@@ -1,7 +1,11 @@
 """Delivery against the real broker: exactly-once visibility, failures leave offsets alone,
-failed batches are retried, fatal errors stop the worker at once."""
+failed batches are retried, fatal errors stop the worker at once, a fenced producer is
+replaced (a bounded number of times)."""
 
 from __future__ import annotations
+
+import time
+from functools import partial
 
 import pytest
 from kafka import KafkaProducer
@@ -173,9 +177,12 @@ def test_exactly_once_failure_aborts_the_batch_output(kafka_bootstrap, make_topi
     assert set(committed(kafka_bootstrap, s.group_id, source).values()) <= {None, 0}
 
 
-def test_a_fenced_transactional_producer_stops_the_worker_without_retries(
+def test_a_fenced_transactional_producer_is_replaced_and_the_worker_goes_on(
     kafka_bootstrap, make_topic, tmp_path
 ):
+    """Another producer with the worker's transactional id fences it once (as the coordinator
+    does when a transaction outlived its timeout): the worker replaces its producer, re-reads
+    from the committed offsets and commits the rest; no failed batch, no exit."""
     publish(tmp_path)
     source = make_topic()
     produce_records(kafka_bootstrap, source, numeric_records(20))
@@ -183,22 +190,62 @@ def test_a_fenced_transactional_producer_stops_the_worker_without_retries(
     s = settings(
         kafka_bootstrap, tmp_path, source, delivery="exactly-once", transactional_id=txn_id
     )
-    bg = Background(Worker(s), idle_timeout_s=30)
+    bg = Background(Worker(s), idle_timeout_s=20)
     wait_for(lambda: fully_committed(kafka_bootstrap, s.group_id, source), 60, "first commit")
 
-    zombie_killer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
-    zombie_killer.init_transactions()  # a second replica with the same id fences the first
-    try:
-        produce_records(kafka_bootstrap, source, numeric_records(20, start=20))
-        with pytest.raises(KafkaFatalError, match="ProducerFencedError"):
-            bg.join(60)
-    finally:
-        zombie_killer.close()
-    assert (
-        sum(
-            bg.value("pipeline_batch_failures_total", {"stage": st})
-            for st in ("deliver", "commit", "process")
-        )
-        == 1
+    fencer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
+    fencer.init_transactions()  # bumps the epoch: the worker's producer is fenced
+    fencer.close()
+    produce_records(kafka_bootstrap, source, numeric_records(20, start=20))
+    wait_for(lambda: committed(kafka_bootstrap, s.group_id, source) == {0: 40}, 60, "the rest")
+    bg.join(60)
+    assert bg.value("pipeline_producer_rebuilds_total", {"reason": "fenced"}) == 1
+    assert sum(
+        bg.value("pipeline_batch_failures_total", {"stage": st})
+        for st in ("deliver", "commit", "process")
+    ) == 0  # fmt: skip
+
+
+def test_a_second_live_owner_of_the_transactional_id_stops_the_worker_after_bounded_rebuilds(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    """Something keeps fencing the worker's transactional id (a second replica configured
+    with the same id): after 5 rebuilds within 10 minutes the worker stops with
+    KafkaFatalError naming the id instead of fencing back and forth forever."""
+    publish(tmp_path)
+    source = make_topic()
+    produce_records(kafka_bootstrap, source, numeric_records(5))
+    txn_id = f"tx-{source}"
+    s = settings(
+        kafka_bootstrap, tmp_path, source, delivery="exactly-once", transactional_id=txn_id
     )
-    assert committed(kafka_bootstrap, s.group_id, source) == {0: 20}
+    bg = Background(Worker(s), idle_timeout_s=120)
+    wait_for(lambda: fully_committed(kafka_bootstrap, s.group_id, source), 60, "first commit")
+    fences, deadline = 0, time.monotonic() + 150
+    while bg.error is None and bg.summary is None and time.monotonic() < deadline:
+        # the worker's new producer is live (it committed) before it is fenced again
+        wait_for(
+            partial(stopped_or_committed, bg, kafka_bootstrap, s.group_id, source), 60, "commit"
+        )
+        before = fenced_rebuilds(bg)
+        fencer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
+        fencer.init_transactions()
+        fencer.close()
+        fences += 1
+        produce_records(kafka_bootstrap, source, numeric_records(5, start=5 * fences))
+        wait_for(partial(stopped_or_rebuilt, bg, before), 60, f"rebuild after fence {fences}")
+    with pytest.raises(KafkaFatalError, match=f"'{txn_id}' fenced again after 5 rebuilds"):
+        bg.join(60)
+    assert fenced_rebuilds(bg) == 5
+
+
+def fenced_rebuilds(bg: Background) -> float:
+    return bg.value("pipeline_producer_rebuilds_total", {"reason": "fenced"})
+
+
+def stopped_or_rebuilt(bg: Background, before: float) -> bool:
+    return bg.error is not None or fenced_rebuilds(bg) > before
+
+
+def stopped_or_committed(bg: Background, bootstrap: str, group: str, topic: str) -> bool:
+    return bg.error is not None or fully_committed(bootstrap, group, topic)

@@ -67,6 +67,7 @@ BAD: dict[str, tuple[list[str], dict[str, str], str | None]] = {
     "PIPELINE_METRICS_HOST": (["not a host", "-bad-"], {}, None),
     "PIPELINE_DELIVERY": (["at-most-once"], {}, None),
     "PIPELINE_TRANSACTIONAL_ID": ([], {}, None),  # any string; empty means the default
+    "PIPELINE_TRANSACTION_TIMEOUT_MS": (["999", "900001", "1m"], {}, None),
     "PIPELINE_RELOAD_INTERVAL_S": (["-1", "often"], {}, None),
     "PIPELINE_DRIFT_HALF_LIFE_RECORDS": (["0", "-5", "many"], {}, None),
     "PIPELINE_ANNOUNCE_TOPIC": (["models!"], {}, None),
