@@ -28,6 +28,7 @@ from kafka.structs import TopicPartition
 
 from pipeline.contract.exceptions import ConfigError, KafkaIOError
 from pipeline.kafka.clients import new_consumer
+from pipeline.kafka.idle import IdleClock
 from pipeline.kafka.settings import KafkaSettings
 
 Event = dict[str, Any]
@@ -35,7 +36,6 @@ StartAt = Literal["end", "beginning"]
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-ASSIGNMENT_WAIT_S = 60.0  # longest wait for a group join before --idle-timeout counts
 
 
 def parse_since(text: str, now_ms: int | None = None) -> int:
@@ -209,26 +209,19 @@ def iter_polled(
     idle_timeout_s: float | None = None,
     max_records: int = 500,
 ) -> Iterator[list[Any]]:
-    """Polled record lists until ``stop`` is set or nothing arrived for ``idle_timeout_s``.
-
-    The idle clock starts once the consumer has partitions: joining a group can take seconds
-    on a loaded host, and an idle timeout spent waiting for the join ended runs that had
-    records waiting. Without partitions after ``ASSIGNMENT_WAIT_S`` the idle clock runs anyway
-    (a topic that does not exist must not keep ``--idle-timeout`` from ending the run)."""
-    start = last = time.monotonic()
+    """Polled record lists until ``stop`` is set or nothing arrived for ``idle_timeout_s``
+    (counted only while the consumer has partitions, ``pipeline.kafka.idle``)."""
+    idle = IdleClock(idle_timeout_s)
     while not stop.is_set():
         try:
             polled = consumer.poll(timeout_ms=200, max_records=max_records)
         except KafkaError as exc:
             raise KafkaIOError(f"polling alerts failed: {exc!r}") from exc
         records = [r for recs in polled.values() for r in recs]
-        now = time.monotonic()
         if records:
-            last = now
+            idle.activity()
             yield records
-        elif not consumer.assignment() and now - start < ASSIGNMENT_WAIT_S:
-            last = now
-        elif idle_timeout_s is not None and now - last > idle_timeout_s:
+        elif idle.expired(has_partitions=bool(consumer.assignment())):
             return
 
 

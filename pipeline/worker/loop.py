@@ -37,6 +37,7 @@ from kafka.structs import TopicPartition
 from pipeline.contract.exceptions import CommitRejected, KafkaIOError, PipelineError
 from pipeline.contract.scoring import resolve_device, torch_threads
 from pipeline.kafka.clients import make_producer
+from pipeline.kafka.idle import IdleClock
 from pipeline.kafka.topics import TopicDurability, ensure_topics
 from pipeline.worker import consumer as consumers
 from pipeline.worker.assignment import Assignment, fmt_partitions
@@ -173,7 +174,7 @@ class Worker:
             should_stop=self.stop_event.is_set,
         )
         self._collector = collector
-        last_activity = time.monotonic()
+        idle = IdleClock(idle_timeout_s)
         while not self.stop_event.is_set():
             self._beat()
             self.models.maybe_reload()
@@ -187,13 +188,13 @@ class Worker:
                 continue
             self.metrics.ready.set(1 if self.is_ready() else 0)
             if batch is None:
-                if idle_timeout_s is not None and time.monotonic() - last_activity > idle_timeout_s:
+                if idle.expired(has_partitions=bool(consumer.assignment())):
                     log.info("idle timeout reached", extra={"idle_timeout_s": idle_timeout_s})
                     break
                 continue
             self._process_with_retry(batch.records, consumer, sink, summary)
             self._update_lag(consumer)
-            last_activity = time.monotonic()
+            idle.activity()
             if max_batches is not None and summary.batches >= max_batches:
                 break
         self._collector = None

@@ -19,6 +19,7 @@ from tests.support.kafka import consume, create_topic, produce_acked
 from tests.support.workers import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cluster]
+HEAP = "384m"
 
 
 def kafka_cli(cluster: LocalKafkaCluster, *args: str) -> subprocess.CompletedProcess[str]:
@@ -78,7 +79,9 @@ def test_one_node_stopped_and_started_again_by_the_cli(cluster: LocalKafkaCluste
 def test_the_whole_cluster_stops_and_starts_on_the_same_data(tmp_path: Path) -> None:
     """On a cluster of its own: stopping every node of the session's cluster from another
     process would leave the other tests' clients to a cluster restarted behind their back."""
-    own = LocalKafkaCluster(tmp_path / "own", 3, heap="256m")
+    # 384m as the session's cluster: at 256m a node restarted on its data under load ran out
+    # of heap during start (CI, load ~10)
+    own = LocalKafkaCluster(tmp_path / "own", 3, heap=HEAP)
     try:
         own.start(CLUSTER_START_TIMEOUT_S)
         topic = replicated_topic(own)
@@ -90,7 +93,7 @@ def test_the_whole_cluster_stops_and_starts_on_the_same_data(tmp_path: Path) -> 
         assert code == 3 and not any(n["running"] for n in status["nodes"])
         assert status["controller"] is None
 
-        started = kafka_cli(own, "start", "--timeout", "240", "--heap", "256m")
+        started = kafka_cli(own, "start", "--timeout", "240", "--heap", HEAP)
         assert started.returncode == 0, started.stderr
         assert cli_status(own)[0] == 0
         assert consume(config, topic, 1) == [b"kept"]

@@ -81,3 +81,34 @@ def test_timestamp_starts_at_the_first_record_at_or_after_it(kafka_bootstrap, ma
     summary = Worker(s).run(idle_timeout_s=5)
     assert summary.consumed == 7
     assert committed(kafka_bootstrap, s.group_id, source) == 17
+
+
+def test_the_idle_timeout_counts_only_once_the_worker_has_partitions(
+    kafka_bootstrap, make_topic, tmp_path
+):
+    """Joining a group takes round trips, seconds on a loaded host, and as long as a member
+    that stopped polling has to rejoin: an idle timeout that ran during the join ended runs
+    with records waiting, having consumed nothing. Here a member that never polls again holds
+    the worker's join up for its 6 s rebalance timeout, three times the idle timeout."""
+    publish(tmp_path)
+    source = make_topic(2)
+    produce_records(kafka_bootstrap, source, numeric_records(40))
+    s = settings(kafka_bootstrap, tmp_path, source, start_from="earliest")
+    stale = KafkaConsumer(
+        source,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=s.group_id,
+        enable_auto_commit=False,
+        max_poll_interval_ms=6000,
+        session_timeout_ms=6000,
+    )
+    try:
+        wait_for(lambda: bool(stale.poll(timeout_ms=200) is not None and stale.assignment()),
+                 60, "the stale member joined")  # fmt: skip
+        started = time.monotonic()
+        summary = Worker(s).run(idle_timeout_s=2)
+        waited = time.monotonic() - started
+    finally:
+        stale.close()
+    assert summary.consumed == 40
+    assert waited > 4, f"the join was not held up ({waited:.1f} s): the test shows nothing"
