@@ -5,7 +5,8 @@ kafka-python 3.0.12 starts a client's IO thread before it bootstraps; when boots
 still alive, one more per retry while a broker is down. Every consumer, producer and admin
 client this project builds goes through ``construct``, which captures the network client
 through the ``kafka_client`` factory hook and shuts it down in that case. It also installs the
-project's two kafka-python fixes (``socket_leak``, ``txn_requeue``) before the first client.
+project's kafka-python fixes (``socket_leak``, ``txn_requeue``, ``rejoin_pending``) before the
+first client.
 
 kafka-python is imported lazily so the modules that use this (the local-Kafka CLI among them)
 keep a fast start.
@@ -17,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from pipeline.kafka.rejoin_pending import keep_rejoins_pending
 from pipeline.kafka.socket_leak import close_failed_connects
 from pipeline.kafka.txn_requeue import requeue_unreachable_coordinator_requests
 
@@ -31,6 +33,7 @@ def construct(client_class: Callable[..., T], **config: Any) -> T:
 
     close_failed_connects()
     requeue_unreachable_coordinator_requests()
+    keep_rejoins_pending()
     created: list[Any] = []
 
     def factory(**kwargs: Any) -> Any:

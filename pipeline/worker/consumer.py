@@ -63,6 +63,39 @@ def rewind(consumer: KafkaConsumer, records: list[Any]) -> None:
             consumer.seek(tp, offset)
 
 
+def rewind_to_committed(
+    consumer: KafkaConsumer, floor: dict[TopicPartition, int], timeout_ms: int = 30_000
+) -> dict[TopicPartition, int]:
+    """Seek every assigned partition to the group's committed offset, or to ``floor`` (what
+    this worker itself committed last) where that is further on; returns the positions.
+
+    For an exactly-once worker whose transaction was lost (fenced, stalled): everything before
+    the committed offset is in committed transactions, nothing after it is visible. The group
+    membership is kept (a rejoin would move partitions in a larger group for nothing). The
+    floor guards against starting behind what this worker committed: once, rejoining the
+    group after a fence instead, the worker re-read one partition from offset 0 and
+    duplicated 320 records (cause not found; a partition with no committed offset is reset
+    to the earliest). A partition known to neither keeps its position. Raises KafkaError when
+    the offsets cannot be fetched (the caller then rejoins the group instead)."""
+    positions: dict[TopicPartition, int] = {}
+    for tp in sorted(consumer.assignment()):
+        committed = consumer.committed(tp, timeout_ms=timeout_ms)
+        known = max(committed if committed is not None else -1, floor.get(tp, -1))
+        if known >= 0:
+            consumer.seek(tp, known)
+            positions[tp] = known
+        if tp in floor and (committed is None or committed < floor[tp]):
+            log.warning(
+                "the group's committed offset is behind what this worker committed",
+                extra={
+                    "partition": f"{tp.topic}[{tp.partition}]",
+                    "fetched": committed,
+                    "committed_here": floor[tp],
+                },
+            )
+    return positions
+
+
 def rejoin_fresh(
     consumer: KafkaConsumer, settings: WorkerSettings, listener: ConsumerRebalanceListener
 ) -> None:

@@ -93,6 +93,7 @@ class Worker:
         self._collector: BatchCollector | None = None
         self._last_beat = time.monotonic()
         self._sink: OutputSink | None = None
+        self._committed: dict[TopicPartition, int] = {}  # what this worker committed last
         self.metrics.kafka_wait.set_function(self.kafka_wait_s)
 
     @property
@@ -225,7 +226,9 @@ class Worker:
         sink.begin()
         result = self.processor.process(records, live, sink)
         shadow = self._score_shadow(records, sink)
-        sink.commit(consumer, next_offsets(records), group)
+        offsets = next_offsets(records)
+        sink.commit(consumer, offsets, group)
+        self._committed.update({tp: om.offset for tp, om in offsets.items()})
         self.processor.observe(result)  # only now: a failed attempt must not count
         if shadow is not None:
             self.shadow_scorer.observe(shadow)
@@ -267,11 +270,19 @@ class Worker:
         """The transactional producer was fenced or stalled: close it (the next batch's
         ``init_transactions`` with the same id fences what is left of it) and re-read every
         partition from the committed offsets, which is where the last committed transaction
-        ended whatever became of this one. Too many rebuilds raise KafkaFatalError."""
+        ended whatever became of this one (the group membership is kept: if it moved on
+        meanwhile, the next commit is refused and the consumer rejoins). Too many rebuilds
+        raise KafkaFatalError."""
         self.recovery.allow(reason, exc, describe_batch(records) if records else "polling")
         self.metrics.producer_rebuilds.labels(reason=reason).inc()
         sink.reset()
-        consumers.rejoin_fresh(consumer, self.settings, self.assignment)
+        try:
+            positions = consumers.rewind_to_committed(consumer, self._committed)
+        except KafkaError as error:
+            log.warning("cannot fetch committed offsets, rejoining", extra={"error": repr(error)})
+            consumers.rejoin_fresh(consumer, self.settings, self.assignment)
+            return
+        log.info("re-reading from the committed offsets", extra={"positions": _fmt(positions)})
 
     def _failed(self, exc: BaseException, records: list[Any], sink: OutputSink) -> None:
         """Count the failure, replace a failed producer and back off (or raise: see retry)."""
@@ -371,3 +382,7 @@ class Worker:
     def _update_lag(self, consumer: KafkaConsumer) -> None:
         for tp, behind in consumers.lag(consumer, self.assignment.partitions).items():
             self.metrics.consumer_lag.labels(partition=f"{tp.topic}-{tp.partition}").set(behind)
+
+
+def _fmt(positions: dict[TopicPartition, int]) -> str:
+    return ",".join(f"{tp.topic}[{tp.partition}]={off}" for tp, off in positions.items())

@@ -264,9 +264,14 @@ class SteadyProducer:
         assert self.acked + self.failed == self.sent, (self.acked, self.failed, self.sent)
         return self.acked
 
-    def abort(self) -> None:
+    def stop_sending(self) -> None:
+        """End the stream here (one sized for the longest fault); ``finish`` then waits for
+        the acks of what was sent."""
         self._stop.set()
         self._thread.join(30)
+
+    def abort(self) -> None:
+        self.stop_sending()
         self._producer.close(timeout=5)
 
 

@@ -1,192 +1,93 @@
 """Broker faults on the local three-node cluster while real worker processes score a stream,
-with every input record accounted for afterwards through the scores topic
-(``pipeline.alert_consumers.audit``): nothing lost, and no duplicate in exactly-once mode.
+in both delivery modes, with every input record accounted for afterwards through the scores
+topic (``pipeline.alert_consumers.audit``): nothing lost, and no duplicate in exactly-once mode.
 
-- the leader of input partitions SIGKILLed mid-stream (both delivery modes);
+- the leader of input partitions SIGKILLed mid-stream;
 - the leader of the alert topic SIGKILLed mid-stream;
 - the active KRaft controller SIGKILLed mid-stream;
-- a broker frozen with SIGSTOP for longer than its session timeout, then resumed.
+- a broker frozen with SIGSTOP for longer than its session timeout, then resumed;
+- the first broker of the worker's bootstrap list stopped, and the worker SIGKILLed and
+  started again while that broker stays down;
+- a rolling restart of all three brokers (the coordinators move at every step).
 
 Topics have three replicas and min.insync.replicas 2 (the worker's defaults on three brokers),
-so one broker down stops nothing. The node that hosts the group and transaction coordinators
-is spared by the input-leader fault (its loss is a separate fault, see docs/reliability.md).
-Sizes scale with RELIABILITY_SCALE; the cluster is started once per session."""
+so one broker down stops nothing. The leader faults spare the node that hosts the group and
+transaction coordinators (the rolling restart takes every node down, the coordinators' too). The
+stream starts once the worker is in its group and goes on until the worker resumed after the
+fault: a fault that outlasts its stream would leave the worker idle, and an idle worker
+commits nothing, which once passed for a stall (docs/reliability.md). The cluster is started
+once per session; RELIABILITY_SCALE multiplies the rate.
+
+The same faults at a larger scale are marked ``slow``: every run (CI) executes one of them;
+``RELIABILITY_CLUSTER_LARGE=1`` runs every fault in both modes with about five times the
+records (docs/reliability.md)."""
 
 from __future__ import annotations
 
 import os
-import signal
-import time
-from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 import pytest
 
 from pipeline.devstack.localcluster import LocalKafkaCluster
-from pipeline.devstack.localkafka import open_admin
-from tests.support.faults import (
-    SCALED_TIMEOUT,
-    OffsetProbe,
-    SteadyProducer,
-    WorkerProcess,
-    Workers,
-    assert_accounted,
-    record_result,
-    scaled,
-    worker_env,
+from tests.support.cluster import (
+    Fault,
+    Size,
+    freeze_leader,
+    kill_controller,
+    kill_leader_of,
+    restart_without_first_bootstrap,
+    rolling_restart,
+    run_fault,
 )
-from tests.support.kafka import create_topic
-from tests.support.workers import publish, wait_for
+from tests.support.faults import SCALE, SCALED_TIMEOUT, Workers
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cluster, SCALED_TIMEOUT]
 MODES = ["at-least-once", "exactly-once"]
-STREAM_S = 10.0
-INTERNAL = ("__consumer_offsets", "__transaction_state")
+
+FAULTS: dict[str, tuple[str, Fault]] = {
+    "input-leader": ("SIGKILL of the input partitions' leader", kill_leader_of(lambda s: s)),
+    "alert-leader": (
+        "SIGKILL of the alert topic's leader",
+        kill_leader_of(lambda source: f"g-{source}-alerts"),
+    ),
+    "controller": ("SIGKILL of the active controller", kill_controller),
+    # the cluster fences a broker after 6 s without a heartbeat
+    "sigstop": ("broker frozen (SIGSTOP) 10 s", freeze_leader(10.0)),
+    "bootstrap-down": (
+        "worker restarted while its first bootstrap broker is down",
+        restart_without_first_bootstrap,
+    ),
+    "rolling-restart": ("rolling restart of all three brokers", rolling_restart),
+}
+# records per second (RELIABILITY_SCALE multiplies), seconds of them scored before the fault,
+# seconds streamed on after the worker resumed
+DEFAULT = Size(rate=100 * SCALE, lead_s=2, tail_s=2)
+LARGE = Size(rate=200 * SCALE, lead_s=5, tail_s=15)  # about five times the records
+SHORT_FORM = Size(rate=150 * SCALE, lead_s=3, tail_s=6)
+CASES = [(name, mode) for name in FAULTS for mode in MODES]
+LARGE_RUN = bool(os.environ.get("RELIABILITY_CLUSTER_LARGE"))
+LARGE_CASES = (
+    CASES
+    if LARGE_RUN
+    else [("input-leader", "exactly-once")]  # the short form every run (CI) executes
+)
 
 
-def leaders(admin: Any, topics: list[str]) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> the broker leading it now."""
-    return {
-        (d["name"], p["partition_index"]): p["leader_id"]
-        for d in admin.describe_topics(topics)
-        for p in d["partitions"]
-    }
-
-
-def coordinator_nodes(admin: Any) -> set[int]:
-    """Brokers leading the offsets and transaction-state partitions (the coordinators)."""
-    existing = set(admin.list_topics())
-    return set(leaders(admin, [t for t in INTERNAL if t in existing]).values())
-
-
-def sigkill(cluster: LocalKafkaCluster, node_id: int) -> None:
-    pid = cluster.node(node_id).pid
-    assert pid is not None, f"node {node_id} is not running"
-    os.kill(pid, signal.SIGKILL)
-
-
-def run_fault(
-    cluster: LocalKafkaCluster,
-    tmp_path: Any,
-    workers: Workers,
-    delivery: str,
-    inject: Callable[[Any, str], tuple[str, Callable[[], object]]],
-    scenario: str,
+@pytest.mark.parametrize(("name", "delivery"), CASES)
+def test_a_cluster_fault_loses_nothing(
+    cluster: LocalKafkaCluster, tmp_path: Path, workers: Workers, name: str, delivery: str
 ) -> None:
-    """Stream into a fresh 3-partition topic, ``inject(admin, source)`` a fault once the
-    worker scores (it returns what it did and how to undo it after the stream), and account
-    for every record."""
-    publish(tmp_path)
-    bootstrap = cluster.bootstrap
-    with open_admin(bootstrap) as admin:
-        source = create_topic(admin, 3, replication=3, config={"min.insync.replicas": "2"})
-    group = f"g-{source}"
-    env = worker_env(bootstrap, tmp_path, source, group=group, delivery=delivery)
-    config = {"bootstrap_servers": bootstrap}
-    total = scaled(1200)
-    producer = SteadyProducer(config, source, total, rate=total / STREAM_S)
-    probe = OffsetProbe(config, group)
-    try:
-        worker = workers.start(env, "worker")
-        wait_for(lambda: worker.consumed() >= min(200, total // 5), 120, "first records scored")
-        with open_admin(bootstrap) as admin:
-            fault, recover = inject(admin, source)
-        injected = time.monotonic()
-        # resumed: three more batches committed (output durable) than at the fault; counted by
-        # the worker itself, since asking the group coordinator races its failover
-        at_fault = commits(worker)
-        wait_for(lambda: commits(worker) >= at_fault + 3, 180, "commits resume")
-        resumed_s = time.monotonic() - injected
-        sent = producer.finish()
-        recover()
-        wait_for(lambda: probe.all_committed(source), 180, "every record committed")
-        assert worker.stop() == 0, worker.tail()
-    finally:
-        producer.abort()
-        probe.close()
-    exactly_once = delivery == "exactly-once"
-    report = assert_accounted(bootstrap, source, group, total, no_duplicates=exactly_once)
-    assert sent == total
-    record_result(
-        f"cluster: {scenario} ({delivery})",
-        sent=total, faults=fault, lost=report.lost,
-        duplicates=report.duplicates, resumed_after_s=round(resumed_s, 1),
-    )  # fmt: skip
+    scenario, fault = FAULTS[name]
+    run_fault(cluster, tmp_path, workers, delivery, fault, scenario, DEFAULT)
 
 
-def commits(worker: WorkerProcess) -> float:
-    return worker.metric("pipeline_commits_total")
-
-
-def leader_not_coordinator(admin: Any, topic: str) -> int:
-    """A broker leading partitions of ``topic`` that hosts no coordinator."""
-    spared = coordinator_nodes(admin)
-    candidates = sorted(set(leaders(admin, [topic]).values()) - spared)
-    assert candidates, f"every leader of {topic} is a coordinator node {spared}"
-    return candidates[0]
-
-
-def kill_node(cluster: LocalKafkaCluster, victim: int) -> tuple[str, Callable[[], object]]:
-    sigkill(cluster, victim)
-    return f"SIGKILL node {victim}", lambda: cluster.start(node=victim)
-
-
-def kill_leader_of(
-    cluster: LocalKafkaCluster, topic_of: Callable[[str], str]
-) -> Callable[[Any, str], tuple[str, Callable[[], object]]]:
-    def inject(admin: Any, source: str) -> tuple[str, Callable[[], object]]:
-        return kill_node(cluster, leader_not_coordinator(admin, topic_of(source)))
-
-    return inject
-
-
-@pytest.mark.parametrize("delivery", MODES)
-def test_sigkill_of_an_input_partition_leader_loses_nothing(
-    cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers, delivery: str
+@pytest.mark.slow
+@pytest.mark.timeout(int(900 * max(1.0, SCALE)))
+@pytest.mark.parametrize(("name", "delivery"), LARGE_CASES)
+def test_a_cluster_fault_at_a_larger_scale_loses_nothing(
+    cluster: LocalKafkaCluster, tmp_path: Path, workers: Workers, name: str, delivery: str
 ) -> None:
-    run_fault(
-        cluster, tmp_path, workers, delivery, kill_leader_of(cluster, lambda source: source),
-        "SIGKILL of the input partitions' leader",
-    )  # fmt: skip
-
-
-def test_sigkill_of_the_alert_topic_leader_loses_nothing(
-    cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers
-) -> None:
-    alerts = kill_leader_of(cluster, lambda source: f"g-{source}-alerts")
-    run_fault(
-        cluster, tmp_path, workers, "at-least-once", alerts, "SIGKILL of the alert topic's leader"
-    )
-
-
-def test_sigkill_of_the_active_controller_loses_nothing(
-    cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers
-) -> None:
-    def controller(_admin: Any, _source: str) -> tuple[str, Callable[[], object]]:
-        active = cluster.active_controller()
-        assert active is not None
-        return kill_node(cluster, active)
-
-    run_fault(
-        cluster, tmp_path, workers, "at-least-once", controller,
-        "SIGKILL of the active controller",
-    )  # fmt: skip
-
-
-def test_a_broker_frozen_past_its_session_timeout_loses_nothing(
-    cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers
-) -> None:
-    frozen_s = 10.0  # the cluster fences a broker after 6 s without a heartbeat
-
-    def freeze(admin: Any, source: str) -> tuple[str, Callable[[], object]]:
-        victim = leader_not_coordinator(admin, source)
-        pid = cluster.node(victim).pid
-        assert pid is not None
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            time.sleep(frozen_s)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        return f"SIGSTOP node {victim} for {frozen_s:.0f} s", lambda: None
-
-    run_fault(cluster, tmp_path, workers, "at-least-once", freeze, "broker frozen (SIGSTOP)")
+    scenario, fault = FAULTS[name]
+    size = LARGE if LARGE_RUN else SHORT_FORM
+    run_fault(cluster, tmp_path, workers, delivery, fault, f"{scenario}, larger", size)

@@ -1,7 +1,8 @@
 """Transactions on the local three-node cluster when the coordinators go away: the node hosting
 the group and transaction coordinators SIGKILLed mid-stream (both delivery modes), and an
 exactly-once transaction kept open past its timeout, so the coordinator aborts it and fences
-the worker's producer. Every input record is accounted for through the scores topic afterwards
+the worker's producer (the worker frozen inside it; every broker frozen past it). Every input
+record is accounted for through the scores topic afterwards
 (``pipeline.alert_consumers.audit``): nothing lost, and no duplicate in exactly-once mode.
 
 The first test reproduces the kafka-python defect on its own (``pipeline.kafka.txn_requeue``):
@@ -318,4 +319,42 @@ def test_a_transaction_open_past_its_timeout_fences_the_producer_and_the_worker_
         "transaction open past its timeout (worker frozen)", check=rebuilt,
         PIPELINE_TRANSACTION_TIMEOUT_MS=str(int(timeout_s * 1000)),
         PIPELINE_SESSION_TIMEOUT_MS="45000",
+    )  # fmt: skip
+
+
+def test_a_cluster_outage_longer_than_the_transaction_timeout_loses_nothing(
+    cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers
+) -> None:
+    """Every broker frozen (SIGSTOP) for 20 s while the worker has a transaction open, with a
+    10 s transaction timeout: the worker's transactional call runs past its deadline during
+    the outage, and afterwards the coordinators find the transaction expired. The worker
+    must come back without exiting; 0 lost, 0 duplicates."""
+    timeout_s, outage_s = 10.0, 20.0
+
+    def freeze_cluster(admin: Any, group: str, _txn: str, worker: WorkerProcess) -> Any:
+        pids = [pid for pid in cluster.pid if pid is not None]
+        probe = OffsetProbe({"bootstrap_servers": cluster.bootstrap})
+        try:
+            wait_for(lambda: probe.open_transaction(f"{group}-scores"), 60, "open transaction")
+        finally:
+            probe.close()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(outage_s)
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        return f"SIGSTOP all {len(pids)} brokers for {outage_s:.0f} s", lambda: None
+
+    def rebuilds(worker: WorkerProcess) -> dict[str, float]:
+        return {
+            f"rebuilds_{reason}": worker.metric("pipeline_producer_rebuilds_total", reason=reason)
+            for reason in ("fenced", "stalled")
+        }
+
+    stream_with_fault(
+        cluster, tmp_path, workers, "exactly-once", freeze_cluster,
+        "cluster frozen past the transaction timeout", check=rebuilds,
+        PIPELINE_TRANSACTION_TIMEOUT_MS=str(int(timeout_s * 1000)),
     )  # fmt: skip

@@ -217,8 +217,9 @@ def test_a_second_live_owner_of_the_transactional_id_stops_the_worker_after_boun
     produce_records(kafka_bootstrap, source, numeric_records(5))
     txn_id = f"tx-{source}"
     s = settings(
-        kafka_bootstrap, tmp_path, source, delivery="exactly-once", transactional_id=txn_id
-    )
+        kafka_bootstrap, tmp_path, source, delivery="exactly-once", transactional_id=txn_id,
+        transaction_timeout_ms=10_000,
+    )  # fmt: skip
     bg = Background(Worker(s), idle_timeout_s=120)
     wait_for(lambda: fully_committed(kafka_bootstrap, s.group_id, source), 60, "first commit")
     fences, deadline = 0, time.monotonic() + 150
@@ -227,24 +228,30 @@ def test_a_second_live_owner_of_the_transactional_id_stops_the_worker_after_boun
         wait_for(
             partial(stopped_or_committed, bg, kafka_bootstrap, s.group_id, source), 60, "commit"
         )
-        before = fenced_rebuilds(bg)
+        before = all_rebuilds(bg)
         fencer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
         fencer.init_transactions()
         fencer.close()
         fences += 1
         produce_records(kafka_bootstrap, source, numeric_records(5, start=5 * fences))
         wait_for(partial(stopped_or_rebuilt, bg, before), 60, f"rebuild after fence {fences}")
-    with pytest.raises(KafkaFatalError, match=f"'{txn_id}' fenced again after 5 rebuilds"):
+    with pytest.raises(
+        KafkaFatalError, match=f"'{txn_id}' (fenced|stalled) again after 5 rebuilds"
+    ):
         bg.join(60)
-    assert fenced_rebuilds(bg) == 5
+    assert all_rebuilds(bg) == 5
 
 
-def fenced_rebuilds(bg: Background) -> float:
-    return bg.value("pipeline_producer_rebuilds_total", {"reason": "fenced"})
+def all_rebuilds(bg: Background) -> float:
+    """Fenced, or stalled: once in a while a call of the fenced producer was only ended by
+    its deadline (the transaction timeout, 10 s here) instead of failing at once."""
+    return sum(
+        bg.value("pipeline_producer_rebuilds_total", {"reason": r}) for r in ("fenced", "stalled")
+    )
 
 
 def stopped_or_rebuilt(bg: Background, before: float) -> bool:
-    return bg.error is not None or fenced_rebuilds(bg) > before
+    return bg.error is not None or all_rebuilds(bg) > before
 
 
 def stopped_or_committed(bg: Background, bootstrap: str, group: str, topic: str) -> bool:
