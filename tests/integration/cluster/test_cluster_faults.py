@@ -19,7 +19,7 @@ commits nothing, which once passed for a stall (docs/reliability.md). The cluste
 once per session; RELIABILITY_SCALE multiplies the rate.
 
 The same faults at a larger scale are marked ``slow``: every run (CI) executes one of them;
-``RELIABILITY_CLUSTER_LARGE=1`` runs every fault in both modes with about five times the
+``RELIABILITY_CLUSTER_LARGE=1`` runs every fault in both modes with about four times the
 records (docs/reliability.md)."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ FAULTS: dict[str, tuple[str, Fault]] = {
 # records per second (RELIABILITY_SCALE multiplies), seconds of them scored before the fault,
 # seconds streamed on after the worker resumed
 DEFAULT = Size(rate=100 * SCALE, lead_s=2, tail_s=2)
-LARGE = Size(rate=200 * SCALE, lead_s=5, tail_s=15)  # about five times the records
+LARGE = Size(rate=200 * SCALE, lead_s=5, tail_s=15)  # about four times the records
 SHORT_FORM = Size(rate=150 * SCALE, lead_s=3, tail_s=6)
 CASES = [(name, mode) for name in FAULTS for mode in MODES]
 LARGE_RUN = bool(os.environ.get("RELIABILITY_CLUSTER_LARGE"))
