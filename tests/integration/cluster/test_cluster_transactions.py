@@ -28,6 +28,7 @@ from pipeline.devstack.localcluster import LocalKafkaCluster
 from pipeline.devstack.localkafka import open_admin
 from pipeline.kafka.clients import close_quietly, make_producer
 from pipeline.kafka.settings import KafkaSettings
+from tests.support.cluster import commits, pid_of
 from tests.support.faults import (
     SCALED_TIMEOUT,
     OffsetProbe,
@@ -115,13 +116,7 @@ def _first_replica(admin: Any, tp: TopicPartition) -> int:
 
 
 def sigkill(cluster: LocalKafkaCluster, node_id: int) -> None:
-    pid = cluster.node(node_id).pid
-    assert pid is not None, f"node {node_id} is not running"
-    os.kill(pid, signal.SIGKILL)
-
-
-def commits(worker: WorkerProcess) -> float:
-    return worker.metric("pipeline_commits_total")
+    os.kill(pid_of(cluster, node_id), signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------- the library defect
