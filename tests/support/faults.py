@@ -381,6 +381,49 @@ def assert_accounted(
     return report
 
 
+def finish_and_account(
+    producer: SteadyProducer,
+    probe: OffsetProbe,
+    worker: WorkerProcess,
+    *,
+    bootstrap: str,
+    source: str,
+    group: str,
+    scenario: str,
+    faults: str,
+    no_duplicates: bool,
+    total: int | None = None,
+    recover: Callable[[], object] | None = None,
+    check: Callable[[WorkerProcess], dict[str, Any]] | None = None,
+    replayed: bool = False,
+    **numbers: Any,
+) -> AuditReport:
+    """The end every fault run shares, written once so none of them skips a step: wait until
+    the producer's records are acknowledged (``total`` of them, or whatever it sent before
+    ``stop_sending``), undo the fault (``recover``), wait until the group committed every
+    record, ``check`` the worker while it still runs (what it returns is recorded), stop it
+    cleanly, account for every record (none twice where ``no_duplicates``; at least one
+    twice where ``replayed``: the fault must have landed between output and commit) and
+    record the scenario's numbers. Call it inside the test's ``try`` whose ``finally``
+    aborts the producer and closes the probe."""
+    sent = producer.finish()
+    assert producer.failed == 0, producer.errors[:3]
+    assert sent == (producer.sent if total is None else total), (sent, producer.sent, total)
+    if recover is not None:
+        recover()
+    wait_for(lambda: probe.all_committed(source), 180, "every record committed")
+    checked = check(worker) if check is not None else {}
+    assert worker.stop() == 0, worker.tail()
+    report = assert_accounted(bootstrap, source, group, sent, no_duplicates=no_duplicates)
+    if replayed:
+        assert report.duplicates > 0, report.as_dict()
+    record_result(
+        scenario, sent=sent, faults=faults, lost=report.lost, duplicates=report.duplicates,
+        scored=report.scored, dead_lettered=report.dead_lettered, **numbers, **checked,
+    )  # fmt: skip
+    return report
+
+
 def record_result(scenario: str, **numbers: Any) -> None:
     """Append a scenario's numbers to ``$RELIABILITY_REPORT`` (JSON lines), if set: the
     source of the table in docs/reliability.md."""

@@ -35,9 +35,8 @@ from tests.support.faults import (
     SteadyProducer,
     WorkerProcess,
     Workers,
-    assert_accounted,
+    finish_and_account,
     freeze_when,
-    record_result,
     scaled,
     worker_env,
 )
@@ -225,22 +224,15 @@ def stream_with_fault(
         at_fault = commits(worker)
         wait_for(lambda: commits(worker) >= at_fault + 3, 180, "commits resume")
         resumed_s = time.monotonic() - injected
-        sent = producer.finish()
-        recover()
-        wait_for(lambda: probe.all_committed(source), 180, "every record committed")
-        checked = check(worker) if check is not None else {}
-        assert worker.stop() == 0, worker.tail()
+        finish_and_account(
+            producer, probe, worker, bootstrap=bootstrap, source=source, group=group,
+            scenario=f"cluster: {scenario} ({delivery})", faults=fault,
+            no_duplicates=delivery == "exactly-once", total=total, recover=recover,
+            check=check, resumed_after_s=round(resumed_s, 1),
+        )  # fmt: skip
     finally:
         producer.abort()
         probe.close()
-    exactly_once = delivery == "exactly-once"
-    report = assert_accounted(bootstrap, source, group, total, no_duplicates=exactly_once)
-    assert sent == total
-    record_result(
-        f"cluster: {scenario} ({delivery})",
-        sent=total, faults=fault, lost=report.lost,
-        duplicates=report.duplicates, resumed_after_s=round(resumed_s, 1), **checked,
-    )  # fmt: skip
     return resumed_s
 
 

@@ -28,6 +28,7 @@ from tests.support.faults import (
     SteadyProducer,
     WorkerProcess,
     assert_accounted,
+    finish_and_account,
     freeze_when,
     numeric_value,
     record_result,
@@ -81,23 +82,18 @@ def test_a_worker_killed_mid_batch_and_restarted_loses_nothing(
             # the restart aborts the transaction the killed worker left open at once; the
             # broker would otherwise hold read_committed readers back for its 60 s timeout
             wait_for(lambda: not probe.open_transaction(f"{group}-scores"), 30, "abort")
-        sent = producer.finish()
-        wait_for(lambda: probe.all_committed(source), 180, "every record committed")
-        assert second.stop() == 0, second.tail()
+        exactly_once = delivery == "exactly-once"
+        finish_and_account(
+            producer, probe, second, bootstrap=kafka_bootstrap, source=source, group=group,
+            scenario=f"worker SIGKILL mid-batch + restart ({delivery}, {models} models)",
+            faults=f"1 SIGKILL (caught mid-batch after {tries} freezes)",
+            no_duplicates=exactly_once, total=total,
+            replayed=not exactly_once,  # the kill did land between output and commit
+            committed_at_kill=killed_at,
+        )  # fmt: skip
     finally:
         producer.abort()
         probe.close()
-    exactly_once = delivery == "exactly-once"
-    report = assert_accounted(kafka_bootstrap, source, group, total, no_duplicates=exactly_once)
-    assert sent == total
-    if not exactly_once:
-        assert report.duplicates > 0  # the kill did land between output and commit
-    record_result(
-        f"worker SIGKILL mid-batch + restart ({delivery}, {models} models)",
-        sent=total, faults=f"1 SIGKILL (caught mid-batch after {tries} freezes)",
-        lost=report.lost, duplicates=report.duplicates, scored=report.scored,
-        dead_lettered=report.dead_lettered, committed_at_kill=killed_at,
-    )  # fmt: skip
     del first_consumed
 
 
@@ -121,19 +117,16 @@ def test_a_worker_sigtermed_mid_batch_finishes_it_and_leaves_no_duplicates(
         assert first.wait(60) == 0, first.tail()
         assert any(e.get("msg") == "stop requested" for e in first.logs())
         second = workers.start(env, "second")
-        producer.finish()
-        wait_for(lambda: probe.all_committed(source), 180, "every record committed")
-        assert second.stop() == 0, second.tail()
+        finish_and_account(
+            producer, probe, second, bootstrap=kafka_bootstrap, source=source, group=group,
+            scenario="worker SIGTERM mid-batch + restart (at-least-once)",
+            faults=f"1 SIGTERM (caught mid-batch after {tries} freezes)",
+            no_duplicates=True, total=total,
+        )  # fmt: skip
     finally:
         producer.abort()
         probe.close()
-    report = assert_accounted(kafka_bootstrap, source, group, total, no_duplicates=True)
     assert first.summary()["consumed"] + second.summary()["consumed"] == total
-    record_result(
-        "worker SIGTERM mid-batch + restart (at-least-once)",
-        sent=total, faults=f"1 SIGTERM (caught mid-batch after {tries} freezes)",
-        lost=report.lost, duplicates=report.duplicates,
-    )  # fmt: skip
 
 
 def test_two_workers_one_killed_its_partitions_move_to_the_survivor(
@@ -158,18 +151,15 @@ def test_two_workers_one_killed_its_partitions_move_to_the_survivor(
         killed_at = time.monotonic()
         wait_for(lambda: len(assigned(a)) == 4, 60, "the survivor owns every partition")
         moved_s = time.monotonic() - killed_at
-        producer.finish()
-        wait_for(lambda: probe.all_committed(source), 180, "every record committed")
-        assert a.stop() == 0, a.tail()
+        finish_and_account(
+            producer, probe, a, bootstrap=kafka_bootstrap, source=source, group=group,
+            scenario="two workers, one SIGKILLed (at-least-once)",
+            faults="1 SIGKILL of one of two group members", no_duplicates=False, total=total,
+            partitions_moved_after_s=round(moved_s, 1),
+        )  # fmt: skip
     finally:
         producer.abort()
         probe.close()
-    report = assert_accounted(kafka_bootstrap, source, group, total, no_duplicates=False)
-    record_result(
-        "two workers, one SIGKILLed (at-least-once)",
-        sent=total, faults="1 SIGKILL of one of two group members", lost=report.lost,
-        duplicates=report.duplicates, partitions_moved_after_s=round(moved_s, 1),
-    )  # fmt: skip
 
 
 def scored_at_least(worker: WorkerProcess, n: float) -> bool:
