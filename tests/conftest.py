@@ -39,6 +39,7 @@ KAFKA_FIXTURES = frozenset(
 )
 CLUSTER_FIXTURES = frozenset({"kafka_cluster", "cluster"})
 SharedKafka = LocalKafka | LocalKafkaCluster
+FULL_FORM_ONLY = pytest.StashKey[int]()  # slow tests the default run left out
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -62,14 +63,52 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses a broker fixture ``kafka``, so ``-m 'not kafka'`` is reliable."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses a broker fixture ``kafka``, so ``-m 'not kafka'`` is reliable;
+    leave the slow tests without a short form out of the default run."""
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         if (KAFKA_FIXTURES | CLUSTER_FIXTURES) & names:
             item.add_marker(pytest.mark.kafka)
         if CLUSTER_FIXTURES & names:
             item.add_marker(pytest.mark.cluster)
+    deselect_full_form_only(config, items)
+
+
+def full_form_only(item: pytest.Item) -> bool:
+    """A ``slow`` test with no short form (``slow(default_run=False)``: a fault's second
+    delivery mode, whose first mode the default run covers)."""
+    marker = item.get_closest_marker("slow")
+    return marker is not None and marker.kwargs.get("default_run", True) is False
+
+
+def deselect_full_form_only(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The default run (no ``-m``) executes every ``slow`` test in its short form; a test that
+    has none runs only when a marker expression selects it (``-m slow``) or it is named by
+    node id, so the default run stays within its time budget (CONTRIBUTING.md)."""
+    if config.option.markexpr:
+        return
+    named = set(config.args)
+    skipped = [
+        item
+        for item in items
+        if full_form_only(item) and not named & {item.nodeid, item.nodeid.split("[")[0]}
+    ]
+    if skipped:
+        config.hook.pytest_deselected(items=skipped)
+        left_out = set(skipped)
+        items[:] = [item for item in items if item not in left_out]
+        config.stash[FULL_FORM_ONLY] = len(skipped)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Say in every log (CI's too) what the default run left out and how to run it."""
+    skipped = config.stash.get(FULL_FORM_ONLY, 0)
+    if skipped:
+        terminalreporter.write_line(
+            f"{skipped} slow tests without a short form deselected (a fault's second delivery "
+            "mode); -m slow runs them"
+        )
 
 
 def external_bootstrap(config: pytest.Config) -> str | None:

@@ -1,0 +1,60 @@
+"""What the default run (``make test``, CI) selects: every cluster fault in at least one
+delivery mode, the second mode of a fault only with ``-m slow`` (tests/conftest.py), and the
+``slow`` tests that have a short form in both."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+FAULTS_FILE = "tests/integration/cluster/test_cluster_faults.py"
+FAULT_TEST = f"{FAULTS_FILE}::test_a_cluster_fault_loses_nothing"
+LARGER_TEST = f"{FAULTS_FILE}::test_a_cluster_fault_at_a_larger_scale_loses_nothing"
+
+
+def collected(*args: str) -> list[str]:
+    """Node ids pytest selects for ``args``, collected in a fresh process (nothing runs)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [line for line in done.stdout.splitlines() if "::" in line]
+
+
+def faults_in(ids: list[str]) -> dict[str, set[str]]:
+    """fault name -> the delivery modes it runs in, from ids like ``...[sigstop-exactly-once]``."""
+    modes: dict[str, set[str]] = {}
+    for node in ids:
+        case = node.partition("[")[2].rstrip("]")
+        for mode in ("at-least-once", "exactly-once"):
+            if case.endswith(f"-{mode}"):
+                modes.setdefault(case.removesuffix(f"-{mode}"), set()).add(mode)
+    return modes
+
+
+def test_the_default_run_covers_every_cluster_fault_in_one_mode_and_slow_the_other() -> None:
+    default = collected(FAULTS_FILE, "tests/integration/reliability")
+    slow = collected(FAULTS_FILE, "-m", "slow")
+    everything = faults_in([n for n in default + slow if n.startswith(FAULT_TEST + "[")])
+    by_default = faults_in([n for n in default if n.startswith(FAULT_TEST + "[")])
+    assert by_default.keys() == everything.keys()
+    assert all(modes == {"at-least-once", "exactly-once"} for modes in everything.values())
+    assert all(len(modes) == 1 for modes in by_default.values()), by_default
+    # a fault whose exactly-once run is left to -m slow runs so at the larger scale instead
+    second_eos = {f for f, modes in by_default.items() if modes == {"at-least-once"}}
+    assert second_eos <= set(faults_in([n for n in default if n.startswith(LARGER_TEST)]))
+    # the slow tests with a short form stay in the default run
+    assert f"{LARGER_TEST}[input-leader-exactly-once]" in default
+    assert any("test_the_broker_restarting_mid_stream_loses_nothing" in n for n in default)
+
+
+def test_a_second_mode_named_by_node_id_runs() -> None:
+    node = f"{FAULT_TEST}[sigstop-at-least-once]"
+    assert collected(node) == [node]
