@@ -177,8 +177,9 @@ class TrainerSettings(BaseSettings):
     )
     normalize_errors: bool = Field(
         default=True,
-        description="Divide each error unit by its mean error on the select rows before "
-        "averaging into the record score (stored with the weights).",
+        description="Divide each error unit by its mean error on the select rows (at least "
+        "3x the median unit's) before averaging into the record score (stored with the "
+        "weights).",
     )
     validation_fraction: float = Field(
         default=0.1,
