@@ -161,7 +161,12 @@ class TrainerSettings(BaseSettings):
         "hundred rows to 256 from ~10k).",
     )
     learning_rate: float = Field(default=1e-3, gt=0, description="Adam learning rate.")
-    weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay.")
+    weight_decay: float | None = Field(
+        default=None,
+        ge=0,
+        description="Adam weight decay; unset: 1e-3, or 0 when a feature is a vector (image, "
+        "embedding) and for per-entity models.",
+    )
     patience: int | None = Field(
         default=None,
         ge=1,
@@ -177,8 +182,9 @@ class TrainerSettings(BaseSettings):
     )
     normalize_errors: bool = Field(
         default=True,
-        description="Divide each error unit by its mean error on the select rows before "
-        "averaging into the record score (stored with the weights).",
+        description="Divide each error unit by its mean error on the select rows (at least "
+        "3x the median unit's) before averaging into the record score (stored with the "
+        "weights).",
     )
     validation_fraction: float = Field(
         default=0.1,

@@ -59,7 +59,7 @@ class ModelConfig(BaseModel):
         default=0,
         ge=0,
         description="error units normalised by the model's ``unit_scale`` buffer (each unit's "
-        "mean error on the select rows); 0: raw errors (models from before normalisation)",
+        "mean error on the select rows, floored); 0: raw errors (models from before normalisation)",
     )
 
     @model_validator(mode="after")

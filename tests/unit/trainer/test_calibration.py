@@ -28,6 +28,7 @@ from trainer.calibration import (
 from trainer.evaluate import EvaluationRequest, evaluate
 from trainer.fit import fit
 from trainer.settings import load_trainer_settings
+from trainer.threshold import UNIT_SCALE_FLOOR, floored_scale
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -128,6 +129,25 @@ def test_a_constant_column_is_kept_with_a_warning_and_a_change_scores_high(tmp_p
     scores = _scores(tmp_path / "store", moved)
     assert (scores[:100] > manifest.threshold.value).mean() < 0.1
     assert (scores[100:] > manifest.threshold.value).all()
+
+
+def test_unit_scales_only_shrink_the_noisy_units():
+    """Dividing by each unit's own mean error made a unit reconstructed almost exactly (a
+    rare category, a column the others predict) count hundreds of times more than the rest.
+    Units at or below the floor (a multiple of the median unit's error) weigh the same."""
+    mean = np.array([1e-6, 0.01, 0.5, 1.0, 1.0, 2.0, 10.0])
+    scale = floored_scale(mean)
+    floor = UNIT_SCALE_FLOOR * 1.0  # the median
+    assert UNIT_SCALE_FLOOR > 1
+    assert scale.tolist() == [floor] * 6 + [10.0]
+    assert floored_scale(np.zeros(3)).min() > 0  # never divides by nothing
+
+
+def test_a_fitted_model_weighs_its_well_reconstructed_units_alike(tmp_path):
+    normal_frame(1500, seed=7).to_parquet(tmp_path / "d.parquet")
+    _fit(tmp_path, tmp_path / "d.parquet")
+    scale = load_artifact(tmp_path / "store", "default").model.unit_scale.numpy()
+    assert np.isclose(scale, scale.min()).sum() >= len(scale) / 2
 
 
 def test_split_by_time_from_the_command_line_and_evaluate_reports_the_promise(tmp_path):
