@@ -38,7 +38,6 @@ from pipeline.contract.models import ModelConfig
 from pipeline.contract.scoring import SpecTransform
 from pipeline.contract.stacked import StackedAutoEncoder
 from trainer.entity_data import EntityRows
-from trainer.regularisation import resolved_weight_decay
 from trainer.settings import TrainerSettings
 from trainer.split import FIT, SELECT
 
@@ -92,7 +91,7 @@ def fit_stacked(
     model = StackedAutoEncoder(config, len(members)).to(device)
     transform = SpecTransform(spec).to(device)
     opt = torch.optim.Adam(
-        model.parameters(), lr=s.entity_learning_rate, weight_decay=resolved_weight_decay(s)
+        model.parameters(), lr=s.entity_learning_rate, weight_decay=s.weight_decay
     )
     median = float(np.median([len(r) for r in data.fit_rows]))
     b = max(s.entity_batch_size, math.ceil(median / STEPS_PER_EPOCH))

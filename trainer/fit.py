@@ -35,7 +35,6 @@ from trainer.distributed import Dist, device_for, init_distributed, shutdown
 from trainer.fingerprint import data_fingerprint, run_fingerprint
 from trainer.loop import TrainResult, train
 from trainer.progress import make_reporter
-from trainer.regularisation import resolved_weight_decay, with_weight_decay
 from trainer.rows import SplitRows, bytes_per_row
 from trainer.settings import TrainerSettings
 from trainer.spec import (
@@ -108,7 +107,6 @@ def _fit(s: TrainerSettings, d: Dist) -> Manifest:
     started = time.monotonic()
     device = device_for(d, resolve_device(s.device))
     data = prepare(s, d)
-    s = with_weight_decay(s, data.spec)
     config = model_config(data.spec, s)
     fitted = fit_model(s, d, data, config, device)
     summary = summary_of(s, data, fitted, device, d, started)
@@ -261,7 +259,7 @@ def summary_of(
     return TrainingSummary(
         budget=fitted.budget.describe(),
         learning_rate=s.learning_rate,
-        weight_decay=resolved_weight_decay(s),
+        weight_decay=s.weight_decay,
         rows_train=data.part_rows[FIT],
         rows_validation=data.part_rows[SELECT],
         rows_calibration=data.part_rows[CALIBRATE],

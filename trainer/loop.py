@@ -33,7 +33,6 @@ from trainer.budget import Budget
 from trainer.checkpoint import Checkpointer, rng_state, set_rng_state
 from trainer.distributed import Dist
 from trainer.progress import Reporter
-from trainer.regularisation import resolved_weight_decay
 from trainer.rows import SplitRows, bytes_per_row
 from trainer.settings import TrainerSettings
 from trainer.threshold import scored_chunks
@@ -139,7 +138,7 @@ def train(
             step, device_ids=[device.index] if device.type == "cuda" else None
         )
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=s.learning_rate, weight_decay=resolved_weight_decay(s), fused=True
+        model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay, fused=True
     )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=0.5, patience=max(1, budget.patience // 2)

@@ -161,12 +161,7 @@ class TrainerSettings(BaseSettings):
         "hundred rows to 256 from ~10k).",
     )
     learning_rate: float = Field(default=1e-3, gt=0, description="Adam learning rate.")
-    weight_decay: float | None = Field(
-        default=None,
-        ge=0,
-        description="Adam weight decay; unset: 1e-3, or 0 when a feature is a vector (image, "
-        "embedding) and for per-entity models.",
-    )
+    weight_decay: float = Field(default=0.0, ge=0, description="Adam weight decay.")
     patience: int | None = Field(
         default=None,
         ge=1,

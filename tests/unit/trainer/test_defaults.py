@@ -1,5 +1,4 @@
-"""Defaults that follow the data: the step budget, weight decay, the ensemble and error
-normalisation."""
+"""Defaults that follow the data: the step budget, the ensemble and error normalisation."""
 
 import numpy as np
 import pyarrow as pa
@@ -8,7 +7,6 @@ import pytest
 import torch
 
 from pipeline.contract.artifact import load_artifact
-from pipeline.contract.features import FeatureSpec, NumericFeature, VectorFeature
 from pipeline.contract.scoring import ReconstructionScorer, Scorer
 from pipeline.contract.tabular import encode_record_batch
 from pipeline.devstack.sampledata import normal_frame
@@ -16,12 +14,6 @@ from tests.support.training import part_mask
 from trainer.budget import MAX_PASSES, auto_batch, plan_budget
 from trainer.data import ParquetSource
 from trainer.fit import fit
-from trainer.regularisation import (
-    TABULAR_WEIGHT_DECAY,
-    default_weight_decay,
-    resolved_weight_decay,
-    with_weight_decay,
-)
 from trainer.settings import load_trainer_settings
 from trainer.threshold import floored_scale
 
@@ -46,25 +38,6 @@ def test_the_budget_is_in_steps_capped_in_passes_and_explicit_settings_win():
     assert (given.batch_size, given.epochs, given.patience) == (10, 7, 2)
 
 
-def _spec(*features):
-    return FeatureSpec(features=list(features))
-
-
-def test_weight_decay_follows_the_kind_of_data_and_an_explicit_one_wins():
-    tabular = _spec(NumericFeature(name="a", mean=0.0, std=1.0))
-    image = _spec(VectorFeature(name="pixels", length=2, mean=[0.0, 0.0], std=[1.0, 1.0]))
-    mixed = _spec(*tabular.features, *image.features)
-    assert default_weight_decay(tabular) == TABULAR_WEIGHT_DECAY > 0
-    assert default_weight_decay(image) == default_weight_decay(mixed) == 0.0
-    unset = load_trainer_settings()
-    assert with_weight_decay(unset, tabular).weight_decay == TABULAR_WEIGHT_DECAY
-    assert with_weight_decay(unset, image).weight_decay == 0.0
-    assert with_weight_decay(unset, None).weight_decay == 0.0  # per-entity fits
-    assert resolved_weight_decay(unset) == 0.0
-    given = load_trainer_settings(weight_decay=0.05)
-    assert with_weight_decay(given, image).weight_decay == 0.05
-
-
 def test_default_fit_records_its_choices_and_scores_with_normalised_ensemble_errors(tmp_path):
     data = tmp_path / "d.parquet"
     normal_frame(2000, seed=3).to_parquet(data)
@@ -79,7 +52,6 @@ def test_default_fit_records_its_choices_and_scores_with_normalised_ensemble_err
     assert model_cfg.error_units == manifest.features.n_units
     assert training.budget == {"batch_size": 32, "epochs": 5, "patience": 5, "max_steps": 200}
     assert training.learning_rate == 1e-3
-    assert training.weight_decay == TABULAR_WEIGHT_DECAY  # tabular rows, none set
 
     # unit_scale is each unit's mean raw error over the select rows, computed here apart,
     # floored at a multiple of the median unit's
