@@ -1,7 +1,16 @@
 """The benchmark scripts run end to end on a tiny slice, so they cannot rot (no timing here)."""
 
 from bench import detection_quality, training_speed
-from bench.data import DATASETS, TUNING, UNTUNED, flights, split
+from bench.data import (
+    DATASETS,
+    TUNING,
+    UNTUNED,
+    WEATHER_SWAPPED,
+    _rdataset,
+    flights,
+    split,
+    weather,
+)
 
 
 def test_datasets_load_with_their_documented_shapes():
@@ -13,6 +22,9 @@ def test_datasets_load_with_their_documented_shapes():
         "credit": {((4039, 25), "frame")},  # 12 columns, categoricals one-hot for baselines
         "diamonds": {((53940, 22), "frame")},
         "wine": {((178, 13), "columns")},
+        "weather": {((23007, 12), "frame")},
+        "lending_club": {((9857, 119), "frame")},
+        "biopsy": {((683, 9), "frame")},
         "mnist": {((5000, 784), "vector")},
         "flights": {((327346, 119), "frame")},
         "segment": {((2310, 18), "frame")},
@@ -60,6 +72,22 @@ def test_a_time_set_trains_on_the_earliest_normal_rows_and_tests_the_later_perio
     assert data.train_rows is not None and data.test_rows is not None
     assert times[data.train_rows].max() <= times[data.test_rows].min()
     assert (~data.y_test).sum() == 20_000  # the documented cap on test normals
+
+
+def test_weather_anomalies_are_late_rows_with_two_readings_of_another_late_row():
+    (task,) = weather()
+    assert task.frame is not None
+    original = _rdataset("nycflights13", "weather").dropna(subset=list(task.columns))
+    original = original.reset_index(drop=True)
+    swapped = list(WEATHER_SWAPPED)
+    changed = (task.frame[swapped] != original[swapped]).sum(axis=1).to_numpy()
+    assert changed[~task.anomaly].max() == 0  # normal rows are the real readings
+    assert changed[task.anomaly].max() == 2 and (changed[task.anomaly] >= 1).mean() > 0.95
+    late = task.frame["time_hour"].rank(pct=True).to_numpy() > 0.7
+    assert late[task.anomaly].all()
+    assert 0.035 < task.anomaly.sum() / late.sum() < 0.045
+    for column in swapped:  # every swapped value is one the column really takes late
+        assert set(task.frame.loc[task.anomaly, column]) <= set(original.loc[late, column])
 
 
 def test_training_speed_runs_on_a_tiny_slice(capsys):
