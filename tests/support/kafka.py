@@ -99,11 +99,19 @@ def produce_json(bootstrap: str, topic: str, records: list[dict[str, Any]], key_
 
 
 def read_all(
-    bootstrap: str, topic: str, timeout_s: float = 30, isolation_level: str = "read_uncommitted"
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 30,
+    isolation_level: str = "read_uncommitted",
+    *,
+    config: dict[str, Any] | None = None,
 ) -> list[Any]:
-    """Every record currently in the topic (all partitions, from the beginning)."""
+    """Every record currently in the topic (all partitions, from the beginning); ``config``:
+    client settings (SASL, TLS) in place of a PLAINTEXT ``bootstrap``."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
+        **(config or {"bootstrap_servers": bootstrap}),
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
     )
     try:
         parts = wait_for_partitions(consumer, topic, timeout_s)
