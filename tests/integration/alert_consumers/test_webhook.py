@@ -20,12 +20,12 @@ from tests.support.cli import run_module
 from tests.support.factories import numeric_spec, publish_model
 from tests.support.http_receiver import Received, Reply, receiver
 from tests.support.kafka import committed_and_end
-from tests.support.workers import NAME, numeric_records, produce_records
+from tests.support.workers import NAME, Background, numeric_records, produce_records, wait_for
 from tests.support.workers import settings as worker_settings
 
 ROOT = Path(__file__).parents[3]
 TOKEN = "Bearer tok-7f3a9c"
-# seconds without records before a worker or sink stops: a first fetch under load 13 on two
+# seconds without records before a sink stops: a first fetch under load 13 on two
 # cores took over 2 s, which ended runs that had records waiting
 IDLE_S = 6
 HOOK_PATH = "/services/T0001/B0002/hooksecret9d2e"  # a Slack-style URL: the path is the key
@@ -50,7 +50,13 @@ def worker_alerts(bootstrap: str, store: Path, source: str, n: int = 5) -> str:
     publish_model(store, numeric_spec(4), name=NAME, threshold=0.0)
     produce_records(bootstrap, source, numeric_records(n))
     s = worker_settings(bootstrap, store, source)
-    assert Worker(s).run(idle_timeout_s=IDLE_S).anomalies == n
+    # stopped once all n are committed, not after IDLE_S without records (that proves nothing)
+    bg = Background(Worker(s), idle_timeout_s=60)
+    try:
+        wait_for(lambda: bg.value("pipeline_records_consumed_total") >= n, 60, f"{n} records")
+    finally:
+        summary = bg.stop()
+    assert summary.anomalies == summary.consumed == n
     return s.alert_topic
 
 
