@@ -4,6 +4,9 @@ alerts, real HTTP receivers on loopback and the real `alerts sink` process."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from contextlib import closing
 from pathlib import Path
@@ -61,11 +64,46 @@ def worker_alerts(bootstrap: str, store: Path, source: str, n: int = 5) -> str:
 
 
 def sink(bootstrap: str, topic: str, group: str, url: str, *extra: str):
-    return run_module(
+    return run_module(*sink_argv(bootstrap, topic, group, url, *extra), cwd=ROOT)
+
+
+def sink_argv(bootstrap: str, topic: str, group: str, url: str, *extra: str) -> list[str]:
+    return [
         "pipeline", "alerts", "sink", "--bootstrap", bootstrap, "--topic", topic,
         "--group", group, "--webhook", url, "--header", f"Authorization: {TOKEN}",
-        "--idle-timeout", str(IDLE_S), *extra, cwd=ROOT,
+        "--idle-timeout", str(IDLE_S), *extra,
+    ]  # fmt: skip
+
+
+def sink_until_committed(
+    bootstrap: str, topic: str, group: str, url: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``sink``, stopped with SIGTERM (it drains, commits and prints its summary) once its
+    group committed the whole topic, instead of after IDLE_S without records: waiting that
+    out proves nothing. A sink that ends on its own (an error) is returned as it ended."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *sink_argv(bootstrap, topic, group, url, *extra)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or committed_all(bootstrap, group, topic),
+            120,
+            f"{group} to commit {topic}",
+        )
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def committed_all(bootstrap: str, group: str, topic: str) -> bool:
+    ends = committed_and_end(bootstrap, group, topic).values()
+    return all(committed == end for committed, end in ends)
 
 
 def test_a_redirect_to_another_origin_is_not_followed_and_not_counted_delivered(
@@ -79,7 +117,7 @@ def test_a_redirect_to_another_origin_is_not_followed_and_not_counted_delivered(
     with receiver(lambda _: Reply(200)) as other:
         moved = Reply(302, {"Location": f"{other.url}/landing"})
         with receiver(lambda _: moved) as hook:
-            done = sink(
+            done = sink_until_committed(
                 kafka_bootstrap, topic, "pager", f"{hook.url}/alerts", "--dead-letter", str(dead)
             )
     leaked = [(r.method, r.headers.get("Authorization")) for r in other.requests]
@@ -103,7 +141,7 @@ def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, ma
     dead = tmp_path / "refused.jsonl"
     outputs = []
     with receiver(lambda _: Reply(400, body=b"invalid_payload")) as hook:
-        refused = sink(
+        refused = sink_until_committed(
             kafka_bootstrap, topic, "refused", hook.url + HOOK_PATH, "--dead-letter", str(dead)
         )
         outputs += [refused.stdout + refused.stderr, dead.read_text()]
@@ -117,7 +155,7 @@ def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, ma
         outputs.append(failed.stdout + failed.stderr)
     assert failed.returncode == 5 and f"{hook.url}/***" in failed.stderr, failed.stderr
     with receiver() as hook:
-        delivered = sink(
+        delivered = sink_until_committed(
             kafka_bootstrap, topic, "delivered", hook.url + HOOK_PATH, "--dead-letter", str(dead)
         )
         outputs.append(delivered.stdout + delivered.stderr)
@@ -215,7 +253,7 @@ def test_a_refused_alert_goes_to_the_dead_letter_file_and_the_group_goes_on(
 
     dead = tmp_path / "refused.jsonl"
     with receiver(respond) as hook:
-        first = sink(
+        first = sink_until_committed(
             kafka_bootstrap, topic, "pager", hook.url + HOOK_PATH, "--dead-letter", str(dead)
         )
         again = sink(
