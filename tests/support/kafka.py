@@ -141,6 +141,11 @@ def committed_and_end(bootstrap: str, group: str, topic: str) -> dict[int, tuple
         consumer.close()
 
 
+def fully_committed(bootstrap: str, group: str, topic: str) -> bool:
+    """The group committed every partition of the topic up to its end."""
+    return all(c == e for c, e in committed_and_end(bootstrap, group, topic).values())
+
+
 def settle_cluster(bootstrap: str, timeout_s: float = 90) -> None:
     """Wait until every replica is in sync again, then give leadership back to the preferred
     replicas. After a node restarts, the brokers' own leader rebalance (every 5 minutes) would

@@ -4,11 +4,10 @@ alerts, real HTTP receivers on loopback and the real `alerts sink` process."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import sys
 import time
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -19,10 +18,10 @@ from pipeline.alert_consumers.sinks import SinkError
 from pipeline.alert_consumers.webhook import WebhookSink
 from pipeline.contract.alerts import build_event, encode_event
 from pipeline.worker.loop import Worker
-from tests.support.cli import run_module
+from tests.support.cli import run_module, run_module_until
 from tests.support.factories import numeric_spec, publish_model
 from tests.support.http_receiver import Received, Reply, receiver
-from tests.support.kafka import committed_and_end
+from tests.support.kafka import committed_and_end, fully_committed
 from tests.support.workers import NAME, Background, numeric_records, produce_records, wait_for
 from tests.support.workers import settings as worker_settings
 
@@ -78,32 +77,13 @@ def sink_argv(bootstrap: str, topic: str, group: str, url: str, *extra: str) -> 
 def sink_until_committed(
     bootstrap: str, topic: str, group: str, url: str, *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    """``sink``, stopped with SIGTERM (it drains, commits and prints its summary) once its
-    group committed the whole topic, instead of after IDLE_S without records: waiting that
-    out proves nothing. A sink that ends on its own (an error) is returned as it ended."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *sink_argv(bootstrap, topic, group, url, *extra)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        wait_for(
-            lambda: proc.poll() is not None or committed_all(bootstrap, group, topic),
-            120,
-            f"{group} to commit {topic}",
-        )
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-
-
-def committed_all(bootstrap: str, group: str, topic: str) -> bool:
-    ends = committed_and_end(bootstrap, group, topic).values()
-    return all(committed == end for committed, end in ends)
+    """``sink``, stopped with SIGTERM once its group committed the whole topic (not after
+    IDLE_S without records); a sink that fails ends on its own."""
+    return run_module_until(
+        *sink_argv(bootstrap, topic, group, url, *extra),
+        done=partial(fully_committed, bootstrap, group, topic),
+        cwd=ROOT,
+    )
 
 
 def test_a_redirect_to_another_origin_is_not_followed_and_not_counted_delivered(

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.worker.loop import Worker
 from pipeline.worker.settings import BatchSettings
-from tests.support.kafka import committed_and_end
+from tests.support.kafka import committed_and_end, fully_committed
 from tests.support.workers import (
     Background,
     events,
@@ -51,7 +51,7 @@ def test_revoked_partitions_are_not_processed_by_their_old_owner(
     )
     # stopped once every record is committed: B's 12 s idle timeout is a bound for its join,
     # waiting it out after the work is done proves nothing
-    wait_for(lambda: all_committed(kafka_bootstrap, long_batches.group_id, source), 60, "commits")
+    wait_for(lambda: fully_committed(kafka_bootstrap, long_batches.group_id, source), 60, "commits")
     summary_a, summary_b = a.stop(60), b.stop(60)
 
     scored = [e["record_id"] for e in events(kafka_bootstrap, scores)]
@@ -62,9 +62,3 @@ def test_revoked_partitions_are_not_processed_by_their_old_owner(
     assert a.value("pipeline_records_revoked_total") > 0  # the scenario did happen
     ends = committed_and_end(kafka_bootstrap, long_batches.group_id, source)
     assert all(committed == end for committed, end in ends.values())
-
-
-def all_committed(bootstrap: str, group: str, topic: str) -> bool:
-    return all(
-        committed == end for committed, end in committed_and_end(bootstrap, group, topic).values()
-    )
