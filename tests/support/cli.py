@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import click
@@ -32,6 +34,41 @@ def run_module(
         timeout=timeout,
         check=False,
     )
+
+
+def run_module_until(
+    *argv: str,
+    done: Callable[[], bool],
+    env: Mapping[str, str] | None = None,
+    cwd: Path | str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """``run_module`` for a command that stops on SIGTERM (drains, commits, prints its
+    summary: the worker, the alert sink): stopped so once ``done()`` holds (e.g. its group
+    committed the whole topic) instead of waiting out an idle timeout, which proves nothing.
+    A command that ends on its own first (an error) is returned as it ended; ``done`` never
+    holding within ``timeout`` fails the test."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *argv],
+        env=None if env is None else dict(env),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and not done():
+            assert time.monotonic() < deadline, f"{argv[:3]}: not done after {timeout}s"
+            time.sleep(0.1)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def check_command_line(argv: Sequence[str], parse_args: bool = True) -> click.Command:

@@ -99,11 +99,19 @@ def produce_json(bootstrap: str, topic: str, records: list[dict[str, Any]], key_
 
 
 def read_all(
-    bootstrap: str, topic: str, timeout_s: float = 30, isolation_level: str = "read_uncommitted"
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 30,
+    isolation_level: str = "read_uncommitted",
+    *,
+    config: dict[str, Any] | None = None,
 ) -> list[Any]:
-    """Every record currently in the topic (all partitions, from the beginning)."""
+    """Every record currently in the topic (all partitions, from the beginning); ``config``:
+    client settings (SASL, TLS) in place of a PLAINTEXT ``bootstrap``."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
+        **(config or {"bootstrap_servers": bootstrap}),
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
     )
     try:
         parts = wait_for_partitions(consumer, topic, timeout_s)
@@ -131,6 +139,11 @@ def committed_and_end(bootstrap: str, group: str, topic: str) -> dict[int, tuple
         return {tp.partition: (consumer.committed(tp), end[tp]) for tp in parts}
     finally:
         consumer.close()
+
+
+def fully_committed(bootstrap: str, group: str, topic: str) -> bool:
+    """The group committed every partition of the topic up to its end."""
+    return all(c == e for c, e in committed_and_end(bootstrap, group, topic).values())
 
 
 def settle_cluster(bootstrap: str, timeout_s: float = 90) -> None:

@@ -4,8 +4,10 @@ alerts, real HTTP receivers on loopback and the real `alerts sink` process."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -16,16 +18,16 @@ from pipeline.alert_consumers.sinks import SinkError
 from pipeline.alert_consumers.webhook import WebhookSink
 from pipeline.contract.alerts import build_event, encode_event
 from pipeline.worker.loop import Worker
-from tests.support.cli import run_module
+from tests.support.cli import run_module, run_module_until
 from tests.support.factories import numeric_spec, publish_model
 from tests.support.http_receiver import Received, Reply, receiver
-from tests.support.kafka import committed_and_end
-from tests.support.workers import NAME, numeric_records, produce_records
+from tests.support.kafka import committed_and_end, fully_committed
+from tests.support.workers import NAME, Background, numeric_records, produce_records, wait_for
 from tests.support.workers import settings as worker_settings
 
 ROOT = Path(__file__).parents[3]
 TOKEN = "Bearer tok-7f3a9c"
-# seconds without records before a worker or sink stops: a first fetch under load 13 on two
+# seconds without records before a sink stops: a first fetch under load 13 on two
 # cores took over 2 s, which ended runs that had records waiting
 IDLE_S = 6
 HOOK_PATH = "/services/T0001/B0002/hooksecret9d2e"  # a Slack-style URL: the path is the key
@@ -50,16 +52,38 @@ def worker_alerts(bootstrap: str, store: Path, source: str, n: int = 5) -> str:
     publish_model(store, numeric_spec(4), name=NAME, threshold=0.0)
     produce_records(bootstrap, source, numeric_records(n))
     s = worker_settings(bootstrap, store, source)
-    assert Worker(s).run(idle_timeout_s=IDLE_S).anomalies == n
+    # stopped once all n are committed, not after IDLE_S without records (that proves nothing)
+    bg = Background(Worker(s), idle_timeout_s=60)
+    try:
+        wait_for(lambda: bg.value("pipeline_records_consumed_total") >= n, 60, f"{n} records")
+    finally:
+        summary = bg.stop()
+    assert summary.anomalies == summary.consumed == n
     return s.alert_topic
 
 
 def sink(bootstrap: str, topic: str, group: str, url: str, *extra: str):
-    return run_module(
+    return run_module(*sink_argv(bootstrap, topic, group, url, *extra), cwd=ROOT)
+
+
+def sink_argv(bootstrap: str, topic: str, group: str, url: str, *extra: str) -> list[str]:
+    return [
         "pipeline", "alerts", "sink", "--bootstrap", bootstrap, "--topic", topic,
         "--group", group, "--webhook", url, "--header", f"Authorization: {TOKEN}",
-        "--idle-timeout", str(IDLE_S), *extra, cwd=ROOT,
-    )  # fmt: skip
+        "--idle-timeout", str(IDLE_S), *extra,
+    ]  # fmt: skip
+
+
+def sink_until_committed(
+    bootstrap: str, topic: str, group: str, url: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``sink``, stopped with SIGTERM once its group committed the whole topic (not after
+    IDLE_S without records); a sink that fails ends on its own."""
+    return run_module_until(
+        *sink_argv(bootstrap, topic, group, url, *extra),
+        done=partial(fully_committed, bootstrap, group, topic),
+        cwd=ROOT,
+    )
 
 
 def test_a_redirect_to_another_origin_is_not_followed_and_not_counted_delivered(
@@ -73,7 +97,7 @@ def test_a_redirect_to_another_origin_is_not_followed_and_not_counted_delivered(
     with receiver(lambda _: Reply(200)) as other:
         moved = Reply(302, {"Location": f"{other.url}/landing"})
         with receiver(lambda _: moved) as hook:
-            done = sink(
+            done = sink_until_committed(
                 kafka_bootstrap, topic, "pager", f"{hook.url}/alerts", "--dead-letter", str(dead)
             )
     leaked = [(r.method, r.headers.get("Authorization")) for r in other.requests]
@@ -97,7 +121,7 @@ def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, ma
     dead = tmp_path / "refused.jsonl"
     outputs = []
     with receiver(lambda _: Reply(400, body=b"invalid_payload")) as hook:
-        refused = sink(
+        refused = sink_until_committed(
             kafka_bootstrap, topic, "refused", hook.url + HOOK_PATH, "--dead-letter", str(dead)
         )
         outputs += [refused.stdout + refused.stderr, dead.read_text()]
@@ -111,7 +135,7 @@ def test_the_webhook_url_and_header_values_are_never_printed(kafka_bootstrap, ma
         outputs.append(failed.stdout + failed.stderr)
     assert failed.returncode == 5 and f"{hook.url}/***" in failed.stderr, failed.stderr
     with receiver() as hook:
-        delivered = sink(
+        delivered = sink_until_committed(
             kafka_bootstrap, topic, "delivered", hook.url + HOOK_PATH, "--dead-letter", str(dead)
         )
         outputs.append(delivered.stdout + delivered.stderr)
@@ -209,7 +233,7 @@ def test_a_refused_alert_goes_to_the_dead_letter_file_and_the_group_goes_on(
 
     dead = tmp_path / "refused.jsonl"
     with receiver(respond) as hook:
-        first = sink(
+        first = sink_until_committed(
             kafka_bootstrap, topic, "pager", hook.url + HOOK_PATH, "--dead-letter", str(dead)
         )
         again = sink(

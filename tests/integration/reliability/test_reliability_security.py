@@ -1,7 +1,8 @@
 """SASL/SCRAM end to end on a broker of this module's own (a SCRAM user made for the test):
-a worker process at DEBUG level, the audit and the trainer's announcement work with the right
-password and fail clearly with a wrong one, and no log line ever holds the password, not even
-kafka-python's own DEBUG output (it prints its whole configuration)."""
+a worker process at DEBUG level (its alerts, scores and dead letters), the audit and the
+trainer's announcement work with the right password and fail clearly with a wrong one, and no
+log line, settings repr or dump ever holds the password, not even kafka-python's own DEBUG
+output (it prints its whole configuration). The suite's only SCRAM worker test."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ from pipeline.kafka.settings import KafkaSettings
 from pipeline.kafka.topics import ensure_topics
 from tests.conftest import start_or_fail
 from tests.support.cli import run_module
+from tests.support.kafka import read_all
 from tests.support.training import write_sensors
 from tests.support.workers import NAME, numeric_records, publish
+from tests.support.workers import settings as worker_settings
 from trainer.fit import fit
 from trainer.settings import load_trainer_settings
 
@@ -82,7 +85,8 @@ def test_a_debug_level_worker_and_the_audit_work_over_scram_and_never_log_the_pa
 ):
     publish(tmp_path)
     source = "secure-records"
-    producer = KafkaProducer(**scram.client_config("svc", mechanism="SCRAM-SHA-512"), acks="all")
+    client_config = scram.client_config("svc", mechanism="SCRAM-SHA-512")
+    producer = KafkaProducer(**client_config, acks="all")
     try:
         for rec in numeric_records(200):
             producer.send(source, key=rec["id"].encode(), value=msgspec.json.encode(rec))
@@ -108,8 +112,15 @@ def test_a_debug_level_worker_and_the_audit_work_over_scram_and_never_log_the_pa
     }
     run = run_cli(["pipeline", "run", "--idle-timeout", "3"], env, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert msgspec.json.decode(run.stdout.strip().splitlines()[-1])["consumed"] == 201
+    summary = msgspec.json.decode(run.stdout.strip().splitlines()[-1])
+    assert summary["consumed"] == 201
     assert PASSWORD not in run.stderr + run.stdout
+    # the alerts reached their topic over SCRAM, every one the worker counted
+    alerts = read_all("", f"{source}-alerts", config=client_config)
+    assert len(alerts) == summary["anomalies"] > 0
+    # the worker's settings never show the password
+    settings = worker_settings(scram.bootstrap, tmp_path, source, kafka=kafka_settings(scram))
+    assert PASSWORD not in repr(settings) and PASSWORD not in str(settings.model_dump())
 
     audit = run_cli(["pipeline", "audit", "--json"], env, tmp_path)
     assert audit.returncode == 0, audit.stderr[-3000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -12,8 +13,8 @@ import pytest
 from pipeline.contract import store
 from pipeline.devstack.locals3 import S3Record
 from pipeline.devstack.sampledata import mixed_stream, normal_frame, to_records
-from tests.support.cli import run_module
-from tests.support.kafka import produce_json, read_all
+from tests.support.cli import run_module, run_module_until
+from tests.support.kafka import fully_committed, produce_json, read_all
 
 pytestmark = pytest.mark.kafka
 
@@ -49,8 +50,14 @@ def test_trainer_publishes_to_s3_and_a_worker_process_scores_with_it(
         "PIPELINE_ID_FIELD": "machine_id",
         "PIPELINE_METRICS_PORT": "0",
     }
-    scored = run_module(
-        "pipeline", "run", "--idle-timeout", "3", env=env, cwd=tmp_path, timeout=180
+    # stopped (SIGTERM: drain, commit, summary) once every record is committed, not after
+    # 3 s without records
+    scored = run_module_until(
+        *("pipeline", "run", "--idle-timeout", "3"),
+        done=partial(fully_committed, kafka_bootstrap, f"s3-{source}", source),
+        env=env,
+        cwd=tmp_path,
+        timeout=180,
     )
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout.strip().splitlines()[-1])["consumed"] == len(stream)

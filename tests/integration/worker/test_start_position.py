@@ -11,7 +11,7 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from pipeline.worker.loop import Worker
+from pipeline.worker.loop import RunSummary, Worker
 from pipeline.worker.settings import WorkerSettings
 from tests.support.workers import (
     Background,
@@ -57,12 +57,25 @@ def test_the_default_is_latest_and_the_start_is_committed_before_any_record(
     assert scored == [f"r-{i:06d}" for i in range(1000, 1005)]
 
 
+def run_until_committed(bootstrap: str, s: WorkerSettings, source: str, offset: int) -> RunSummary:
+    """Run a worker until its group committed ``offset``, then stop it (not an idle timeout:
+    waiting one out after the work is done proves nothing)."""
+    bg = Background(Worker(s), idle_timeout_s=60)
+    try:
+        wait_for(
+            lambda: committed(bootstrap, s.group_id, source) == offset, 60, f"commit of {offset}"
+        )
+    finally:
+        summary = bg.stop()
+    return summary
+
+
 def test_earliest_reads_the_history(kafka_bootstrap, make_topic, tmp_path):
     publish(tmp_path)
     source = make_topic(1)
     produce_records(kafka_bootstrap, source, numeric_records(30))
     s = settings(kafka_bootstrap, tmp_path, source, start_from="earliest")
-    summary = Worker(s).run(idle_timeout_s=5)
+    summary = run_until_committed(kafka_bootstrap, s, source, 30)
     assert summary.consumed == 30
     assert committed(kafka_bootstrap, s.group_id, source) == 30
 
@@ -78,7 +91,7 @@ def test_timestamp_starts_at_the_first_record_at_or_after_it(kafka_bootstrap, ma
     s = settings(
         kafka_bootstrap, tmp_path, source, start_from="timestamp", start_timestamp_ms=since_ms
     )
-    summary = Worker(s).run(idle_timeout_s=5)
+    summary = run_until_committed(kafka_bootstrap, s, source, 17)
     assert summary.consumed == 7
     assert committed(kafka_bootstrap, s.group_id, source) == 17
 

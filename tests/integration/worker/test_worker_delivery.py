@@ -17,7 +17,7 @@ from pipeline.kafka.settings import KafkaSettings
 from pipeline.worker.loop import Worker
 from pipeline.worker.metrics import PipelineMetrics
 from pipeline.worker.sink import OutputSink, next_offsets
-from tests.support.kafka import committed_and_end, read_all
+from tests.support.kafka import committed_and_end, fully_committed, read_all
 from tests.support.workers import (
     Background,
     events,
@@ -35,10 +35,6 @@ TINY = {"max.message.bytes": "128"}  # every score event (~300 bytes) is refused
 
 def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
     return {p: c for p, (c, _) in committed_and_end(bootstrap, group, topic).items()}
-
-
-def fully_committed(bootstrap: str, group: str, topic: str) -> bool:
-    return all(c == e for c, e in committed_and_end(bootstrap, group, topic).values())
 
 
 def set_max_message_bytes(admin, topic: str, value: int) -> None:
@@ -198,7 +194,7 @@ def test_a_fenced_transactional_producer_is_replaced_and_the_worker_goes_on(
     fencer.close()
     produce_records(kafka_bootstrap, source, numeric_records(20, start=20))
     wait_for(lambda: committed(kafka_bootstrap, s.group_id, source) == {0: 40}, 60, "the rest")
-    bg.join(60)
+    bg.stop()  # not join: the 20 s idle timeout is only a bound, waiting it out proves nothing
     assert bg.value("pipeline_producer_rebuilds_total", {"reason": "fenced"}) == 1
     assert sum(
         bg.value("pipeline_batch_failures_total", {"stage": st})

@@ -1,10 +1,10 @@
 """Operating the worker against the real broker: metric values after a run, the HTTP
-endpoints, SIGTERM draining a subprocess worker, and a SASL/SCRAM broker."""
+endpoints, SIGTERM draining a subprocess worker. A SASL/SCRAM broker:
+tests/integration/reliability/test_reliability_security.py."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -15,18 +15,14 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
-from pipeline.contract.exceptions import KafkaIOError
-from pipeline.devstack.localkafka import ScramUser, free_ports
-from pipeline.kafka.settings import KafkaSettings
+from pipeline.devstack.localkafka import free_ports
 from pipeline.worker.loop import Worker
 from pipeline.worker.metrics import MetricsServer, PipelineMetrics
 from tests.support.cli import run_module
@@ -244,51 +240,3 @@ def test_sigterm_drains_commits_exactly_what_was_processed_and_restart_adds_no_d
         (e["source"]["partition"], e["source"]["offset"]) for e in events(kafka_bootstrap, scores)
     ]
     assert len(keys) == len(set(keys)) == total  # zero duplicates, nothing missing
-
-
-def test_worker_runs_against_a_scram_broker_and_never_logs_the_password(
-    private_kafka, tmp_path, caplog
-):
-    password = "s3cret-Pw-42"
-    broker = private_kafka(scram_users=[ScramUser("worker", password)])
-    config = broker.client_config("worker", mechanism="SCRAM-SHA-512")
-    publish(tmp_path)
-    source = "records"
-    producer = KafkaProducer(**config, acks="all")
-    try:
-        for rec in numeric_records(60):
-            producer.send(source, key=rec["id"].encode(), value=msgspec.json.encode(rec))
-        producer.flush(30)
-    finally:
-        producer.close()
-    kafka = KafkaSettings(
-        bootstrap_servers=broker.bootstrap,
-        security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism="SCRAM-SHA-512",
-        sasl_username="worker",
-        sasl_password=SecretStr(password),
-        bootstrap_timeout_ms=5_000,
-    )
-    s = settings(broker.bootstrap, tmp_path, source, kafka=kafka)
-    with caplog.at_level(logging.DEBUG, logger="pipeline"):
-        summary = Worker(s).run(idle_timeout_s=1.5)
-    assert summary.consumed == 60
-    alerts = read_with(config, s.alert_topic)
-    assert len(alerts) == summary.anomalies > 0
-    assert password not in caplog.text
-    assert password not in repr(s) and password not in str(s.model_dump())
-
-    wrong = kafka.model_copy(update={"sasl_password": SecretStr("not-it")})
-    with pytest.raises(KafkaIOError, match="wrong credentials"):
-        Worker(settings(broker.bootstrap, tmp_path, source, kafka=wrong)).run(idle_timeout_s=1)
-
-
-def read_with(config: dict[str, Any], topic: str) -> list[Any]:
-    consumer = KafkaConsumer(
-        **config, auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=5000
-    )
-    try:
-        consumer.subscribe([topic])
-        return list(consumer)
-    finally:
-        consumer.close()

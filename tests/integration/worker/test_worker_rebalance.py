@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.worker.loop import Worker
 from pipeline.worker.settings import BatchSettings
-from tests.support.kafka import committed_and_end
+from tests.support.kafka import committed_and_end, fully_committed
 from tests.support.workers import (
     Background,
     events,
@@ -49,7 +49,10 @@ def test_revoked_partitions_are_not_processed_by_their_old_owner(
         # 10 s batch then took everything (B consumed 0). Idle counts from B's start.
         idle_timeout_s=12,
     )
-    summary_a, summary_b = a.join(60), b.join(60)
+    # stopped once every record is committed: B's 12 s idle timeout is a bound for its join,
+    # waiting it out after the work is done proves nothing
+    wait_for(lambda: fully_committed(kafka_bootstrap, long_batches.group_id, source), 60, "commits")
+    summary_a, summary_b = a.stop(60), b.stop(60)
 
     scored = [e["record_id"] for e in events(kafka_bootstrap, scores)]
     assert len(scored) == len(set(scored)), "a record was scored by two members"
