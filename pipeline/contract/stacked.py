@@ -28,7 +28,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from pipeline.contract.exceptions import ConfigError
-from pipeline.contract.models import ModelConfig
+from pipeline.contract.models import ModelConfig, fast_tanh
 
 Layer = tuple[Tensor, Tensor]  # (weight (N, d_in, d_out), bias (N, d_out))
 
@@ -36,7 +36,7 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "gelu": F.gelu,
     "silu": F.silu,
-    "tanh": torch.tanh,
+    "tanh": fast_tanh,
     "leaky_relu": F.leaky_relu,
 }
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from pipeline.contract.entity_artifact import autoencoder_from_slot
 from pipeline.contract.entity_bank import EntityBank, capacity_for
 from pipeline.contract.entity_scoring import EntityRouter, EntityScorer
 from pipeline.contract.exceptions import ArtifactInvalid
-from pipeline.contract.models import ModelConfig, build_model
+from pipeline.contract.models import Activation, ModelConfig, build_model
 from pipeline.contract.scoring import Scorer
 from pipeline.contract.stacked import (
     StackedAutoEncoder,
@@ -38,8 +39,11 @@ def _scorer(loaded, capacity=None, top_k=3):
     return EntityScorer(loaded.manifest.features, EntityRouter(ents.index), bank, top_k=top_k)
 
 
-def test_routed_and_grouped_forward_match_the_autoencoders_they_came_from():
-    cfg = ModelConfig(input_dim=5, output_dim=5, hidden_dims=[6, 4], latent_dim=2)
+@pytest.mark.parametrize("activation", get_args(Activation))
+def test_routed_and_grouped_forward_match_the_autoencoders_they_came_from(activation):
+    cfg = ModelConfig(
+        input_dim=5, output_dim=5, hidden_dims=[6, 4], latent_dim=2, activation=activation
+    )
     models = []
     for seed in range(3):
         torch.manual_seed(seed)

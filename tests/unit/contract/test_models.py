@@ -128,3 +128,16 @@ def test_error_units_give_the_model_a_saved_unit_scale():
     assert torch.equal(model.unit_scale, torch.ones(4))
     assert "unit_scale" in model.state_dict()
     assert "unit_scale" not in build_model(ModelConfig(input_dim=4, output_dim=4)).state_dict()
+
+
+def test_fast_tanh_is_tanh_in_value_and_gradient():
+    from pipeline.contract.models import fast_tanh
+
+    x = torch.cat([torch.linspace(-60, 60, 2001), torch.randn(1000)]).requires_grad_()
+    y = fast_tanh(x)
+    assert torch.allclose(y, torch.tanh(x), atol=1e-6)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    (expected,) = torch.autograd.grad(torch.tanh(x).sum(), x)
+    assert torch.allclose(grad, expected, atol=1e-6)
+    with torch.inference_mode():  # the in-place path scoring takes
+        assert torch.allclose(fast_tanh(x.detach()), torch.tanh(x.detach()), atol=1e-6)
