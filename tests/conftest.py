@@ -39,7 +39,7 @@ KAFKA_FIXTURES = frozenset(
 )
 CLUSTER_FIXTURES = frozenset({"kafka_cluster", "cluster"})
 SharedKafka = LocalKafka | LocalKafkaCluster
-FULL_FORM_ONLY = pytest.StashKey[int]()  # slow tests the default run left out
+LEFT_OUT_FULL_RUN_ONLY = pytest.StashKey[int]()  # slow tests the default run left out
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -98,12 +98,12 @@ def deselect_full_form_only(config: pytest.Config, items: list[pytest.Item]) -> 
         config.hook.pytest_deselected(items=skipped)
         left_out = set(skipped)
         items[:] = [item for item in items if item not in left_out]
-        config.stash[FULL_FORM_ONLY] = len(skipped)
+        config.stash[LEFT_OUT_FULL_RUN_ONLY] = len(skipped)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """Say in every log (CI's too) what the default run left out and how to run it."""
-    skipped = config.stash.get(FULL_FORM_ONLY, 0)
+    skipped = config.stash.get(LEFT_OUT_FULL_RUN_ONLY, 0)
     if skipped:
         terminalreporter.write_line(
             f"{skipped} slow tests without a short form deselected (a fault's second delivery "
