@@ -271,13 +271,14 @@ def test_sigkill_of_the_coordinator_node_loses_nothing(
 def test_a_transaction_open_past_its_timeout_fences_the_producer_and_the_worker_goes_on(
     cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers
 ) -> None:
-    """The worker is frozen (SIGSTOP) inside an open transaction for longer than its 10 s
+    """The worker is frozen (SIGSTOP) inside an open transaction for longer than its 6 s
     transaction timeout: the coordinator aborts the transaction and bumps the producer epoch.
     Resumed, the worker's producer is fenced; the worker must replace it and re-read from the
     committed offsets (before: ProducerFencedError was fatal, exit 4, and a supervisor
     restart-looped it). Its session timeout outlasts the freeze, so the fence is the only
-    fault (the group rebalance on top is test_reliability_rebalance's)."""
-    timeout_s, frozen_s = 10.0, 16.0
+    fault (the group rebalance on top is test_reliability_rebalance's). The freeze outlasts
+    the timeout by 4 s; the coordinator looks for expired ones every second (localcluster)."""
+    timeout_s, frozen_s = 6.0, 10.0
 
     def freeze_in_transaction(admin: Any, group: str, _txn: str, worker: WorkerProcess) -> Any:
         probe = OffsetProbe({"bootstrap_servers": cluster.bootstrap})
@@ -292,7 +293,7 @@ def test_a_transaction_open_past_its_timeout_fences_the_producer_and_the_worker_
 
     def rebuilt(worker: WorkerProcess) -> dict[str, float]:
         """The producer was replaced: as ``fenced`` when the coordinator's answer came first,
-        as ``stalled`` when the call's deadline (the same 10 s, which the freeze outlasted)
+        as ``stalled`` when the call's deadline (the same 6 s, which the freeze outlasted)
         expired first on resuming; either way nothing else may have stopped the worker."""
         rebuilds = {
             reason: worker.metric("pipeline_producer_rebuilds_total", reason=reason)
@@ -312,11 +313,12 @@ def test_a_transaction_open_past_its_timeout_fences_the_producer_and_the_worker_
 def test_a_cluster_outage_longer_than_the_transaction_timeout_loses_nothing(
     cluster: LocalKafkaCluster, tmp_path: Any, workers: Workers
 ) -> None:
-    """Every broker frozen (SIGSTOP) for 20 s while the worker has a transaction open, with a
-    10 s transaction timeout: the worker's transactional call runs past its deadline during
-    the outage, and afterwards the coordinators find the transaction expired. The worker
-    must come back without exiting; 0 lost, 0 duplicates."""
-    timeout_s, outage_s = 10.0, 20.0
+    """Every broker frozen (SIGSTOP) for 12 s while the worker has a transaction open, with a
+    6 s transaction timeout: the worker's transactional call runs past its deadline during
+    the outage, and afterwards the coordinators find the transaction expired (the outage is
+    twice the timeout and longer than the brokers' 6 s session timeout, as it was at 20 s and
+    10 s). The worker must come back without exiting; 0 lost, 0 duplicates."""
+    timeout_s, outage_s = 6.0, 12.0
 
     def freeze_cluster(admin: Any, group: str, _txn: str, worker: WorkerProcess) -> Any:
         pids = [pid for pid in cluster.pid if pid is not None]
