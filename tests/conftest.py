@@ -275,10 +275,11 @@ def private_kafka(tmp_path: Path) -> Iterator[Callable[..., LocalKafka]]:
     assert not errors, errors
 
 
-@pytest.fixture
-def torch_one_thread() -> Iterator[None]:
-    """Run torch single-threaded for the test: tiny models on a shared 2-core machine train
-    several times faster without OpenMP threads spinning against other processes."""
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch single-threaded inside, as before afterwards: tiny models on a shared 2-core
+    machine train several times faster without OpenMP threads spinning against other
+    processes. For module-scoped fixtures that train; tests use ``torch_one_thread``."""
     import torch
 
     before = torch.get_num_threads()
@@ -287,6 +288,13 @@ def torch_one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture
+def torch_one_thread() -> Iterator[None]:
+    """Run torch single-threaded for the test (``one_torch_thread``)."""
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture

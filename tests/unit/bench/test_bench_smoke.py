@@ -1,5 +1,7 @@
 """The benchmark scripts run end to end on a tiny slice, so they cannot rot (no timing here)."""
 
+import pytest
+
 from bench import detection_quality, training_speed
 from bench.data import (
     DATASETS,
@@ -11,6 +13,10 @@ from bench.data import (
     split,
     weather,
 )
+
+# one torch thread, restored afterwards: entity_training.main sets the process's thread count
+# (its --threads, default 2), which before this stayed set for every later test
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_datasets_load_with_their_documented_shapes():
@@ -100,9 +106,8 @@ def test_entity_benches_run_on_a_tiny_slice(capsys, tmp_path):
     from bench import entity_quality, entity_training
 
     quick = ["--set", "epochs=2", "--set", "entity_epochs=2"]
-    entity_training.main(
-        ["--entities", "3", "--rows-per-entity", "600", "--loop-sample", "1", *quick]
-    )
+    tiny = ["--entities", "3", "--rows-per-entity", "600", "--loop-sample", "1"]
+    entity_training.main([*tiny, "--threads", "1", *quick])
     assert "batched (one stacked model)" in capsys.readouterr().out
     entity_quality.main(
         [

@@ -17,11 +17,13 @@ from pipeline.contract.entity_scoring import open_entity_scorer
 from pipeline.contract.exceptions import ConfigError
 from pipeline.contract.tabular import encode_record_batch
 from pipeline.devstack.fleet import fleet_frame, fleet_stream
+from tests.conftest import one_torch_thread
 from trainer.evaluate import EvaluationRequest, evaluate
 from trainer.fit import fit
 from trainer.settings import load_trainer_settings
 from trainer.split import SplitOptions, split_indices
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 MACHINES = 6
 
 
@@ -50,7 +52,8 @@ def fleet(tmp_path_factory):
     thin = fleet_frame(40, MACHINES, seed=2, start_id=10_000).assign(machine_id="press-thin")
     data = root / "normal.parquet"
     pd.concat([frame, thin], ignore_index=True).to_parquet(data)
-    manifest = fit(_settings(root, data))
+    with one_torch_thread():  # module-scoped: torch_one_thread is not set up yet
+        manifest = fit(_settings(root, data))
     return root, data, manifest
 
 
