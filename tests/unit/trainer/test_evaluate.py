@@ -13,6 +13,7 @@ from sklearn import metrics as skm
 
 from pipeline.contract.exceptions import DataError
 from pipeline.devstack.sampledata import mixed_stream
+from tests.conftest import one_torch_thread
 from tests.support.training import train_sensors
 from trainer.cli import cli
 from trainer.evaluate import EvaluationRequest, anomaly_labels, evaluate
@@ -24,7 +25,8 @@ REPORT_FILES = {"scores.png", "roc.png", "pr.png", "loss.png", "report.html", "m
 def store(tmp_path_factory):
     """A model trained on normal sensor rows, and labelled rows with injected anomalies."""
     root = tmp_path_factory.mktemp("evaluate")
-    train_sensors(root, 1500, data_seed=3, epochs=8, seed=1, data_name="train")
+    with one_torch_thread():  # module-scoped: torch_one_thread is not set up yet
+        train_sensors(root, 1500, data_seed=3, epochs=8, seed=1, data_name="train")
     frame, injected = mixed_stream(600, 60, seed=5)
     bad = frame["machine_id"].isin(injected)
     frame["label"] = bad.astype(int)

@@ -15,6 +15,7 @@ from pipeline.contract.scoring import Scorer
 from pipeline.contract.tabular import encode_record_batch
 from pipeline.devstack.sampledata import mixed_stream, normal_frame, to_records
 from pipeline.worker.codec import RecordDecoder
+from tests.conftest import one_torch_thread
 from tests.support.training import train_sensors
 from trainer.data import ParquetSource, split_mask
 from trainer.fit import fit
@@ -29,7 +30,8 @@ def trained(tmp_path_factory):
     # 25 epochs, the trainer's default for 4,000 rows (MAX_PASSES); 60 added nothing the tests
     # use: every injected anomaly scores >= 2x the threshold over training seeds 1-5 (3.4x with
     # seed 1), while 10 epochs or fewer miss some (the separation test fails)
-    return root, train_sensors(root, 4000, data_seed=3, epochs=25, seed=1, data_name="train")
+    with one_torch_thread():  # module-scoped: torch_one_thread is not set up yet
+        return root, train_sensors(root, 4000, data_seed=3, epochs=25, seed=1, data_name="train")
 
 
 def test_split_is_deterministic_and_close_to_the_fraction():
