@@ -32,6 +32,7 @@ from trainer.budget import Budget, plan_budget
 from trainer.checkpoint import Checkpointer
 from trainer.data import ParquetSource
 from trainer.distributed import Dist, device_for, init_distributed, shutdown
+from trainer.drift import drifting_columns
 from trainer.fingerprint import data_fingerprint, run_fingerprint
 from trainer.loop import TrainResult, train
 from trainer.progress import make_reporter
@@ -72,6 +73,7 @@ class Prepared:
     part_rows: list[int]  # fit, select, calibrate over all ranks
     local_rows: list[int]  # the same on this rank
     constant_columns: list[str]
+    drifting_columns: list[str]  # numeric columns that move with a time split (trainer.drift)
 
 
 def fit(settings: TrainerSettings) -> Manifest:
@@ -206,8 +208,15 @@ def prepare(s: TrainerSettings, d: Dist) -> Prepared:
         merged.merge(part)
     spec = build_spec(kinds, merged, opts, location)
     _check_parts(merged.part_rows, s)
+    drifting = drifting_columns(kinds, merged, s.split_by or "") if split.kind == "time" else []
     return Prepared(
-        source, split, spec, merged.part_rows, local.part_rows, constant_columns(kinds, merged)
+        source,
+        split,
+        spec,
+        merged.part_rows,
+        local.part_rows,
+        constant_columns(kinds, merged),
+        drifting,
     )
 
 
@@ -265,6 +274,7 @@ def summary_of(
         rows_calibration=data.part_rows[CALIBRATE],
         split=data.split.describe(),
         constant_columns=data.constant_columns,
+        drifting_columns=data.drifting_columns,
         epochs=len(result.train_loss),
         best_epoch=result.best_epoch,
         train_loss=result.train_loss,

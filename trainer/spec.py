@@ -32,7 +32,7 @@ from pipeline.contract.features import (
 )
 from pipeline.contract.tabular import column_values
 from trainer.data import ParquetSource
-from trainer.split import FIT, RowSplit, SplitOptions, plan_split
+from trainer.split import CALIBRATE, FIT, RowSplit, SplitOptions, plan_split
 
 Kind = str  # "numeric" | "boolean" | "categorical" | "vector"
 log = logging.getLogger(__name__)
@@ -163,11 +163,13 @@ class _Moments:
     n: npt.NDArray[np.float64]
     mean: npt.NDArray[np.float64]
     m2: npt.NDArray[np.float64]
+    lo: npt.NDArray[np.float64]  # smallest value seen (inf before any)
+    hi: npt.NDArray[np.float64]
 
     @classmethod
     def empty(cls, width: int) -> _Moments:
         z = np.zeros(width)
-        return cls(z.copy(), z.copy(), z.copy())
+        return cls(z.copy(), z.copy(), z.copy(), np.full(width, np.inf), np.full(width, -np.inf))
 
     def add(self, values: npt.NDArray[np.float64]) -> None:
         """values (rows, width) with NaN for missing."""
@@ -184,6 +186,8 @@ class _Moments:
         self.mean = self.mean + delta * n_b / safe
         self.m2 = self.m2 + m2_b + delta**2 * self.n * n_b / safe
         self.n = n
+        self.lo = np.minimum(self.lo, np.where(ok, values, np.inf).min(axis=0))
+        self.hi = np.maximum(self.hi, np.where(ok, values, -np.inf).max(axis=0))
 
     def merge(self, other: _Moments) -> None:
         """Fold another process's moments into these (Chan et al.)."""
@@ -193,6 +197,8 @@ class _Moments:
         self.mean = self.mean + delta * other.n / safe
         self.m2 = self.m2 + other.m2 + delta**2 * self.n * other.n / safe
         self.n = n
+        self.lo = np.minimum(self.lo, other.lo)
+        self.hi = np.maximum(self.hi, other.hi)
 
     def std(self) -> npt.NDArray[np.float64]:
         return np.sqrt(self.m2 / np.maximum(self.n, 1))
@@ -205,6 +211,8 @@ class SpecStats:
     moments: dict[str, _Moments] = field(default_factory=dict)
     counts: dict[str, Counter[str]] = field(default_factory=dict)
     part_rows: list[int] = field(default_factory=lambda: [0, 0, 0])  # fit, select, calibrate
+    # numeric columns over the calibration rows of a time split: the latest rows (trainer.drift)
+    latest: dict[str, _Moments] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -222,6 +230,11 @@ class SpecStats:
                 mine.merge(mom)
         for name, counts in other.counts.items():
             self.counts.setdefault(name, Counter()).update(counts)
+        for name, mom in other.latest.items():
+            if name in self.latest:
+                self.latest[name].merge(mom)
+            else:
+                self.latest[name] = mom
         self.part_rows = [a + b for a, b in zip(self.part_rows, other.part_rows, strict=True)]
 
 
@@ -252,18 +265,21 @@ def gather_stats(
     source: ParquetSource, kinds: dict[str, Kind], split: RowSplit, rank: int = 0, world: int = 1
 ) -> SpecStats:
     """One streaming pass over this process's shard: moments and category counts of the
-    fit rows, and the number of rows in each part of the split."""
+    fit rows, the number of rows in each part of the split, and (time split) the moments of
+    the numeric columns over the latest rows."""
     stats = SpecStats()
+    numeric = [name for name, kind in kinds.items() if kind == "numeric"]
     for batch in source.batches([*kinds, *split.columns], rank, world):
         parts = split.parts(batch.positions, batch.table)
         for part in range(3):
             stats.part_rows[part] += int((parts == part).sum())
+        latest = parts == CALIBRATE
         fit = parts == FIT
-        if not fit.any():
-            continue
-        rb = batch.table.filter(pa.array(fit))
         try:
-            _add_batch(stats, rb, kinds)
+            if split.kind == "time" and latest.any():
+                _add_latest(stats, batch.table.filter(pa.array(latest)), numeric)
+            if fit.any():
+                _add_batch(stats, batch.table.filter(pa.array(fit)), kinds)
         except DataError as exc:
             raise DataError(f"{exc} in {batch.path}") from exc
     return stats
@@ -281,6 +297,12 @@ def _add_batch(stats: SpecStats, rb: pa.RecordBatch, kinds: dict[str, Kind]) -> 
         if mom.n.shape[0] != width:
             raise DataError(f"vector column {name!r} changes length ({width})")
         mom.add(values)
+
+
+def _add_latest(stats: SpecStats, rb: pa.RecordBatch, numeric: list[str]) -> None:
+    for name in numeric:
+        values = column_values(rb.column(name), "numeric", name)
+        stats.latest.setdefault(name, _Moments.empty(values.shape[1])).add(values)
 
 
 def _category_counts(col: pa.Array) -> Counter[str]:

@@ -133,6 +133,11 @@ class TrainingSummary(BaseModel):
         default_factory=list,
         description="columns constant in the fit rows, kept (any other value scores high)",
     )
+    drifting_columns: list[str] = Field(
+        default_factory=list,
+        description="numeric columns whose latest rows (time split) average outside their "
+        "range in the fit rows: kept, but out of the training range for every later record",
+    )
 
 
 class Manifest(BaseModel):

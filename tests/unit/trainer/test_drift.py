@@ -1,0 +1,83 @@
+"""Fit names the numeric columns that a time split shows moving out of their range."""
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.contract.artifact import load_artifact
+from pipeline.devstack.sampledata import normal_frame
+from trainer.data import ParquetSource
+from trainer.drift import drifting_columns
+from trainer.fit import fit
+from trainer.settings import load_trainer_settings
+from trainer.spec import SpecOptions, SpecStats, _Moments, column_kinds, gather_stats
+from trainer.split import SplitOptions, plan_split
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+ROWS = 2000
+
+
+def _frame_with_time() -> pd.DataFrame:
+    """Sample sensor rows a minute apart, with a counter that only goes up (``month``) and a
+    cycle that repeats inside the training period (``phase``)."""
+    frame = normal_frame(ROWS, seed=3)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    frame["ts"] = [start + timedelta(minutes=i) for i in range(ROWS)]
+    frame["month"] = (np.arange(ROWS) // 200 + 1).astype(np.int64)
+    frame["phase"] = np.sin(np.arange(ROWS) * 2 * np.pi / 300)
+    return frame.sample(frac=1.0, random_state=1)  # files need not be in time order
+
+
+def _stats(path, by: str | None) -> tuple[dict[str, str], SpecStats]:
+    source = ParquetSource(str(path))
+    opts = SpecOptions(id_column="machine_id", split=SplitOptions(by=by))
+    kinds = column_kinds(source, opts)
+    return kinds, gather_stats(source, kinds, plan_split(source, opts.split))
+
+
+def test_a_counter_that_leaves_its_range_is_named_and_a_cycle_is_not(tmp_path, caplog):
+    _frame_with_time().to_parquet(tmp_path / "d.parquet", index=False)
+    kinds, stats = _stats(tmp_path / "d.parquet", "ts")
+    assert stats.moments["month"].hi[0] == 7  # the fit rows are the earliest 70%
+    assert stats.latest["month"].mean[0] == pytest.approx(9.5)  # the latest 20%: 9 and 10
+    with caplog.at_level(logging.WARNING, logger="trainer.drift"):
+        assert drifting_columns(kinds, stats, "ts") == ["month"]
+    (record,) = [r for r in caplog.records if r.msg == "column drifts with time"]
+    assert record.column == "month"
+    assert "--ignore-columns month" in record.detail
+    assert "'ts'" in record.detail
+
+
+def test_without_a_time_split_nothing_is_gathered_or_named(tmp_path):
+    _frame_with_time().drop(columns=["ts"]).to_parquet(tmp_path / "d.parquet", index=False)
+    kinds, stats = _stats(tmp_path / "d.parquet", None)
+    assert stats.latest == {}
+    assert drifting_columns(kinds, stats, "") == []
+
+
+def test_ranges_merge_across_shards_like_the_moments():
+    a, b = _Moments.empty(2), _Moments.empty(2)
+    a.add(np.array([[1.0, np.nan], [3.0, 5.0]]))
+    b.add(np.array([[-2.0, 7.0]]))
+    a.merge(b)
+    assert a.lo.tolist() == [-2.0, 5.0] and a.hi.tolist() == [3.0, 7.0]
+    assert a.n.tolist() == [3.0, 2.0]
+
+
+def test_fit_records_the_drifting_columns_in_the_manifest(tmp_path):
+    _frame_with_time().to_parquet(tmp_path / "d.parquet", index=False)
+    settings = load_trainer_settings(
+        data=str(tmp_path / "d.parquet"),
+        model_store=str(tmp_path / "store"),
+        id_column="machine_id",
+        split_by="ts",
+        device="cpu",
+        epochs=1,
+    )
+    fit(settings)
+    manifest = load_artifact(tmp_path / "store", "default").manifest
+    assert manifest.training.drifting_columns == ["month"]
+    assert "month" in manifest.features.column_names  # kept: the warning is advice

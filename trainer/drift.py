@@ -1,0 +1,73 @@
+"""Numeric columns that move with time, found at fit time under a time split.
+
+With ``--split-by`` a time column, the calibration rows are the latest of the training
+period. A column whose latest rows average outside anything the fit rows held (a month, a
+day counter, a software version that only goes up) will be outside the model's training range
+for every record the worker ever sees. An autoencoder cannot reconstruct a value it never saw,
+so that one column's error grows with time and comes to rank the records by date rather than
+by how abnormal they are: on the benchmark's flights set, the `month` feature's error on the
+later months was 13x its error on the training months (BENCHMARKS.md, "Detection quality").
+Fit keeps such a column (it may be what the user wants watched) and names it: a warning with
+what to do, and ``drifting_columns`` in the manifest.
+
+The rule is deliberately blunt, the latest rows' MEAN outside the fit rows' [min, max], so it
+fires only when most of the latest rows are out of range: a seasonal column (temperature,
+half a year in) stays inside its range and is not named.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from trainer.spec import Kind, SpecStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DriftedColumn:
+    name: str
+    fit_min: float
+    fit_max: float
+    latest_mean: float
+
+
+def drifting_columns(kinds: dict[str, Kind], stats: SpecStats, split_by: str) -> list[str]:
+    """Numeric columns whose latest rows average outside the fit rows' range, each warned."""
+    found = _drifted(kinds, stats)
+    for d in found:
+        _warn(d, split_by)
+    return [d.name for d in found]
+
+
+def _drifted(kinds: dict[str, Kind], stats: SpecStats) -> list[DriftedColumn]:
+    out = []
+    for name, latest in stats.latest.items():
+        fitted = stats.moments.get(name)
+        if kinds.get(name) != "numeric" or fitted is None:
+            continue
+        if not (latest.n.any() and fitted.n.any()):
+            continue  # a column that is all null on one side: no range to compare
+        lo, hi, mean = float(fitted.lo[0]), float(fitted.hi[0]), float(latest.mean[0])
+        if mean < lo or mean > hi:
+            out.append(DriftedColumn(name, lo, hi, mean))
+    return out
+
+
+def _warn(d: DriftedColumn, split_by: str) -> None:
+    log.warning(
+        "column drifts with time",
+        extra={
+            "column": d.name,
+            "fit_min": d.fit_min,
+            "fit_max": d.fit_max,
+            "latest_mean": d.latest_mean,
+            "detail": f"column {d.name!r}: the latest rows (the calibration rows of the split "
+            f"by {split_by!r}) average {d.latest_mean:g}, outside its range in the fit rows "
+            f"[{d.fit_min:g}, {d.fit_max:g}]. Kept, but every record the worker scores will "
+            "be out of its training range and its error will grow with time. If it is a "
+            f"calendar or counter, drop it (--ignore-columns {d.name}) or give it a form that "
+            "repeats (a month as its sine and cosine).",
+        },
+    )
