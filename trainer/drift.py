@@ -67,7 +67,7 @@ def _warn(d: DriftedColumn, split_by: str) -> None:
             f"by {split_by!r}) average {d.latest_mean:g}, outside its range in the fit rows "
             f"[{d.fit_min:g}, {d.fit_max:g}]. Kept, but every record the worker scores will "
             "be out of its training range and its error will grow with time. If it is a "
-            f"calendar or counter, drop it (--ignore-columns {d.name}) or give it a form that "
-            "repeats (a month as its sine and cosine).",
+            f"calendar field or a counter, drop it (--ignore-columns {d.name}), or train on a "
+            "period that covers its whole cycle.",
         },
     )
