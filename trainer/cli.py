@@ -88,6 +88,11 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option(
     "--split-kind", type=click.Choice(["auto", "time", "entity"]), help="How --split-by is read."
 )
+@click.option(
+    "--drop-drifting-columns/--no-drop-drifting-columns",
+    default=None,
+    help="Time split: leave out numeric columns whose latest rows are out of their fit range.",
+)
 @click.option("--seed", type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option(

@@ -7,8 +7,11 @@ for every record the worker ever sees. An autoencoder cannot reconstruct a value
 so that one column's error grows with time and comes to rank the records by date rather than
 by how abnormal they are: on the benchmark's flights set, the `month` feature's error on the
 later months was 13x its error on the training months (BENCHMARKS.md, "Detection quality").
-Fit keeps such a column (it may be what the user wants watched) and names it: a warning with
-what to do, and ``drifting_columns`` in the manifest.
+Fit leaves such a column out of the features by default (``drop_drifting_columns``; the
+manifest lists it in ``training.drifting_columns`` and the spec's ``ignored_columns``) and
+says so in a warning. On the weather set with its month and day kept (the benchmark's first
+version of it, a tuning set), leaving out the month raised ROC-AUC from 0.547 to 0.671 and
+brought the false alarms at q = 0.99 from 65x to 1.9x of 1 - q.
 
 The rule is deliberately blunt, the latest rows' MEAN outside the fit rows' [min, max], so it
 fires only when most of the latest rows are out of range: a seasonal column (temperature,
@@ -33,11 +36,14 @@ class DriftedColumn:
     latest_mean: float
 
 
-def drifting_columns(kinds: dict[str, Kind], stats: SpecStats, split_by: str) -> list[str]:
-    """Numeric columns whose latest rows average outside the fit rows' range, each warned."""
+def drifting_columns(
+    kinds: dict[str, Kind], stats: SpecStats, split_by: str, dropped: bool
+) -> list[str]:
+    """Numeric columns whose latest rows average outside the fit rows' range, each warned
+    about (saying whether fit leaves it out, ``dropped``, or keeps it)."""
     found = _drifted(kinds, stats)
     for d in found:
-        _warn(d, split_by)
+        _warn(d, split_by, dropped)
     return [d.name for d in found]
 
 
@@ -55,19 +61,28 @@ def _drifted(kinds: dict[str, Kind], stats: SpecStats) -> list[DriftedColumn]:
     return out
 
 
-def _warn(d: DriftedColumn, split_by: str) -> None:
+def _warn(d: DriftedColumn, split_by: str, dropped: bool) -> None:
+    seen = (
+        f"column {d.name!r}: the latest rows (the calibration rows of the split by "
+        f"{split_by!r}) average {d.latest_mean:g}, outside its range in the fit rows "
+        f"[{d.fit_min:g}, {d.fit_max:g}], so every record the worker scores would be out of "
+        "its training range."
+    )
+    advice = (
+        " Left out of the features; train on a period that covers its whole cycle to use "
+        "it, or keep it with --no-drop-drifting-columns."
+        if dropped
+        else " Kept (--no-drop-drifting-columns): its error will grow with time and come to "
+        "rank the records by date."
+    )
     log.warning(
         "column drifts with time",
         extra={
             "column": d.name,
+            "dropped": dropped,
             "fit_min": d.fit_min,
             "fit_max": d.fit_max,
             "latest_mean": d.latest_mean,
-            "detail": f"column {d.name!r}: the latest rows (the calibration rows of the split "
-            f"by {split_by!r}) average {d.latest_mean:g}, outside its range in the fit rows "
-            f"[{d.fit_min:g}, {d.fit_max:g}]. Kept, but every record the worker scores will "
-            "be out of its training range and its error will grow with time. If it is a "
-            f"calendar field or a counter, drop it (--ignore-columns {d.name}), or train on a "
-            "period that covers its whole cycle.",
+            "detail": seen + advice,
         },
     )

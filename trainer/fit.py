@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from trainer.progress import make_reporter
 from trainer.rows import SplitRows, bytes_per_row
 from trainer.settings import TrainerSettings
 from trainer.spec import (
+    Kind,
     SpecOptions,
     SpecStats,
     build_spec,
@@ -59,8 +60,6 @@ from trainer.split import (
 from trainer.threshold import HeldOut, fit_unit_scale, held_out_stats
 
 log = logging.getLogger(__name__)
-
-# Settings that do not change the trained model; a checkpoint may be resumed across them.
 
 
 @dataclass(frozen=True)
@@ -206,9 +205,13 @@ def prepare(s: TrainerSettings, d: Dist) -> Prepared:
     merged = SpecStats()
     for part in d.gather(local):
         merged.merge(part)
+    drifting: list[str] = []
+    if split.kind == "time":
+        drifting = drifting_columns(kinds, merged, s.split_by or "", s.drop_drifting_columns)
+        if s.drop_drifting_columns:
+            kinds, opts = _without(kinds, opts, drifting)
     spec = build_spec(kinds, merged, opts, location)
     _check_parts(merged.part_rows, s)
-    drifting = drifting_columns(kinds, merged, s.split_by or "") if split.kind == "time" else []
     return Prepared(
         source,
         split,
@@ -218,6 +221,21 @@ def prepare(s: TrainerSettings, d: Dist) -> Prepared:
         constant_columns(kinds, merged),
         drifting,
     )
+
+
+def _without(
+    kinds: dict[str, Kind], opts: SpecOptions, columns: list[str]
+) -> tuple[dict[str, Kind], SpecOptions]:
+    """The kinds and options with ``columns`` left out of the features (listed as ignored)."""
+    if not columns:
+        return kinds, opts
+    kept = {name: kind for name, kind in kinds.items() if name not in columns}
+    if not kept:
+        raise DataError(
+            f"every feature column drifts with the split column ({', '.join(columns)}); "
+            "nothing is left to fit on. Keep them with --no-drop-drifting-columns."
+        )
+    return kept, replace(opts, ignore_columns=(*opts.ignore_columns, *columns))
 
 
 def _check_parts(rows: list[int], s: TrainerSettings) -> None:

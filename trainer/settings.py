@@ -218,6 +218,12 @@ class TrainerSettings(BaseSettings):
         description="How split_by is read: auto = time for timestamp/date/time columns, "
         "entity otherwise.",
     )
+    drop_drifting_columns: bool = Field(
+        default=True,
+        description="Under a time split, leave out of the features every numeric column whose "
+        "latest (calibration) rows average outside its range in the fit rows: a month or a "
+        "counter, out of range for every later record (trainer.drift). False keeps them.",
+    )
     quantile: float = Field(
         default=0.99,
         gt=0,

@@ -136,7 +136,8 @@ class TrainingSummary(BaseModel):
     drifting_columns: list[str] = Field(
         default_factory=list,
         description="numeric columns whose latest rows (time split) average outside their "
-        "range in the fit rows: kept, but out of the training range for every later record",
+        "range in the fit rows: out of the training range for every later record; left out "
+        "of the features (the spec's ignored_columns) unless drop_drifting_columns is off",
     )
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from pipeline.contract.artifact import load_artifact
+from pipeline.contract.exceptions import DataError
 from pipeline.devstack.sampledata import normal_frame
 from trainer.data import ParquetSource
 from trainer.drift import drifting_columns
@@ -44,18 +45,18 @@ def test_a_counter_that_leaves_its_range_is_named_and_a_cycle_is_not(tmp_path, c
     assert stats.moments["month"].hi[0] == 7  # the fit rows are the earliest 70%
     assert stats.latest["month"].mean[0] == pytest.approx(9.5)  # the latest 20%: 9 and 10
     with caplog.at_level(logging.WARNING, logger="trainer.drift"):
-        assert drifting_columns(kinds, stats, "ts") == ["month"]
+        assert drifting_columns(kinds, stats, "ts", dropped=True) == ["month"]
     (record,) = [r for r in caplog.records if r.msg == "column drifts with time"]
     assert record.column == "month"
-    assert "--ignore-columns month" in record.detail
-    assert "'ts'" in record.detail
+    assert "--no-drop-drifting-columns" in record.detail
+    assert "'ts'" in record.detail and "Left out of the features" in record.detail
 
 
 def test_without_a_time_split_nothing_is_gathered_or_named(tmp_path):
     _frame_with_time().drop(columns=["ts"]).to_parquet(tmp_path / "d.parquet", index=False)
     kinds, stats = _stats(tmp_path / "d.parquet", None)
     assert stats.latest == {}
-    assert drifting_columns(kinds, stats, "") == []
+    assert drifting_columns(kinds, stats, "", dropped=True) == []
 
 
 def test_ranges_merge_across_shards_like_the_moments():
@@ -67,17 +68,41 @@ def test_ranges_merge_across_shards_like_the_moments():
     assert a.n.tolist() == [3.0, 2.0]
 
 
-def test_fit_records_the_drifting_columns_in_the_manifest(tmp_path):
-    _frame_with_time().to_parquet(tmp_path / "d.parquet", index=False)
-    settings = load_trainer_settings(
+def _fit_settings(tmp_path, **overrides):
+    overrides.setdefault("id_column", "machine_id")
+    return load_trainer_settings(
         data=str(tmp_path / "d.parquet"),
         model_store=str(tmp_path / "store"),
-        id_column="machine_id",
         split_by="ts",
         device="cpu",
         epochs=1,
+        **overrides,
     )
-    fit(settings)
+
+
+def test_fit_leaves_a_drifting_column_out_and_the_manifest_says_so(tmp_path):
+    _frame_with_time().to_parquet(tmp_path / "d.parquet", index=False)
+    fit(_fit_settings(tmp_path))
     manifest = load_artifact(tmp_path / "store", "default").manifest
     assert manifest.training.drifting_columns == ["month"]
-    assert "month" in manifest.features.column_names  # kept: the warning is advice
+    assert "month" not in manifest.features.column_names
+    assert "month" in manifest.features.ignored_columns
+    assert "phase" in manifest.features.column_names
+
+
+def test_no_drop_drifting_columns_keeps_it_with_the_warning(tmp_path, caplog):
+    _frame_with_time().to_parquet(tmp_path / "d.parquet", index=False)
+    with caplog.at_level(logging.WARNING, logger="trainer.drift"):
+        fit(_fit_settings(tmp_path, drop_drifting_columns=False))
+    manifest = load_artifact(tmp_path / "store", "default").manifest
+    assert manifest.training.drifting_columns == ["month"]
+    assert "month" in manifest.features.column_names
+    (record,) = [r for r in caplog.records if r.msg == "column drifts with time"]
+    assert record.dropped is False and "Kept" in record.detail
+
+
+def test_when_every_feature_drifts_fit_refuses_and_names_them(tmp_path):
+    frame = _frame_with_time()[["ts", "month"]]
+    frame.to_parquet(tmp_path / "d.parquet", index=False)
+    with pytest.raises(DataError, match=r"every feature column drifts .*\(month\)"):
+        fit(_fit_settings(tmp_path, id_column=None))  # ts splits, month is all there is
