@@ -1,5 +1,6 @@
 """Fit names the numeric columns that a time split shows moving out of their range."""
 
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -10,6 +11,7 @@ import pytest
 from pipeline.contract.artifact import load_artifact
 from pipeline.contract.exceptions import DataError
 from pipeline.devstack.sampledata import normal_frame
+from tests.support.training import run_trainer
 from trainer.data import ParquetSource
 from trainer.drift import drifting_columns
 from trainer.fit import fit
@@ -90,15 +92,21 @@ def test_fit_leaves_a_drifting_column_out_and_the_manifest_says_so(tmp_path):
     assert "phase" in manifest.features.column_names
 
 
-def test_no_drop_drifting_columns_keeps_it_with_the_warning(tmp_path, caplog):
+def test_no_drop_drifting_columns_keeps_it_with_the_warning(tmp_path):
     _frame_with_time().to_parquet(tmp_path / "d.parquet", index=False)
-    with caplog.at_level(logging.WARNING, logger="trainer.drift"):
-        fit(_fit_settings(tmp_path, drop_drifting_columns=False))
+    run = run_trainer(
+        "--data", tmp_path / "d.parquet", "--model-store", tmp_path / "store",
+        "--id-column", "machine_id", "--split-by", "ts", "--epochs", "1", "--device", "cpu",
+        "--no-drop-drifting-columns", "--progress", "log",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
     manifest = load_artifact(tmp_path / "store", "default").manifest
     assert manifest.training.drifting_columns == ["month"]
     assert "month" in manifest.features.column_names
-    (record,) = [r for r in caplog.records if r.msg == "column drifts with time"]
-    assert record.dropped is False and "Kept" in record.detail
+    lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    (warning,) = [line for line in lines if line.get("msg") == "column drifts with time"]
+    assert warning["column"] == "month" and warning["dropped"] is False
+    assert "Kept" in warning["detail"]
 
 
 def test_when_every_feature_drifts_fit_refuses_and_names_them(tmp_path):
