@@ -1,4 +1,4 @@
-"""Numeric columns that move with time, found at fit time under a time split.
+"""Columns that move with time, found at fit time under a time split.
 
 With ``--split-by`` a time column, the calibration rows are the latest of the training
 period. A column whose latest rows average outside anything the fit rows held (a month, a
@@ -13,9 +13,11 @@ says so in a warning. On the weather set with its month and day kept (the benchm
 version of it, a tuning set), leaving out the month raised ROC-AUC from 0.547 to 0.671 and
 brought the false alarms at q = 0.99 from 65x to 1.9x of 1 - q.
 
-The rule is deliberately blunt, the latest rows' MEAN outside the fit rows' [min, max], so it
-fires only when most of the latest rows are out of range: a seasonal column (temperature,
-half a year in) stays inside its range and is not named.
+The rules are deliberately blunt, so they fire only when most of the latest rows are out of
+range: for a numeric column, the latest rows' MEAN outside the fit rows' [min, max] (a
+seasonal column such as temperature, half a year in, stays inside its range and is not
+named); for a categorical one, more than half of the latest rows in categories the fit rows
+never had (a date or a build id read as text).
 """
 
 from __future__ import annotations
@@ -28,44 +30,65 @@ from trainer.spec import Kind, SpecStats
 log = logging.getLogger(__name__)
 
 
+NEW_CATEGORY_SHARE = 0.5  # drifts above this share of latest rows in categories never fitted
+
+
 @dataclass(frozen=True)
 class DriftedColumn:
     name: str
-    fit_min: float
-    fit_max: float
-    latest_mean: float
+    evidence: str  # what the latest rows showed, for the warning
+    fields: dict[str, float]
 
 
 def drifting_columns(
     kinds: dict[str, Kind], stats: SpecStats, split_by: str, dropped: bool
 ) -> list[str]:
-    """Numeric columns whose latest rows average outside the fit rows' range, each warned
-    about (saying whether fit leaves it out, ``dropped``, or keeps it)."""
-    found = _drifted(kinds, stats)
+    """Columns whose latest rows lie outside what the fit rows held, each warned about
+    (saying whether fit leaves it out, ``dropped``, or keeps it)."""
+    found = [d for name in kinds if (d := _drifted(name, kinds[name], stats)) is not None]
     for d in found:
         _warn(d, split_by, dropped)
     return [d.name for d in found]
 
 
-def _drifted(kinds: dict[str, Kind], stats: SpecStats) -> list[DriftedColumn]:
-    out = []
-    for name, latest in stats.latest.items():
-        fitted = stats.moments.get(name)
-        if kinds.get(name) != "numeric" or fitted is None:
-            continue
-        if not (latest.n.any() and fitted.n.any()):
-            continue  # a column that is all null on one side: no range to compare
-        lo, hi, mean = float(fitted.lo[0]), float(fitted.hi[0]), float(latest.mean[0])
-        if mean < lo or mean > hi:
-            out.append(DriftedColumn(name, lo, hi, mean))
-    return out
+def _drifted(name: str, kind: Kind, stats: SpecStats) -> DriftedColumn | None:
+    if kind == "numeric":
+        return _numeric_drift(name, stats)
+    if kind == "categorical":
+        return _category_drift(name, stats)
+    return None
+
+
+def _numeric_drift(name: str, stats: SpecStats) -> DriftedColumn | None:
+    """The latest rows' mean outside the fit rows' [min, max]."""
+    latest, fitted = stats.latest.get(name), stats.moments.get(name)
+    if latest is None or fitted is None or not (latest.n.any() and fitted.n.any()):
+        return None  # a column that is all null on one side: no range to compare
+    lo, hi, mean = float(fitted.lo[0]), float(fitted.hi[0]), float(latest.mean[0])
+    if lo <= mean <= hi:
+        return None
+    evidence = f"average {mean:g}, outside its range in the fit rows [{lo:g}, {hi:g}]"
+    return DriftedColumn(name, evidence, {"fit_min": lo, "fit_max": hi, "latest_mean": mean})
+
+
+def _category_drift(name: str, stats: SpecStats) -> DriftedColumn | None:
+    """Most of the latest rows in categories the fit rows never had (a date or a build id
+    read as text): all of them would fall in the unknown bucket."""
+    latest, fitted = stats.latest_counts.get(name), stats.counts.get(name)
+    total = sum(latest.values()) if latest else 0
+    if not latest or not fitted or total == 0:
+        return None
+    new = sum(n for value, n in latest.items() if value not in fitted) / total
+    if new <= NEW_CATEGORY_SHARE:
+        return None
+    evidence = f"are {new:.0%} in categories the fit rows never had"
+    return DriftedColumn(name, evidence, {"new_category_share": new})
 
 
 def _warn(d: DriftedColumn, split_by: str, dropped: bool) -> None:
     seen = (
         f"column {d.name!r}: the latest rows (the calibration rows of the split by "
-        f"{split_by!r}) average {d.latest_mean:g}, outside its range in the fit rows "
-        f"[{d.fit_min:g}, {d.fit_max:g}], so every record the worker scores would be out of "
+        f"{split_by!r}) {d.evidence}, so every record the worker scores would be out of "
         "its training range."
     )
     advice = (
@@ -77,12 +100,5 @@ def _warn(d: DriftedColumn, split_by: str, dropped: bool) -> None:
     )
     log.warning(
         "column drifts with time",
-        extra={
-            "column": d.name,
-            "dropped": dropped,
-            "fit_min": d.fit_min,
-            "fit_max": d.fit_max,
-            "latest_mean": d.latest_mean,
-            "detail": seen + advice,
-        },
+        extra={"column": d.name, "dropped": dropped, **d.fields, "detail": seen + advice},
     )

@@ -220,9 +220,10 @@ class TrainerSettings(BaseSettings):
     )
     drop_drifting_columns: bool = Field(
         default=True,
-        description="Under a time split, leave out of the features every numeric column whose "
-        "latest (calibration) rows average outside its range in the fit rows: a month or a "
-        "counter, out of range for every later record (trainer.drift). False keeps them.",
+        description="Under a time split, leave out of the features every column whose latest "
+        "(calibration) rows lie outside the fit rows: a numeric one averaging outside its fit "
+        "range (a month, a counter), a categorical one mostly in categories never fitted (a "
+        "build id); out of range for every later record (trainer.drift). False keeps them.",
     )
     quantile: float = Field(
         default=0.99,

@@ -211,8 +211,10 @@ class SpecStats:
     moments: dict[str, _Moments] = field(default_factory=dict)
     counts: dict[str, Counter[str]] = field(default_factory=dict)
     part_rows: list[int] = field(default_factory=lambda: [0, 0, 0])  # fit, select, calibrate
-    # numeric columns over the calibration rows of a time split: the latest rows (trainer.drift)
+    # numeric and categorical columns over the calibration rows of a time split, the latest
+    # rows (trainer.drift)
     latest: dict[str, _Moments] = field(default_factory=dict)
+    latest_counts: dict[str, Counter[str]] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -230,6 +232,8 @@ class SpecStats:
                 mine.merge(mom)
         for name, counts in other.counts.items():
             self.counts.setdefault(name, Counter()).update(counts)
+        for name, counts in other.latest_counts.items():
+            self.latest_counts.setdefault(name, Counter()).update(counts)
         for name, mom in other.latest.items():
             if name in self.latest:
                 self.latest[name].merge(mom)
@@ -266,9 +270,8 @@ def gather_stats(
 ) -> SpecStats:
     """One streaming pass over this process's shard: moments and category counts of the
     fit rows, the number of rows in each part of the split, and (time split) the moments of
-    the numeric columns over the latest rows."""
+    the numeric columns and the counts of the categorical ones over the latest rows."""
     stats = SpecStats()
-    numeric = [name for name, kind in kinds.items() if kind == "numeric"]
     for batch in source.batches([*kinds, *split.columns], rank, world):
         parts = split.parts(batch.positions, batch.table)
         for part in range(3):
@@ -277,7 +280,7 @@ def gather_stats(
         fit = parts == FIT
         try:
             if split.kind == "time" and latest.any():
-                _add_latest(stats, batch.table.filter(pa.array(latest)), numeric)
+                _add_latest(stats, batch.table.filter(pa.array(latest)), kinds)
             if fit.any():
                 _add_batch(stats, batch.table.filter(pa.array(fit)), kinds)
         except DataError as exc:
@@ -299,10 +302,14 @@ def _add_batch(stats: SpecStats, rb: pa.RecordBatch, kinds: dict[str, Kind]) -> 
         mom.add(values)
 
 
-def _add_latest(stats: SpecStats, rb: pa.RecordBatch, numeric: list[str]) -> None:
-    for name in numeric:
-        values = column_values(rb.column(name), "numeric", name)
-        stats.latest.setdefault(name, _Moments.empty(values.shape[1])).add(values)
+def _add_latest(stats: SpecStats, rb: pa.RecordBatch, kinds: dict[str, Kind]) -> None:
+    for name, kind in kinds.items():
+        if kind == "categorical":
+            counts = _category_counts(rb.column(name))
+            stats.latest_counts.setdefault(name, Counter()).update(counts)
+        elif kind == "numeric":
+            values = column_values(rb.column(name), "numeric", name)
+            stats.latest.setdefault(name, _Moments.empty(values.shape[1])).add(values)
 
 
 def _category_counts(col: pa.Array) -> Counter[str]:

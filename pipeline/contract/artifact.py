@@ -135,8 +135,9 @@ class TrainingSummary(BaseModel):
     )
     drifting_columns: list[str] = Field(
         default_factory=list,
-        description="numeric columns whose latest rows (time split) average outside their "
-        "range in the fit rows: out of the training range for every later record; left out "
+        description="columns whose latest rows (time split) lie outside the fit rows (numeric: "
+        "mean outside the fit range; categorical: mostly new categories): out of the training "
+        "range for every later record; left out "
         "of the features (the spec's ignored_columns) unless drop_drifting_columns is off",
     )
 

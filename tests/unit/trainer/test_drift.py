@@ -2,6 +2,7 @@
 
 import json
 import logging
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -31,6 +32,8 @@ def _frame_with_time() -> pd.DataFrame:
     frame["ts"] = [start + timedelta(minutes=i) for i in range(ROWS)]
     frame["month"] = (np.arange(ROWS) // 200 + 1).astype(np.int64)
     frame["phase"] = np.sin(np.arange(ROWS) * 2 * np.pi / 300)
+    frame["build"] = [f"b{i // 100}" for i in range(ROWS)]  # a new build every 100 minutes
+    frame["shift"] = [("day", "night")[(i // 60) % 2] for i in range(ROWS)]  # repeats
     return frame.sample(frac=1.0, random_state=1)  # files need not be in time order
 
 
@@ -41,23 +44,35 @@ def _stats(path, by: str | None) -> tuple[dict[str, str], SpecStats]:
     return kinds, gather_stats(source, kinds, plan_split(source, opts.split))
 
 
-def test_a_counter_that_leaves_its_range_is_named_and_a_cycle_is_not(tmp_path, caplog):
+def test_a_counter_and_new_builds_are_named_and_cycles_are_not(tmp_path, caplog):
     _frame_with_time().to_parquet(tmp_path / "d.parquet", index=False)
     kinds, stats = _stats(tmp_path / "d.parquet", "ts")
     assert stats.moments["month"].hi[0] == 7  # the fit rows are the earliest 70%
     assert stats.latest["month"].mean[0] == pytest.approx(9.5)  # the latest 20%: 9 and 10
     with caplog.at_level(logging.WARNING, logger="trainer.drift"):
-        assert drifting_columns(kinds, stats, "ts", dropped=True) == ["month"]
-    (record,) = [r for r in caplog.records if r.msg == "column drifts with time"]
+        assert drifting_columns(kinds, stats, "ts", dropped=True) == ["month", "build"]
+    (record, _) = [r for r in caplog.records if r.msg == "column drifts with time"]
     assert record.column == "month"
     assert "--no-drop-drifting-columns" in record.detail
     assert "'ts'" in record.detail and "Left out of the features" in record.detail
 
 
+def test_a_categorical_column_drifts_when_most_latest_rows_are_new_categories(caplog):
+    stats = SpecStats()
+    stats.counts["build"] = Counter({"b1": 50, "b2": 50})
+    kinds = {"build": "categorical"}
+    stats.latest_counts["build"] = Counter({"b2": 50, "b3": 50})  # half new: not yet
+    assert drifting_columns(kinds, stats, "ts", dropped=True) == []
+    stats.latest_counts["build"] = Counter({"b2": 49, "b3": 51})
+    with caplog.at_level(logging.WARNING, logger="trainer.drift"):
+        assert drifting_columns(kinds, stats, "ts", dropped=True) == ["build"]
+    assert "51% in categories the fit rows never had" in caplog.records[0].detail
+
+
 def test_without_a_time_split_nothing_is_gathered_or_named(tmp_path):
     _frame_with_time().drop(columns=["ts"]).to_parquet(tmp_path / "d.parquet", index=False)
     kinds, stats = _stats(tmp_path / "d.parquet", None)
-    assert stats.latest == {}
+    assert stats.latest == {} and stats.latest_counts == {}
     assert drifting_columns(kinds, stats, "", dropped=True) == []
 
 
@@ -86,10 +101,10 @@ def test_fit_leaves_a_drifting_column_out_and_the_manifest_says_so(tmp_path):
     _frame_with_time().to_parquet(tmp_path / "d.parquet", index=False)
     fit(_fit_settings(tmp_path))
     manifest = load_artifact(tmp_path / "store", "default").manifest
-    assert manifest.training.drifting_columns == ["month"]
-    assert "month" not in manifest.features.column_names
-    assert "month" in manifest.features.ignored_columns
-    assert "phase" in manifest.features.column_names
+    assert manifest.training.drifting_columns == ["month", "build"]
+    assert not {"month", "build"} & set(manifest.features.column_names)
+    assert {"month", "build"} <= set(manifest.features.ignored_columns)
+    assert {"phase", "shift"} <= set(manifest.features.column_names)
 
 
 def test_no_drop_drifting_columns_keeps_it_with_the_warning(tmp_path):
@@ -101,16 +116,16 @@ def test_no_drop_drifting_columns_keeps_it_with_the_warning(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     manifest = load_artifact(tmp_path / "store", "default").manifest
-    assert manifest.training.drifting_columns == ["month"]
+    assert manifest.training.drifting_columns == ["month", "build"]
     assert "month" in manifest.features.column_names
     lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
-    (warning,) = [line for line in lines if line.get("msg") == "column drifts with time"]
+    (warning, _) = [line for line in lines if line.get("msg") == "column drifts with time"]
     assert warning["column"] == "month" and warning["dropped"] is False
     assert "Kept" in warning["detail"]
 
 
 def test_when_every_feature_drifts_fit_refuses_and_names_them(tmp_path):
-    frame = _frame_with_time()[["ts", "month"]]
+    frame = _frame_with_time()[["ts", "month", "build"]]
     frame.to_parquet(tmp_path / "d.parquet", index=False)
-    with pytest.raises(DataError, match=r"every feature column drifts .*\(month\)"):
+    with pytest.raises(DataError, match=r"every feature column drifts .*\(month, build\)"):
         fit(_fit_settings(tmp_path, id_column=None))  # ts splits, month is all there is
