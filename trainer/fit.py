@@ -72,7 +72,7 @@ class Prepared:
     part_rows: list[int]  # fit, select, calibrate over all ranks
     local_rows: list[int]  # the same on this rank
     constant_columns: list[str]
-    drifting_columns: list[str]  # numeric columns that move with a time split (trainer.drift)
+    drifting_columns: list[str]  # columns that move with a time split (trainer.drift)
 
 
 def fit(settings: TrainerSettings) -> Manifest:
