@@ -52,7 +52,7 @@ def drifting_columns(
 
 
 def _drifted(name: str, kind: Kind, stats: SpecStats) -> DriftedColumn | None:
-    if kind == "numeric":
+    if name in stats.latest:  # numeric when gathered, even if now read as levels (max_levels)
         return _numeric_drift(name, stats)
     if kind == "categorical":
         return _category_drift(name, stats)

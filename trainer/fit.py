@@ -45,6 +45,7 @@ from trainer.spec import (
     build_spec,
     column_kinds,
     constant_columns,
+    discrete_as_categorical,
     gather_stats,
 )
 from trainer.split import (
@@ -205,6 +206,7 @@ def prepare(s: TrainerSettings, d: Dist) -> Prepared:
     merged = SpecStats()
     for part in d.gather(local):
         merged.merge(part)
+    kinds = discrete_as_categorical(kinds, merged, opts)
     drifting: list[str] = []
     if split.kind == "time":
         drifting = drifting_columns(kinds, merged, s.split_by or "", s.drop_drifting_columns)
@@ -382,6 +384,7 @@ def _spec_options(s: TrainerSettings) -> SpecOptions:
         categorical_columns=tuple(s.categorical_columns),
         numeric_columns=tuple(s.numeric_columns),
         max_categories=s.max_categories,
+        max_levels=s.max_levels,
         missing=s.missing,
         split=split_options(s),
     )

@@ -107,6 +107,16 @@ def test_fit_leaves_a_drifting_column_out_and_the_manifest_says_so(tmp_path):
     assert {"phase", "shift"} <= set(manifest.features.column_names)
 
 
+def test_a_drifting_number_read_as_levels_is_still_left_out(tmp_path):
+    """With --max-levels the month (7 levels in the fit rows) is read as categorical; the
+    later months would all be "unknown", so it is still a drifting column."""
+    _frame_with_time().to_parquet(tmp_path / "d.parquet", index=False)
+    fit(_fit_settings(tmp_path, max_levels=10))
+    manifest = load_artifact(tmp_path / "store", "default").manifest
+    assert manifest.training.drifting_columns == ["month", "build"]
+    assert "month" not in manifest.features.column_names
+
+
 def test_no_drop_drifting_columns_keeps_it_with_the_warning(tmp_path):
     _frame_with_time().to_parquet(tmp_path / "d.parquet", index=False)
     run = run_trainer(
