@@ -49,6 +49,9 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option("--categorical-columns", help="Comma-separated columns to treat as categorical.")
 @click.option("--numeric-columns", help="Comma-separated columns to treat as numeric.")
 @click.option("--max-categories", type=int, help="Most frequent values kept per categorical.")
+@click.option(
+    "--max-levels", type=int, help="Numeric columns with 2..N distinct values: categorical."
+)
 @click.option("--missing", type=click.Choice(["impute", "reject"]), help="Serving null policy.")
 @click.option("--entity-column", help="One model per value of this column, plus a fallback.")
 @click.option("--min-entity-rows", type=int, help="Fewest rows for an entity's own model.")
@@ -87,6 +90,11 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option("--split-by", help="Time or entity column keeping related rows on one side.")
 @click.option(
     "--split-kind", type=click.Choice(["auto", "time", "entity"]), help="How --split-by is read."
+)
+@click.option(
+    "--drop-drifting-columns/--no-drop-drifting-columns",
+    default=None,
+    help="Time split: leave out numeric columns whose latest rows are out of their fit range.",
 )
 @click.option("--seed", type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -32,17 +32,20 @@ from trainer.budget import Budget, plan_budget
 from trainer.checkpoint import Checkpointer
 from trainer.data import ParquetSource
 from trainer.distributed import Dist, device_for, init_distributed, shutdown
+from trainer.drift import drifting_columns
 from trainer.fingerprint import data_fingerprint, run_fingerprint
 from trainer.loop import TrainResult, train
 from trainer.progress import make_reporter
 from trainer.rows import SplitRows, bytes_per_row
 from trainer.settings import TrainerSettings
 from trainer.spec import (
+    Kind,
     SpecOptions,
     SpecStats,
     build_spec,
     column_kinds,
     constant_columns,
+    discrete_as_categorical,
     gather_stats,
 )
 from trainer.split import (
@@ -59,8 +62,6 @@ from trainer.threshold import HeldOut, fit_unit_scale, held_out_stats
 
 log = logging.getLogger(__name__)
 
-# Settings that do not change the trained model; a checkpoint may be resumed across them.
-
 
 @dataclass(frozen=True)
 class Prepared:
@@ -72,6 +73,7 @@ class Prepared:
     part_rows: list[int]  # fit, select, calibrate over all ranks
     local_rows: list[int]  # the same on this rank
     constant_columns: list[str]
+    drifting_columns: list[str]  # columns that move with a time split (trainer.drift)
 
 
 def fit(settings: TrainerSettings) -> Manifest:
@@ -204,11 +206,38 @@ def prepare(s: TrainerSettings, d: Dist) -> Prepared:
     merged = SpecStats()
     for part in d.gather(local):
         merged.merge(part)
+    kinds = discrete_as_categorical(kinds, merged, opts)
+    drifting: list[str] = []
+    if split.kind == "time":
+        drifting = drifting_columns(kinds, merged, s.split_by or "", s.drop_drifting_columns)
+        if s.drop_drifting_columns:
+            kinds, opts = _without(kinds, opts, drifting)
     spec = build_spec(kinds, merged, opts, location)
     _check_parts(merged.part_rows, s)
     return Prepared(
-        source, split, spec, merged.part_rows, local.part_rows, constant_columns(kinds, merged)
+        source,
+        split,
+        spec,
+        merged.part_rows,
+        local.part_rows,
+        constant_columns(kinds, merged),
+        drifting,
     )
+
+
+def _without(
+    kinds: dict[str, Kind], opts: SpecOptions, columns: list[str]
+) -> tuple[dict[str, Kind], SpecOptions]:
+    """The kinds and options with ``columns`` left out of the features (listed as ignored)."""
+    if not columns:
+        return kinds, opts
+    kept = {name: kind for name, kind in kinds.items() if name not in columns}
+    if not kept:
+        raise DataError(
+            f"every feature column drifts with the split column ({', '.join(columns)}); "
+            "nothing is left to fit on. Keep them with --no-drop-drifting-columns."
+        )
+    return kept, replace(opts, ignore_columns=(*opts.ignore_columns, *columns))
 
 
 def _check_parts(rows: list[int], s: TrainerSettings) -> None:
@@ -265,6 +294,7 @@ def summary_of(
         rows_calibration=data.part_rows[CALIBRATE],
         split=data.split.describe(),
         constant_columns=data.constant_columns,
+        drifting_columns=data.drifting_columns,
         epochs=len(result.train_loss),
         best_epoch=result.best_epoch,
         train_loss=result.train_loss,
@@ -354,6 +384,7 @@ def _spec_options(s: TrainerSettings) -> SpecOptions:
         categorical_columns=tuple(s.categorical_columns),
         numeric_columns=tuple(s.numeric_columns),
         max_categories=s.max_categories,
+        max_levels=s.max_levels,
         missing=s.missing,
         split=split_options(s),
     )

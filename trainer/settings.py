@@ -63,6 +63,15 @@ class TrainerSettings(BaseSettings):
     max_categories: int = Field(
         default=50, ge=1, le=100_000, description="Most frequent values kept per categorical."
     )
+    max_levels: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="A numeric column with 2 to this many distinct values in the fit rows (a "
+        "score, a rating, a code) is read as categorical unless named in numeric_columns: "
+        "better on rare combinations of common levels, worse on a value far outside them "
+        "(README: Discrete columns); 0 (default): never.",
+    )
     missing: Literal["impute", "reject"] = Field(
         default="impute", description="Serving policy for JSON nulls (README: Missing values)."
     )
@@ -217,6 +226,13 @@ class TrainerSettings(BaseSettings):
         default="auto",
         description="How split_by is read: auto = time for timestamp/date/time columns, "
         "entity otherwise.",
+    )
+    drop_drifting_columns: bool = Field(
+        default=True,
+        description="Under a time split, leave out of the features every column whose latest "
+        "(calibration) rows lie outside the fit rows: a numeric one averaging outside its fit "
+        "range (a month, a counter), a categorical one mostly in categories never fitted (a "
+        "build id); out of range for every later record (trainer.drift). False keeps them.",
     )
     quantile: float = Field(
         default=0.99,

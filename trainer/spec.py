@@ -32,12 +32,13 @@ from pipeline.contract.features import (
 )
 from pipeline.contract.tabular import column_values
 from trainer.data import ParquetSource
-from trainer.split import FIT, RowSplit, SplitOptions, plan_split
+from trainer.split import CALIBRATE, FIT, RowSplit, SplitOptions, plan_split
 
 Kind = str  # "numeric" | "boolean" | "categorical" | "vector"
 log = logging.getLogger(__name__)
 CONSTANT_STD = 1e-9  # relative std at or below which a column counts as constant
 CONSTANT_RELATIVE_SCALE = 1e-3
+LEVELS_TRACKED = 100  # distinct values counted per numeric column (max_levels can't exceed)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class SpecOptions:
     categorical_columns: tuple[str, ...] = ()
     numeric_columns: tuple[str, ...] = ()
     max_categories: int = 50
+    max_levels: int = 0  # numeric columns with 2..max_levels distinct values: categorical
     missing: str = "impute"
     split: SplitOptions = field(default_factory=SplitOptions)
 
@@ -163,11 +165,13 @@ class _Moments:
     n: npt.NDArray[np.float64]
     mean: npt.NDArray[np.float64]
     m2: npt.NDArray[np.float64]
+    lo: npt.NDArray[np.float64]  # smallest value seen (inf before any)
+    hi: npt.NDArray[np.float64]
 
     @classmethod
     def empty(cls, width: int) -> _Moments:
         z = np.zeros(width)
-        return cls(z.copy(), z.copy(), z.copy())
+        return cls(z.copy(), z.copy(), z.copy(), np.full(width, np.inf), np.full(width, -np.inf))
 
     def add(self, values: npt.NDArray[np.float64]) -> None:
         """values (rows, width) with NaN for missing."""
@@ -184,6 +188,8 @@ class _Moments:
         self.mean = self.mean + delta * n_b / safe
         self.m2 = self.m2 + m2_b + delta**2 * self.n * n_b / safe
         self.n = n
+        self.lo = np.minimum(self.lo, np.where(ok, values, np.inf).min(axis=0))
+        self.hi = np.maximum(self.hi, np.where(ok, values, -np.inf).max(axis=0))
 
     def merge(self, other: _Moments) -> None:
         """Fold another process's moments into these (Chan et al.)."""
@@ -193,6 +199,8 @@ class _Moments:
         self.mean = self.mean + delta * other.n / safe
         self.m2 = self.m2 + other.m2 + delta**2 * self.n * other.n / safe
         self.n = n
+        self.lo = np.minimum(self.lo, other.lo)
+        self.hi = np.maximum(self.hi, other.hi)
 
     def std(self) -> npt.NDArray[np.float64]:
         return np.sqrt(self.m2 / np.maximum(self.n, 1))
@@ -205,6 +213,12 @@ class SpecStats:
     moments: dict[str, _Moments] = field(default_factory=dict)
     counts: dict[str, Counter[str]] = field(default_factory=dict)
     part_rows: list[int] = field(default_factory=lambda: [0, 0, 0])  # fit, select, calibrate
+    # numeric and categorical columns over the calibration rows of a time split, the latest
+    # rows (trainer.drift)
+    latest: dict[str, _Moments] = field(default_factory=dict)
+    latest_counts: dict[str, Counter[str]] = field(default_factory=dict)
+    # distinct values of each numeric column over the fit rows; None past LEVELS_TRACKED
+    levels: dict[str, Counter[str] | None] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -222,14 +236,63 @@ class SpecStats:
                 mine.merge(mom)
         for name, counts in other.counts.items():
             self.counts.setdefault(name, Counter()).update(counts)
+        for name, theirs in other.levels.items():
+            self.levels[name] = _merge_levels(self.levels.get(name, Counter()), theirs)
+        for name, counts in other.latest_counts.items():
+            self.latest_counts.setdefault(name, Counter()).update(counts)
+        for name, mom in other.latest.items():
+            if name in self.latest:
+                self.latest[name].merge(mom)
+            else:
+                self.latest[name] = mom
         self.part_rows = [a + b for a, b in zip(self.part_rows, other.part_rows, strict=True)]
+
+
+def _merge_levels(mine: Counter[str] | None, theirs: Counter[str] | None) -> Counter[str] | None:
+    if mine is None or theirs is None:
+        return None
+    merged = mine + theirs
+    return merged if len(merged) <= LEVELS_TRACKED else None
 
 
 def infer_spec(source: ParquetSource, opts: SpecOptions) -> tuple[FeatureSpec, int]:
     """The feature spec of the fit rows, and how many fit rows there are."""
     kinds = column_kinds(source, opts)
     stats = gather_stats(source, kinds, plan_split(source, opts.split))
+    kinds = discrete_as_categorical(kinds, stats, opts)
     return build_spec(kinds, stats, opts, source.location), stats.rows
+
+
+def discrete_as_categorical(
+    kinds: dict[str, Kind], stats: SpecStats, opts: SpecOptions
+) -> dict[str, Kind]:
+    """The kinds with every numeric column that takes 2 to ``opts.max_levels`` distinct values
+    in the fit rows read as categorical (unless forced numeric), its values as categories.
+
+    Scores, ratings and codes (a 1-10 cytology score, a -1/0/1 flag) can be categories more
+    than quantities: reconstructed as one number, a rare combination of common levels costs
+    little; as categories, each level's probability is learnt. On the tuning sets with such
+    columns, ROC-AUC went from 0.987 to 0.995 (biopsy: nine 1-10 scores) and from 0.602 to
+    0.619 (lending_club), and from 0.653 to 0.642 on credit (BENCHMARKS.md). It is off by
+    default (``max_levels`` 0) because a category loses the size of a jump: a 1-4 grade that
+    reads 9 falls in the unknown bucket and scored ~3x a normal record's median in the test
+    of this, under the threshold for most records, where as a number it is flagged every
+    time. A constant column (one value) always stays numeric: the constant-column policy
+    covers it.
+    """
+    out = dict(kinds)
+    for name, kind in kinds.items():
+        levels = stats.levels.get(name)
+        if kind != "numeric" or name in opts.numeric_columns or levels is None:
+            continue
+        if 2 <= len(levels) <= opts.max_levels:
+            out[name] = "categorical"
+            stats.counts[name] = levels
+            log.info(
+                "discrete column read as categorical",
+                extra={"column": name, "levels": sorted(levels)},
+            )
+    return out
 
 
 def build_spec(
@@ -252,18 +315,20 @@ def gather_stats(
     source: ParquetSource, kinds: dict[str, Kind], split: RowSplit, rank: int = 0, world: int = 1
 ) -> SpecStats:
     """One streaming pass over this process's shard: moments and category counts of the
-    fit rows, and the number of rows in each part of the split."""
+    fit rows, the number of rows in each part of the split, and (time split) the moments of
+    the numeric columns and the counts of the categorical ones over the latest rows."""
     stats = SpecStats()
     for batch in source.batches([*kinds, *split.columns], rank, world):
         parts = split.parts(batch.positions, batch.table)
         for part in range(3):
             stats.part_rows[part] += int((parts == part).sum())
+        latest = parts == CALIBRATE
         fit = parts == FIT
-        if not fit.any():
-            continue
-        rb = batch.table.filter(pa.array(fit))
         try:
-            _add_batch(stats, rb, kinds)
+            if split.kind == "time" and latest.any():
+                _add_latest(stats, batch.table.filter(pa.array(latest)), kinds)
+            if fit.any():
+                _add_batch(stats, batch.table.filter(pa.array(fit)), kinds)
         except DataError as exc:
             raise DataError(f"{exc} in {batch.path}") from exc
     return stats
@@ -281,6 +346,31 @@ def _add_batch(stats: SpecStats, rb: pa.RecordBatch, kinds: dict[str, Kind]) -> 
         if mom.n.shape[0] != width:
             raise DataError(f"vector column {name!r} changes length ({width})")
         mom.add(values)
+        if kind == "numeric":
+            _add_levels(stats, name, values[:, 0])
+
+
+def _add_levels(stats: SpecStats, name: str, values: npt.NDArray[np.float64]) -> None:
+    """Count a numeric column's distinct values until there are too many to be levels."""
+    mine = stats.levels.get(name, Counter())
+    if mine is None:
+        return
+    distinct, counts = np.unique(values[~np.isnan(values)], return_counts=True)
+    if len(distinct) > LEVELS_TRACKED:
+        stats.levels[name] = None
+        return
+    batch = Counter({category_key(float(v)): int(n) for v, n in zip(distinct, counts, strict=True)})
+    stats.levels[name] = _merge_levels(mine, batch)
+
+
+def _add_latest(stats: SpecStats, rb: pa.RecordBatch, kinds: dict[str, Kind]) -> None:
+    for name, kind in kinds.items():
+        if kind == "categorical":
+            counts = _category_counts(rb.column(name))
+            stats.latest_counts.setdefault(name, Counter()).update(counts)
+        elif kind == "numeric":
+            values = column_values(rb.column(name), "numeric", name)
+            stats.latest.setdefault(name, _Moments.empty(values.shape[1])).add(values)
 
 
 def _category_counts(col: pa.Array) -> Counter[str]:

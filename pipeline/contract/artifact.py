@@ -133,6 +133,13 @@ class TrainingSummary(BaseModel):
         default_factory=list,
         description="columns constant in the fit rows, kept (any other value scores high)",
     )
+    drifting_columns: list[str] = Field(
+        default_factory=list,
+        description="columns whose latest rows (time split) lie outside the fit rows (numeric: "
+        "mean outside the fit range; categorical: mostly new categories): out of the training "
+        "range for every later record; left out "
+        "of the features (the spec's ignored_columns) unless drop_drifting_columns is off",
+    )
 
 
 class Manifest(BaseModel):
