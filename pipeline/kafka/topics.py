@@ -10,7 +10,6 @@ not an error; writing to a topic that does not exist then fails loudly at the fi
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +59,7 @@ def ensure_topics(
         if not missing:
             return []
         replication, min_isr = (durability or TopicDurability()).resolve(brokers)
-        return _create(admin, missing, partitions, replication, min_isr)
+        return create_missing(admin, missing, partitions, replication, min_isr)
     except KafkaError as exc:
         log.warning(
             "could not create or check topics", extra={"topics": topics, "error": repr(exc)}
@@ -70,23 +69,29 @@ def ensure_topics(
         admin.close()
 
 
-def _create(
+def create_missing(
     admin: KafkaAdminClient, missing: list[str], partitions: int, replication: int, min_isr: int
 ) -> list[str]:
-    new = [
-        NewTopic(t, partitions, replication, topic_configs={MIN_ISR: str(min_isr)}) for t in missing
-    ]
-    with contextlib.suppress(TopicAlreadyExistsError):  # another worker was quicker
-        admin.create_topics(new)
-    log.info(
-        "created topics",
-        extra={
-            "topics": missing,
-            "replication_factor": replication,
-            "min_insync_replicas": min_isr,
-        },
-    )
-    return missing
+    """Create each topic on its own, so one that exists after all (another worker was quicker,
+    or the topic list came from a broker that had not heard of it yet) is not reported."""
+    created = []
+    for topic in missing:
+        new = NewTopic(topic, partitions, replication, topic_configs={MIN_ISR: str(min_isr)})
+        try:
+            admin.create_topics([new])
+        except TopicAlreadyExistsError:
+            continue
+        created.append(topic)
+    if created:
+        log.info(
+            "created topics",
+            extra={
+                "topics": created,
+                "replication_factor": replication,
+                "min_insync_replicas": min_isr,
+            },
+        )
+    return created
 
 
 def check_durability(admin: KafkaAdminClient, topics: list[str], brokers: int) -> list[str]:

@@ -13,7 +13,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from pipeline.devstack.localcluster import LocalKafkaCluster
 from pipeline.devstack.localkafka import open_admin
 from pipeline.kafka.settings import KafkaSettings
-from pipeline.kafka.topics import TopicDurability, ensure_topics
+from pipeline.kafka.topics import TopicDurability, create_missing, ensure_topics
 from tests.support.kafka import create_topic
 from tests.support.workers import wait_for
 
@@ -102,3 +102,18 @@ def test_a_single_broker_gets_one_replica_and_no_warning(
     assert durability(kafka_admin, topic) == (expected, max(1, expected - 1))
     assert not caplog.records
     kafka_admin.delete_topics([topic])
+
+
+def test_a_topic_that_exists_already_is_not_reported_as_created(
+    kafka_bootstrap: str, kafka_admin: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The topic list came from a broker that had not yet heard of a topic another client
+    had just created (seen on the three-node cluster): creating it again is refused, and
+    ensure_topics must not say it created it."""
+    made, fresh = create_topic(kafka_admin, prefix="out"), f"out-{uuid.uuid4().hex}"
+    caplog.set_level(logging.INFO, logger="pipeline.kafka.topics")
+    with open_admin(kafka_bootstrap) as admin:
+        assert create_missing(admin, [made, fresh], 1, 1, 1) == [fresh]  # as if the list missed it
+    created = [r for r in caplog.records if r.getMessage() == "created topics"]
+    assert [r.topics for r in created] == [[fresh]]  # type: ignore[attr-defined]
+    kafka_admin.delete_topics([made, fresh])
