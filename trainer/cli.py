@@ -68,6 +68,18 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option("--patience", type=int, help="Early stopping: epochs without validation gain.")
 @click.option("--members", type=int, help="Autoencoders in the ensemble (ae, dae).")
 @click.option(
+    "--diversity",
+    type=float,
+    help="Ensemble: train on the members' error minus this share of their variance "
+    "(default: 0.75 from 1,000 fit rows, else 0).",
+)
+@click.option(
+    "--spread-weight",
+    type=float,
+    help="Ensemble score: mean reconstruction's error plus this times the members' variance "
+    "(default: 0 from 1,000 fit rows, else 1).",
+)
+@click.option(
     "--normalize-errors/--no-normalize-errors",
     default=None,
     help="Divide each error unit by its mean error on the select rows.",

@@ -25,7 +25,7 @@ from pipeline.contract import artifact
 from pipeline.contract.artifact import Manifest, ThresholdInfo, TrainingSummary
 from pipeline.contract.exceptions import ArtifactError, DataError, PipelineError
 from pipeline.contract.features import FeatureSpec
-from pipeline.contract.models import ModelConfig, default_hidden_dims
+from pipeline.contract.models import ModelConfig, default_hidden_dims, ensemble_recipe
 from pipeline.contract.scoring import resolve_device
 from pipeline.contract.store import check_access
 from trainer.budget import Budget, plan_budget
@@ -109,7 +109,7 @@ def _fit(s: TrainerSettings, d: Dist) -> Manifest:
     started = time.monotonic()
     device = device_for(d, resolve_device(s.device))
     data = prepare(s, d)
-    config = model_config(data.spec, s)
+    config = model_config(data.spec, s, data.part_rows[FIT])
     fitted = fit_model(s, d, data, config, device)
     summary = summary_of(s, data, fitted, device, d, started)
     manifest = _publish_on_rank0(s, d, data.spec, config, fitted.result, fitted.held, summary, data)
@@ -251,13 +251,18 @@ def _check_parts(rows: list[int], s: TrainerSettings) -> None:
             )
 
 
-def model_config(spec: FeatureSpec, s: TrainerSettings) -> ModelConfig:
+def model_config(spec: FeatureSpec, s: TrainerSettings, fit_rows: int | None = None) -> ModelConfig:
     """The architecture for this spec: sized from the input width unless given; an ensemble
-    of ``members`` where the kind allows it; error units normalised unless turned off."""
+    of ``members`` where the kind allows it, trained and scored as ``ensemble_recipe`` says
+    for ``fit_rows`` unless given; error units normalised unless turned off."""
     # per-entity models (trainer.entity_fit) stack single plain autoencoders
     single = s.model == "vae" or s.norm == "batch" or bool(s.entity_column)
     members = 1 if single else s.members
     hidden, latent = default_hidden_dims(spec.input_dim, members)
+    diversity, spread_weight = ensemble_recipe(fit_rows) if members > 1 else (0.0, 1.0)
+    if members > 1:
+        diversity = diversity if s.diversity is None else s.diversity
+        spread_weight = spread_weight if s.spread_weight is None else s.spread_weight
     return ModelConfig(
         kind=s.model,
         input_dim=spec.input_dim,
@@ -272,6 +277,8 @@ def model_config(spec: FeatureSpec, s: TrainerSettings) -> ModelConfig:
         noise_level=s.noise_level,
         score=s.score,
         members=members,
+        diversity=diversity,
+        spread_weight=spread_weight,
         error_units=spec.n_units if s.normalize_errors and not s.entity_column else 0,
     )
 

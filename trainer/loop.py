@@ -76,7 +76,8 @@ class TrainStep(nn.Module):
     def forward(self, cont: Tensor, cat: Tensor) -> Tensor:
         x = self.scorer.model_input(cont, cat)  # (B, D_in)
         recon, extra = self.scorer.model.training_forward(x)
-        return self.scorer.unit_errors(x, recon, cat).mean() + extra
+        weight = 1.0 - self.scorer.model.config.diversity  # negative correlation learning
+        return self.scorer.unit_errors(x, recon, cat, weight).mean() + extra
 
 
 # Below this many weights, CPU bfloat16 autocast loses: casting dominates tiny matmuls (the

@@ -21,6 +21,9 @@ from pipeline.common.envvars import describe_validation_error
 from pipeline.contract.exceptions import ConfigError
 from pipeline.contract.models import (
     DEFAULT_ACTIVATION,
+    DEFAULT_DIVERSITY,
+    DEFAULT_SPREAD_WEIGHT,
+    DIVERSE_FROM_ROWS,
     Activation,
     ModelKind,
     Norm,
@@ -158,6 +161,21 @@ class TrainerSettings(BaseSettings):
     )
     noise_level: float = Field(
         default=0.1, ge=0.0, description="DAE: noise std or masking probability."
+    )
+    diversity: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Ensemble training: the members' mean error minus this share of their "
+        "variance (negative correlation learning); 0: independent members; unset: "
+        f"{DEFAULT_DIVERSITY} from {DIVERSE_FROM_ROWS:,} fit rows, else 0 (README: Model).",
+    )
+    spread_weight: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Ensemble score: error of the members' mean reconstruction plus this "
+        "times their variance (1: the members' mean error); unset: "
+        f"{DEFAULT_SPREAD_WEIGHT:g} from {DIVERSE_FROM_ROWS:,} fit rows, else 1.",
     )
     score: ScoreKind = Field(
         default="reconstruction",

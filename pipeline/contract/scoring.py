@@ -54,17 +54,26 @@ def torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
-def _squared_error(recon: Tensor, x: Tensor) -> Tensor:
-    """(B, C) squared error of a reconstruction (B, C), or the members' mean for an
-    ensemble's (M, B, C), accumulated member by member: one (B, C) buffer instead of an
+def _squared_error(recon: Tensor, x: Tensor, spread_weight: float = 1.0) -> Tensor:
+    """(B, C) squared error of a reconstruction (B, C); for an ensemble's (M, B, C), the
+    error of the members' mean reconstruction plus ``spread_weight`` times the members'
+    variance around it. The members' mean error is exactly that sum at weight 1
+    (mean_m (r_m - x)^2 = (mean_m r_m - x)^2 + var_m r_m), so weight 1 is every member's
+    own error, averaged. Accumulated member by member: one (B, C) buffer instead of an
     (M, B, C) one keeps a 784-wide ensemble's scoring at the cost of a single model's."""
     x = x.float()
     if recon.dim() == 2:
         return (recon.float() - x).pow(2)
+    if spread_weight == 0.0:  # the default's score: one mean, one error
+        return (recon.float().mean(dim=0) - x).pow(2)
     total = (recon[0].float() - x).pow(2)
     for member in recon[1:]:
         total = total + (member.float() - x).pow(2)
-    return total / recon.shape[0]
+    total = total / recon.shape[0]
+    if spread_weight == 1.0:
+        return total
+    of_mean = (recon.float().mean(dim=0) - x).pow(2)
+    return spread_weight * total + (1.0 - spread_weight) * of_mean
 
 
 class SpecTransform(nn.Module):
@@ -90,14 +99,18 @@ class SpecTransform(nn.Module):
         hots = [F.one_hot(cat[:, j], k).to(z.dtype) for j, k in enumerate(self.cardinalities)]
         return torch.cat([z, *hots], dim=1)  # (B, C + sum k)
 
-    def unit_errors(self, x: Tensor, recon: Tensor, cat: Tensor) -> Tensor:
+    def unit_errors(
+        self, x: Tensor, recon: Tensor, cat: Tensor, spread_weight: float = 1.0
+    ) -> Tensor:
         """(B, U) error per unit: squared error per continuous value, CE per categorical.
 
-        An ensemble's reconstruction (M, B, D_out) gives each member's errors, averaged over
-        the members. This is the training objective's error (never normalised).
+        An ensemble's reconstruction (M, B, D_out) gives the error of the members' mean
+        reconstruction plus ``spread_weight`` times their variance for continuous values
+        (weight 1: each member's own error, averaged), and each member's CE averaged for
+        categoricals. Training uses it too, with weight 1 - ``diversity`` (never normalised).
         """
         c = self.n_cont
-        errs = [_squared_error(recon[..., :c], x[:, :c])]  # (B, C)
+        errs = [_squared_error(recon[..., :c], x[:, :c], spread_weight)]  # (B, C)
         offset = c
         for j, k in enumerate(self.cardinalities):
             logits = recon[..., offset : offset + k].float()  # (..., B, k)
@@ -132,7 +145,11 @@ class ReconstructionScorer(SpecTransform):
 
     def forward(self, cont: Tensor, cat: Tensor) -> Tensor:
         x = self.model_input(cont, cat)
-        return self.scaled(self.unit_errors(x, self.model(x), cat))  # (B, U)
+        return self.scaled(self.score_errors(x, cat))  # (B, U)
+
+    def score_errors(self, x: Tensor, cat: Tensor) -> Tensor:
+        """(B, U) unit errors as the score counts them (before normalisation)."""
+        return self.unit_errors(x, self.model(x), cat, self.model.config.spread_weight)
 
     def score_terms(self, cont: Tensor, cat: Tensor) -> tuple[Tensor, Tensor]:
         """(unit errors (B, U), record scores (B,)): the score is what the threshold applies to.
@@ -142,7 +159,7 @@ class ReconstructionScorer(SpecTransform):
         reconstruction-only, so top features explain the reconstruction part.
         """
         x = self.model_input(cont, cat)
-        errors = self.scaled(self.unit_errors(x, self.model(x), cat))
+        errors = self.scaled(self.score_errors(x, cat))
         return errors, self.record_scores(errors, self.model.score_extra(x))
 
 

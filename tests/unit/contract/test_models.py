@@ -3,13 +3,16 @@ import torch
 from pydantic import ValidationError
 
 from pipeline.contract.models import (
+    DIVERSE_FROM_ROWS,
     MODEL_REGISTRY,
     EnsembleLinear,
     ModelConfig,
     build_model,
     default_config,
     default_hidden_dims,
+    ensemble_recipe,
 )
+from pipeline.contract.scoring import _squared_error
 
 
 @pytest.mark.parametrize("kind", sorted(MODEL_REGISTRY))
@@ -98,6 +101,8 @@ def test_default_config_is_what_trainer_fit_builds_with_default_settings(dim, tm
     spec = FeatureSpec(features=[NumericFeature(name=f"f{j}", mean=0, std=1) for j in range(dim)])
     settings = load_trainer_settings(data="x.parquet", model_store=str(tmp_path), name="m")
     assert model_config(spec, settings) == default_config(dim)
+    for rows in (300, 5000):
+        assert model_config(spec, settings, rows) == default_config(dim, fit_rows=rows)
 
 
 def test_an_ensemble_is_one_batched_forward_of_independent_members():
@@ -141,3 +146,34 @@ def test_fast_tanh_is_tanh_in_value_and_gradient():
     assert torch.allclose(grad, expected, atol=1e-6)
     with torch.inference_mode():  # the in-place path scoring takes
         assert torch.allclose(fast_tanh(x.detach()), torch.tanh(x.detach()), atol=1e-6)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.25, 1.0, 2.0])
+def test_an_ensembles_error_is_the_error_of_its_mean_plus_weighted_spread(weight):
+    """mean_m (r_m - x)^2 = (mean_m r_m - x)^2 + var_m r_m: weight 1 is the members' mean
+    error (the score of ensembles from before the weight existed), 0 the mean's error."""
+    torch.manual_seed(0)
+    recon, x = torch.randn(4, 6, 3), torch.randn(6, 3)
+    of_mean = (recon.mean(dim=0) - x).pow(2)
+    spread = recon.var(dim=0, unbiased=False)
+    got = _squared_error(recon, x, weight)
+    torch.testing.assert_close(got, of_mean + weight * spread)
+    if weight == 1.0:
+        torch.testing.assert_close(got, (recon - x).pow(2).mean(dim=0))
+    torch.testing.assert_close(_squared_error(recon[0], x, weight), (recon[0] - x).pow(2))
+
+
+def test_the_default_ensemble_is_diverse_from_a_thousand_fit_rows():
+    assert ensemble_recipe(999) == (0.0, 1.0)  # a few hundred rows: independent members
+    assert ensemble_recipe(DIVERSE_FROM_ROWS) == ensemble_recipe(None) == (0.75, 0.0)
+    assert default_config(8, fit_rows=10_000).diversity == 0.75
+    assert default_config(8, members=1, fit_rows=10_000).diversity == 0.0
+
+
+def test_diversity_and_spread_weight_are_recorded_and_checked():
+    cfg = ModelConfig(input_dim=4, output_dim=4, members=4, diversity=0.75, spread_weight=0.25)
+    assert ModelConfig.model_validate_json(cfg.model_dump_json()) == cfg
+    old = ModelConfig.model_validate({"input_dim": 4, "output_dim": 4, "members": 4})
+    assert (old.diversity, old.spread_weight) == (0.0, 1.0)  # manifests from before: unchanged
+    with pytest.raises(ValidationError, match="diversity"):
+        ModelConfig(input_dim=4, output_dim=4, diversity=1.5)

@@ -10,7 +10,7 @@ from pipeline.contract.artifact import load_artifact
 from pipeline.contract.scoring import ReconstructionScorer, Scorer
 from pipeline.contract.tabular import encode_record_batch
 from pipeline.devstack.sampledata import normal_frame
-from tests.support.training import part_mask
+from tests.support.training import part_mask, run_trainer
 from trainer.budget import MAX_PASSES, auto_batch, plan_budget
 from trainer.data import ParquetSource
 from trainer.fit import fit
@@ -49,6 +49,7 @@ def test_default_fit_records_its_choices_and_scores_with_normalised_ensemble_err
     )  # fmt: skip
     model_cfg, training = manifest.model, manifest.training
     assert model_cfg.members == 4
+    assert (model_cfg.diversity, model_cfg.spread_weight) == (0.75, 0.0)
     assert model_cfg.error_units == manifest.features.n_units
     assert training.budget == {"batch_size": 32, "epochs": 5, "patience": 5, "max_steps": 200}
     assert training.learning_rate == 1e-3
@@ -65,7 +66,8 @@ def test_default_fit_records_its_choices_and_scores_with_normalised_ensemble_err
     with torch.inference_mode():
         c, k = torch.from_numpy(cont), torch.from_numpy(cat)
         x = raw.model_input(c, k)
-        errors = raw.unit_errors(x, loaded.model(x), k).numpy()
+        # the score's errors: the members' mean reconstruction's, without their spread
+        errors = raw.unit_errors(x, loaded.model(x), k, spread_weight=0.0).numpy()
     np.testing.assert_allclose(
         loaded.model.unit_scale.numpy(), floored_scale(errors[select].mean(axis=0)), rtol=1e-4
     )
@@ -86,4 +88,69 @@ def test_without_normalisation_or_ensemble_the_model_is_one_plain_autoencoder(tm
         )
     )  # fmt: skip
     assert (manifest.model.members, manifest.model.error_units) == (1, 0)
+    assert (manifest.model.diversity, manifest.model.spread_weight) == (0.0, 1.0)
     assert "unit_scale" not in load_artifact(tmp_path, "default").model.state_dict()
+
+
+def test_an_ensemble_on_a_few_hundred_rows_keeps_independent_members(tmp_path):
+    data = tmp_path / "d.parquet"
+    normal_frame(600, seed=4).to_parquet(data)  # ~420 fit rows
+    manifest = fit(
+        load_trainer_settings(
+            data=str(data), model_store=str(tmp_path), id_column="machine_id", device="cpu",
+            max_steps=50,
+        )
+    )  # fmt: skip
+    assert manifest.model.members == 4
+    assert (manifest.model.diversity, manifest.model.spread_weight) == (0.0, 1.0)
+    explicit = fit(
+        load_trainer_settings(
+            data=str(data), model_store=str(tmp_path / "x"), id_column="machine_id",
+            device="cpu", max_steps=50, diversity=0.5, spread_weight=0.25,
+        )
+    )  # fmt: skip
+    assert (explicit.model.diversity, explicit.model.spread_weight) == (0.5, 0.25)
+
+
+def _member_spread(tmp_path, diversity: float) -> float:
+    """Mean variance of the members' reconstructions of records unlike the training rows."""
+    data = tmp_path / "d.parquet"
+    normal_frame(2000, seed=3).to_parquet(data)
+    store = tmp_path / f"store{diversity}"
+    fit(
+        load_trainer_settings(
+            data=str(data), model_store=str(store), id_column="machine_id", device="cpu",
+            max_steps=300, diversity=diversity,
+        )
+    )  # fmt: skip
+    loaded = load_artifact(store, "default")
+    spec = loaded.manifest.features
+    far = normal_frame(300, seed=9)
+    far["temperature"] = far["temperature"] * 3  # off the rows the members were fitted on
+    cont, cat = encode_record_batch(pa.RecordBatch.from_pandas(far, preserve_index=False), spec)
+    scorer = ReconstructionScorer(spec, loaded.model).eval()
+    with torch.inference_mode():
+        x = scorer.model_input(torch.from_numpy(cont), torch.from_numpy(cat))
+        return float(loaded.model(x).var(dim=0).mean())
+
+
+def test_diversity_pushes_the_members_apart_off_the_training_rows(tmp_path):
+    """Negative correlation learning: with diversity the members' loss rewards disagreeing
+    where the rows leave them free, so off those rows they disagree more than independently
+    trained members do (the spread is then not scored: the mean's error is)."""
+    assert _member_spread(tmp_path, 0.75) > 1.5 * _member_spread(tmp_path, 0.0)  # 2.3 here
+
+
+def test_the_cli_sets_the_ensemble_recipe_and_refuses_a_diversity_over_one(tmp_path):
+    data = tmp_path / "d.parquet"
+    normal_frame(600, seed=4).to_parquet(data)
+    common = ("--data", data, "--model-store", tmp_path, "--id-column", "machine_id")
+    bad = run_trainer(*common, "--diversity", "1.5")
+    assert bad.returncode == 2 and "diversity" in bad.stderr
+    run = run_trainer(
+        *common, "--diversity", "0.5", "--spread-weight", "0.25", "--max-steps", "20",
+        "--device", "cpu",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    model = load_artifact(tmp_path, "default").manifest.model
+    assert (model.diversity, model.spread_weight) == (0.5, 0.25)
