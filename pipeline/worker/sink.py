@@ -142,9 +142,11 @@ class OutputSink:
     ) -> None:
         """Make the batch's output durable, then (atomically, in EOS mode) its offsets.
 
-        ``group``: the consumer's ``group_metadata()`` taken when the batch was polled; the
-        transaction's offsets are committed under that generation, so the broker refuses them
-        if the group moved on since (KIP-447 fencing). Raises CommitRejected when the group
+        ``group``: the membership the batch was polled under, i.e. the one the consumer's
+        assignment in force came with (``Assignment.membership``; None: the consumer's
+        ``group_metadata()`` now). The transaction's offsets are committed under that
+        generation, so the broker refuses them if the group moved on since (KIP-447 fencing).
+        Raises CommitRejected when the group
         rebalanced meanwhile (at-least-once: the output is durable and the new owner replays;
         exactly-once: the transaction is aborted and the batch must be read again),
         DeliveryError / KafkaIOError otherwise."""
@@ -271,7 +273,9 @@ def _check_generation(
     """Refuse to commit a batch's offsets under another membership than the one it was polled
     in. kafka-python resets a member's generation to -1 when its session expired, and the
     broker does not check a transactional offset commit of generation -1 at all: committing
-    then would let a member that lost its partitions commit over their new owner."""
+    then would let a member that lost its partitions commit over their new owner. And its
+    generation moves on as soon as a JoinGroup is answered, before the new assignment is
+    applied: the batch's partitions may belong to another member in that generation."""
     was, is_ = (polled.generation_id, polled.member_id), (now.generation_id, now.member_id)
     if was != is_ or polled.generation_id < 0:
         raise CommitRejected(

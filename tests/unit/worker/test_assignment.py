@@ -1,6 +1,5 @@
 """The rebalance listener reports only partitions that really moved to another member."""
 
-import pytest
 from kafka.structs import ConsumerGroupMetadata, TopicPartition
 
 from pipeline.worker.assignment import Assignment
@@ -35,7 +34,6 @@ def test_incremental_revocation_and_a_rebalance_that_changes_nothing():
     assert listener.partitions == tps(0)
 
 
-@pytest.mark.xfail(strict=True, reason="Assignment does not track lost memberships yet")
 def test_a_lost_membership_loses_every_partition_even_those_assigned_back():
     """Removed from the group (session expired): another member may have held the partitions
     meanwhile, so records collected from them must go, whatever comes back."""
@@ -54,7 +52,6 @@ def member(generation: int, member_id: str = "m-1") -> ConsumerGroupMetadata:
     return ConsumerGroupMetadata("g", generation, member_id)
 
 
-@pytest.mark.xfail(strict=True, reason="Assignment does not track lost memberships yet")
 def test_the_membership_is_the_one_the_assignment_in_force_came_with():
     """kafka-python moves the consumer's generation on when a JoinGroup is answered, before
     the new assignment is applied: a batch is committed under the assignment's membership."""
@@ -72,7 +69,6 @@ def test_the_membership_is_the_one_the_assignment_in_force_came_with():
     assert listener.membership.generation_id == -1
 
 
-@pytest.mark.xfail(strict=True, reason="Assignment does not track lost memberships yet")
 def test_rejoining_as_a_new_member_loses_every_partition_even_without_a_lost_callback():
     """kafka-python reports a JoinGroup refused as UNKNOWN_MEMBER_ID after the eager revoke
     only by joining again under a new member id: the assignment then counts as a new one."""
