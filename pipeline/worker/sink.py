@@ -7,9 +7,11 @@ Delivery (README "Delivery guarantees"):
   offsets (``send_offsets_to_transaction``); readers use ``isolation_level=read_committed``.
 
 After any failure the sink replaces its producer: an idempotent or transactional producer that
-saw an error refuses every later send. Every transactional call waits at most
-``txn_deadline_s`` (the transaction timeout: past it the coordinator aborts the transaction
-anyway); one that does not finish raises TransactionStalled (``pipeline.kafka.txn_calls``).
+saw an error refuses every later send. So does a transaction whose offsets were refused after a
+rebalance: kafka-python would send the refused offsets again with the next transaction's.
+Every transactional call waits at most ``txn_deadline_s`` (the transaction timeout: past it
+the coordinator aborts the transaction anyway); one that does not finish raises
+TransactionStalled (``pipeline.kafka.txn_calls``).
 """
 
 from __future__ import annotations
@@ -208,6 +210,10 @@ class OutputSink:
             txn_calls.commit_transaction(self.producer, self.txn_deadline_s)
         except (CommitRejected, *_TXN_REBALANCED) as exc:
             self.abort()  # nothing of the batch becomes visible; its records are read again
+            # kafka-python 3.0.12 keeps offsets the broker refused in the producer's
+            # transaction manager and sends them again with the next transaction's offsets
+            # (rolling back partitions now owned by others): only a new producer forgets them
+            self.reset()
             if isinstance(exc, CommitRejected):
                 raise
             raise CommitRejected(

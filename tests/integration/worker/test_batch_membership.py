@@ -164,7 +164,6 @@ def test_a_batch_is_not_committed_under_a_generation_whose_assignment_it_has_not
         other.close(autocommit=False)
 
 
-@pytest.mark.xfail(strict=True, reason="the sink reuses the producer after a refusal")
 def test_offsets_refused_in_one_transaction_are_not_committed_by_the_next(
     kafka_bootstrap: str, make_topic: Callable[..., str], tmp_path: Path
 ) -> None:
