@@ -148,10 +148,10 @@ class OutputSink:
         assignment in force came with (``Assignment.membership``; None: the consumer's
         ``group_metadata()`` now). The transaction's offsets are committed under that
         generation, so the broker refuses them if the group moved on since (KIP-447 fencing).
-        Raises CommitRejected when the group
-        rebalanced meanwhile (at-least-once: the output is durable and the new owner replays;
-        exactly-once: the transaction is aborted and the batch must be read again),
-        DeliveryError / KafkaIOError otherwise."""
+        Raises CommitRejected when the group rebalanced meanwhile (at-least-once: the output
+        is durable and the new owner replays; exactly-once: the transaction is aborted, the
+        producer replaced, and the batch must be read again), DeliveryError / KafkaIOError
+        otherwise."""
         if self.mode == "exactly-once":
             with self._waiting():
                 self._commit_transaction(consumer, offsets, group)
