@@ -199,14 +199,14 @@ def prepare(s: TrainerSettings, d: Dist) -> Prepared:
     try:
         split = plan_from_sample(source.total_rows, opts.split, kind, sample)
         kinds = column_kinds(source, opts)
-        local = gather_stats(source, kinds, split, d.rank, d.world)
+        local = gather_stats(source, kinds, split, opts.max_levels, d.rank, d.world)
     except PipelineError as exc:
         error = exc
     d.agree(error)
     merged = SpecStats()
     for part in d.gather(local):
         merged.merge(part)
-    kinds = discrete_as_categorical(kinds, merged, opts)
+    kinds, merged = discrete_as_categorical(kinds, merged, opts)
     drifting: list[str] = []
     if split.kind == "time":
         drifting = drifting_columns(kinds, merged, s.split_by or "", s.drop_drifting_columns)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -226,26 +226,25 @@ class SpecStats:
         return self.part_rows[FIT]
 
     def merge(self, other: SpecStats) -> None:
-        for name, mom in other.moments.items():
-            mine = self.moments.get(name)
-            if mine is None:
-                self.moments[name] = mom
-            elif mine.n.shape != mom.n.shape:
-                raise DataError(f"vector column {name!r} changes length ({mom.n.shape[0]})")
-            else:
-                mine.merge(mom)
+        _merge_moments(self.moments, other.moments)
+        _merge_moments(self.latest, other.latest)
         for name, counts in other.counts.items():
             self.counts.setdefault(name, Counter()).update(counts)
-        for name, theirs in other.levels.items():
-            self.levels[name] = _merge_levels(self.levels.get(name, Counter()), theirs)
         for name, counts in other.latest_counts.items():
             self.latest_counts.setdefault(name, Counter()).update(counts)
-        for name, mom in other.latest.items():
-            if name in self.latest:
-                self.latest[name].merge(mom)
-            else:
-                self.latest[name] = mom
+        for name, theirs in other.levels.items():
+            self.levels[name] = _merge_levels(self.levels.get(name, Counter()), theirs)
         self.part_rows = [a + b for a, b in zip(self.part_rows, other.part_rows, strict=True)]
+
+
+def _merge_moments(mine: dict[str, _Moments], theirs: dict[str, _Moments]) -> None:
+    for name, mom in theirs.items():
+        if name not in mine:
+            mine[name] = mom
+        elif mine[name].n.shape != mom.n.shape:
+            raise DataError(f"vector column {name!r} changes length ({mom.n.shape[0]})")
+        else:
+            mine[name].merge(mom)
 
 
 def _merge_levels(mine: Counter[str] | None, theirs: Counter[str] | None) -> Counter[str] | None:
@@ -258,16 +257,17 @@ def _merge_levels(mine: Counter[str] | None, theirs: Counter[str] | None) -> Cou
 def infer_spec(source: ParquetSource, opts: SpecOptions) -> tuple[FeatureSpec, int]:
     """The feature spec of the fit rows, and how many fit rows there are."""
     kinds = column_kinds(source, opts)
-    stats = gather_stats(source, kinds, plan_split(source, opts.split))
-    kinds = discrete_as_categorical(kinds, stats, opts)
+    stats = gather_stats(source, kinds, plan_split(source, opts.split), opts.max_levels)
+    kinds, stats = discrete_as_categorical(kinds, stats, opts)
     return build_spec(kinds, stats, opts, source.location), stats.rows
 
 
 def discrete_as_categorical(
     kinds: dict[str, Kind], stats: SpecStats, opts: SpecOptions
-) -> dict[str, Kind]:
+) -> tuple[dict[str, Kind], SpecStats]:
     """The kinds with every numeric column that takes 2 to ``opts.max_levels`` distinct values
-    in the fit rows read as categorical (unless forced numeric), its values as categories.
+    in the fit rows read as categorical (unless forced numeric), and the statistics with its
+    values as the column's category counts.
 
     Scores, ratings and codes (a 1-10 cytology score, a -1/0/1 flag) can be categories more
     than quantities: reconstructed as one number, a rare combination of common levels costs
@@ -281,18 +281,19 @@ def discrete_as_categorical(
     covers it.
     """
     out = dict(kinds)
+    counts = dict(stats.counts)
     for name, kind in kinds.items():
         levels = stats.levels.get(name)
         if kind != "numeric" or name in opts.numeric_columns or levels is None:
             continue
         if 2 <= len(levels) <= opts.max_levels:
             out[name] = "categorical"
-            stats.counts[name] = levels
+            counts[name] = levels
             log.info(
                 "discrete column read as categorical",
                 extra={"column": name, "levels": sorted(levels)},
             )
-    return out
+    return out, replace(stats, counts=counts)
 
 
 def build_spec(
@@ -312,11 +313,17 @@ def build_spec(
 
 
 def gather_stats(
-    source: ParquetSource, kinds: dict[str, Kind], split: RowSplit, rank: int = 0, world: int = 1
+    source: ParquetSource,
+    kinds: dict[str, Kind],
+    split: RowSplit,
+    max_levels: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> SpecStats:
     """One streaming pass over this process's shard: moments and category counts of the
-    fit rows, the number of rows in each part of the split, and (time split) the moments of
-    the numeric columns and the counts of the categorical ones over the latest rows."""
+    fit rows, the number of rows in each part of the split, (time split) the moments of the
+    numeric columns and the counts of the categorical ones over the latest rows, and (with
+    ``max_levels``) the distinct values of the numeric columns."""
     stats = SpecStats()
     for batch in source.batches([*kinds, *split.columns], rank, world):
         parts = split.parts(batch.positions, batch.table)
@@ -328,13 +335,15 @@ def gather_stats(
             if split.kind == "time" and latest.any():
                 _add_latest(stats, batch.table.filter(pa.array(latest)), kinds)
             if fit.any():
-                _add_batch(stats, batch.table.filter(pa.array(fit)), kinds)
+                _add_batch(stats, batch.table.filter(pa.array(fit)), kinds, max_levels > 0)
         except DataError as exc:
             raise DataError(f"{exc} in {batch.path}") from exc
     return stats
 
 
-def _add_batch(stats: SpecStats, rb: pa.RecordBatch, kinds: dict[str, Kind]) -> None:
+def _add_batch(
+    stats: SpecStats, rb: pa.RecordBatch, kinds: dict[str, Kind], count_levels: bool
+) -> None:
     for name, kind in kinds.items():
         col = rb.column(name)
         if kind == "categorical":
@@ -346,7 +355,7 @@ def _add_batch(stats: SpecStats, rb: pa.RecordBatch, kinds: dict[str, Kind]) -> 
         if mom.n.shape[0] != width:
             raise DataError(f"vector column {name!r} changes length ({width})")
         mom.add(values)
-        if kind == "numeric":
+        if kind == "numeric" and count_levels:
             _add_levels(stats, name, values[:, 0])
 
 

@@ -16,7 +16,16 @@ from pipeline.devstack.sampledata import normal_frame
 from trainer.data import ParquetSource
 from trainer.fit import fit
 from trainer.settings import load_trainer_settings
-from trainer.spec import LEVELS_TRACKED, SpecOptions, SpecStats, infer_spec
+from trainer.spec import (
+    LEVELS_TRACKED,
+    SpecOptions,
+    SpecStats,
+    column_kinds,
+    discrete_as_categorical,
+    gather_stats,
+    infer_spec,
+)
+from trainer.split import plan_split
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -44,6 +53,19 @@ def test_with_max_levels_few_levels_become_categories_and_the_rest_stay_numbers(
     assert _kinds(tmp_path / "d.parquet", max_levels=11)["floors"] == "categorical"
     forced = _kinds(tmp_path / "d.parquet", max_levels=10, numeric_columns=("grade",))
     assert forced["grade"] == "numeric"
+
+
+def test_levels_are_counted_only_when_asked_and_reading_them_leaves_the_stats_alone(tmp_path):
+    _frame().to_parquet(tmp_path / "d.parquet", index=False)
+    source = ParquetSource(str(tmp_path / "d.parquet"))
+    opts = SpecOptions(id_column="machine_id", max_levels=10)
+    kinds = column_kinds(source, opts)
+    assert gather_stats(source, kinds, plan_split(source, opts.split)).levels == {}
+    stats = gather_stats(source, kinds, plan_split(source, opts.split), opts.max_levels)
+    assert set(stats.levels["grade"] or ()) == {"1", "2", "3", "4"}
+    new_kinds, new_stats = discrete_as_categorical(kinds, stats, opts)
+    assert new_kinds["grade"] == "categorical" and kinds["grade"] == "numeric"
+    assert "grade" in new_stats.counts and "grade" not in stats.counts
 
 
 def test_levels_merge_across_shards_and_give_up_past_the_cap():
