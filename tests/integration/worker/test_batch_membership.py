@@ -179,7 +179,10 @@ def test_offsets_refused_in_one_transaction_are_not_committed_by_the_next(
     for i in range(10):
         produce.send(source, b"%d" % i, partition=i % 2)
     produce.flush()
-    ws = settings(kafka_bootstrap, tmp_path, source, group_id=group, delivery="exactly-once")
+    ws = settings(  # a short session: the worker is noticed gone in seconds
+        kafka_bootstrap, tmp_path, source, group_id=group, delivery="exactly-once",
+        session_timeout_ms=6_000,
+    )  # fmt: skip
     assignment = Assignment(lambda lost: None)
     worker = consumers.subscribe(ws, assignment)
     assignment.bind(worker.group_metadata)
