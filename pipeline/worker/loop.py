@@ -119,6 +119,7 @@ class Worker:
             stack.enter_context(torch_threads(self.settings.torch_threads))
             consumer = consumers.subscribe(self.settings, self.assignment)
             self.start_positions.bind(consumer)
+            self.assignment.bind(consumer.group_metadata)
             stack.callback(consumers.close_consumer, consumer)
             stack.callback(self.txn_ids.release)  # after the producer is closed
             sink = OutputSink(
@@ -221,7 +222,9 @@ class Worker:
         self, records: list[Any], consumer: KafkaConsumer, sink: OutputSink, summary: RunSummary
     ) -> None:
         started = time.perf_counter()
-        group = consumer.group_metadata()  # the membership the batch was polled in
+        # the membership the batch was polled in: that of the assignment in force, not
+        # consumer.group_metadata(), which a join in flight moves on before the assignment
+        group = self.assignment.membership
         live = self.model
         sink.begin()
         result = self.processor.process(records, live, sink)

@@ -7,9 +7,11 @@ Delivery (README "Delivery guarantees"):
   offsets (``send_offsets_to_transaction``); readers use ``isolation_level=read_committed``.
 
 After any failure the sink replaces its producer: an idempotent or transactional producer that
-saw an error refuses every later send. Every transactional call waits at most
-``txn_deadline_s`` (the transaction timeout: past it the coordinator aborts the transaction
-anyway); one that does not finish raises TransactionStalled (``pipeline.kafka.txn_calls``).
+saw an error refuses every later send. So does a transaction whose offsets were refused after a
+rebalance: kafka-python would send the refused offsets again with the next transaction's.
+Every transactional call waits at most ``txn_deadline_s`` (the transaction timeout: past it
+the coordinator aborts the transaction anyway); one that does not finish raises
+TransactionStalled (``pipeline.kafka.txn_calls``).
 """
 
 from __future__ import annotations
@@ -142,12 +144,14 @@ class OutputSink:
     ) -> None:
         """Make the batch's output durable, then (atomically, in EOS mode) its offsets.
 
-        ``group``: the consumer's ``group_metadata()`` taken when the batch was polled; the
-        transaction's offsets are committed under that generation, so the broker refuses them
-        if the group moved on since (KIP-447 fencing). Raises CommitRejected when the group
-        rebalanced meanwhile (at-least-once: the output is durable and the new owner replays;
-        exactly-once: the transaction is aborted and the batch must be read again),
-        DeliveryError / KafkaIOError otherwise."""
+        ``group``: the membership the batch was polled under, i.e. the one the consumer's
+        assignment in force came with (``Assignment.membership``; None: the consumer's
+        ``group_metadata()`` now). The transaction's offsets are committed under that
+        generation, so the broker refuses them if the group moved on since (KIP-447 fencing).
+        Raises CommitRejected when the group rebalanced meanwhile (at-least-once: the output
+        is durable and the new owner replays; exactly-once: the transaction is aborted, the
+        producer replaced, and the batch must be read again), DeliveryError / KafkaIOError
+        otherwise."""
         if self.mode == "exactly-once":
             with self._waiting():
                 self._commit_transaction(consumer, offsets, group)
@@ -206,6 +210,10 @@ class OutputSink:
             txn_calls.commit_transaction(self.producer, self.txn_deadline_s)
         except (CommitRejected, *_TXN_REBALANCED) as exc:
             self.abort()  # nothing of the batch becomes visible; its records are read again
+            # kafka-python 3.0.12 keeps offsets the broker refused in the producer's
+            # transaction manager and sends them again with the next transaction's offsets
+            # (rolling back partitions now owned by others): only a new producer forgets them
+            self.reset()
             if isinstance(exc, CommitRejected):
                 raise
             raise CommitRejected(
@@ -271,7 +279,9 @@ def _check_generation(
     """Refuse to commit a batch's offsets under another membership than the one it was polled
     in. kafka-python resets a member's generation to -1 when its session expired, and the
     broker does not check a transactional offset commit of generation -1 at all: committing
-    then would let a member that lost its partitions commit over their new owner."""
+    then would let a member that lost its partitions commit over their new owner. And its
+    generation moves on as soon as a JoinGroup is answered, before the new assignment is
+    applied: the batch's partitions may belong to another member in that generation."""
     was, is_ = (polled.generation_id, polled.member_id), (now.generation_id, now.member_id)
     if was != is_ or polled.generation_id < 0:
         raise CommitRejected(
