@@ -175,7 +175,7 @@ def wait_for_registration(
         with open_admin(
             address, bootstrap_timeout_ms=remaining_ms, request_timeout_ms=5000
         ) as admin:
-            while not node_unfenced(admin.describe_cluster(), node_id):
+            while not _unfenced_yet(admin, node_id, deadline):
                 check_alive(proc)
                 if time.monotonic() > deadline:
                     raise LocalKafkaError(f"broker at {address} never reported itself unfenced")
@@ -183,6 +183,24 @@ def wait_for_registration(
     except KafkaError as exc:
         check_alive(proc)
         raise LocalKafkaError(f"Kafka admin round trip to {address} failed: {exc!r}") from exc
+
+
+def _unfenced_yet(admin: Any, node_id: int, deadline: float) -> bool:
+    """One describe-cluster round trip; a retriable error before the deadline is "not yet".
+
+    kafka-python sends it to the least loaded node it knows, which on a cluster starting all
+    at once can be a peer whose client port is not open yet: connection refused, though the
+    node asked about is up (CI, the whole-cluster restart test).
+    """
+    from kafka.errors import KafkaError
+
+    try:
+        return node_unfenced(admin.describe_cluster(), node_id)
+    except KafkaError as exc:
+        if not exc.retriable or time.monotonic() > deadline:
+            raise
+        log.info("kafka.start.retry node=%s error=%r", node_id, exc)
+        return False
 
 
 def node_unfenced(cluster: Mapping[str, Any], node_id: int = NODE_ID) -> bool:

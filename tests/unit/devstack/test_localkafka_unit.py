@@ -337,3 +337,36 @@ def test_cli_scram_user_needs_password_from_env(
 
 def test_kafka_group_is_registered_on_the_pipeline_cli() -> None:
     assert cli.get_command(click.Context(cli), "kafka") is kafka_group
+
+
+class _Admin:
+    """Answers describe_cluster from a script: an exception to raise or a cluster to return."""
+
+    def __init__(self, *answers: object) -> None:
+        self.answers = list(answers)
+
+    def describe_cluster(self) -> object:
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_a_peer_not_listening_yet_is_retried_until_the_node_is_unfenced() -> None:
+    """On a whole cluster starting at once, the round trip can go to a peer whose port is not
+    open yet (CI): connection refused is "not yet", not a failed start."""
+    import time
+
+    from kafka.errors import KafkaConnectionError, UnsupportedVersionError
+
+    from pipeline.devstack.localkafka_proc import _unfenced_yet
+
+    up = {"brokers": [{"broker_id": 1, "is_fenced": False}]}
+    admin = _Admin(KafkaConnectionError("111 ECONNREFUSED"), up)
+    later = time.monotonic() + 60
+    assert _unfenced_yet(admin, 1, later) is False
+    assert _unfenced_yet(admin, 1, later) is True
+    with pytest.raises(KafkaConnectionError):  # past the deadline it is the start's error
+        _unfenced_yet(_Admin(KafkaConnectionError("refused")), 1, time.monotonic() - 1)
+    with pytest.raises(UnsupportedVersionError):  # never retried: it will not go away
+        _unfenced_yet(_Admin(UnsupportedVersionError("no")), 1, later)
