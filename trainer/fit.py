@@ -259,7 +259,7 @@ def model_config(spec: FeatureSpec, s: TrainerSettings, fit_rows: int | None = N
     single = s.model == "vae" or s.norm == "batch" or bool(s.entity_column)
     members = 1 if single else s.members
     hidden, latent = default_hidden_dims(spec.input_dim, members)
-    diversity, spread_weight = ensemble_recipe(fit_rows) if members > 1 else (0.0, 1.0)
+    diversity, spread_weight = ensemble_recipe(fit_rows, members)
     if members > 1:
         diversity = diversity if s.diversity is None else s.diversity
         spread_weight = spread_weight if s.spread_weight is None else s.spread_weight

@@ -119,9 +119,9 @@ DEFAULT_SPREAD_WEIGHT = 0.0
 DIVERSE_FROM_ROWS = 1000
 
 
-def ensemble_recipe(fit_rows: int | None) -> tuple[float, float]:
-    """(diversity, spread_weight) of ``trainer fit``'s default ensemble for ``fit_rows`` rows
-    (None: as many as a production model has).
+def ensemble_recipe(fit_rows: int | None, members: int = DEFAULT_MEMBERS) -> tuple[float, float]:
+    """(diversity, spread_weight) of ``trainer fit``'s default model of ``members`` for
+    ``fit_rows`` rows (None: as many as a production model has); (0, 1) for a single model.
 
     With a thousand fit rows or more, members trained to disagree where the rows leave them
     free and scored by their mean's error: on the tuning group mean ROC-AUC 0.864 -> 0.874
@@ -131,7 +131,7 @@ def ensemble_recipe(fit_rows: int | None) -> tuple[float, float]:
     independent and are scored by their mean error, as before (BENCHMARKS.md "Negative
     correlation learning").
     """
-    if fit_rows is not None and fit_rows < DIVERSE_FROM_ROWS:
+    if members == 1 or (fit_rows is not None and fit_rows < DIVERSE_FROM_ROWS):
         return 0.0, 1.0
     return DEFAULT_DIVERSITY, DEFAULT_SPREAD_WEIGHT
 
@@ -151,7 +151,7 @@ def default_config(
     (``n_units``: error units of the spec, the input width when every feature is continuous).
     Per-entity models are single plain autoencoders: ``members=1, normalize=False``."""
     hidden, latent = default_hidden_dims(input_dim, members)
-    diversity, spread_weight = ensemble_recipe(fit_rows) if members > 1 else (0.0, 1.0)
+    diversity, spread_weight = ensemble_recipe(fit_rows, members)
     return ModelConfig(
         input_dim=input_dim,
         output_dim=input_dim,
