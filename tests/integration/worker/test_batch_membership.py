@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,16 +86,44 @@ def poll_until(
     return got
 
 
-def test_a_batch_is_not_committed_under_a_generation_whose_assignment_it_has_not_applied(
-    kafka_bootstrap: str, make_topic: Callable[..., str], tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class TwoPartitions:
+    """A fresh two-partition source holding records ``b"0"``..``b"9"`` (even numbers in
+    partition 0, odd in 1, all acknowledged), an output topic and a group name; ``producer``
+    (acks=all, open for the test) adds more with ``send``."""
+
+    source: str
+    out: str
+    p0: TopicPartition
+    p1: TopicPartition
+    group: str
+    producer: KafkaProducer
+
+    def send(self, numbers: range) -> None:
+        """Records ``b"<i>"`` for each ``i`` of ``numbers`` to partition ``i % 2``, acked."""
+        for i in numbers:
+            self.producer.send(self.source, b"%d" % i, partition=i % 2)
+        self.producer.flush(timeout=10)
+
+
+@pytest.fixture
+def two_partitions(kafka_bootstrap: str, make_topic: Callable[..., str]) -> Iterator[TwoPartitions]:
     source, out = make_topic(2), make_topic(1)
-    p0, p1 = TopicPartition(source, 0), TopicPartition(source, 1)
-    group = f"g-{source}"
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    for i in range(10):
-        producer.send(source, b"%d" % i, partition=i % 2)
-    producer.close(timeout=10)
+    try:
+        p0, p1 = TopicPartition(source, 0), TopicPartition(source, 1)
+        topics = TwoPartitions(source, out, p0, p1, f"g-{source}", producer)
+        topics.send(range(10))
+        yield topics
+    finally:
+        producer.close(timeout=10)
+
+
+def test_a_batch_is_not_committed_under_a_generation_whose_assignment_it_has_not_applied(
+    kafka_bootstrap: str, two_partitions: TwoPartitions, tmp_path: Path
+) -> None:
+    t = two_partitions
+    source, out, p0, p1, group = t.source, t.out, t.p0, t.p1, t.group
 
     held = HeldAssignor(source)
     other = new_consumer(
@@ -165,20 +194,15 @@ def test_a_batch_is_not_committed_under_a_generation_whose_assignment_it_has_not
 
 
 def test_offsets_refused_in_one_transaction_are_not_committed_by_the_next(
-    kafka_bootstrap: str, make_topic: Callable[..., str], tmp_path: Path
+    kafka_bootstrap: str, two_partitions: TwoPartitions, tmp_path: Path
 ) -> None:
     """kafka-python 3.0.12 keeps offsets the broker refused (the member was removed from the
     group) in its transaction manager and sends them with the next transaction's offsets.
     A worker resumed after its session expired thus rolled a partition it no longer owned back
     to its stale offset, and the owner's next fetch re-read 527 records
     (test_reliability_rebalance[exactly-once], once in 20 runs)."""
-    source, out = make_topic(2), make_topic(1)
-    p0, p1 = TopicPartition(source, 0), TopicPartition(source, 1)
-    group = f"g-{source}"
-    produce = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    for i in range(10):
-        produce.send(source, b"%d" % i, partition=i % 2)
-    produce.flush()
+    t = two_partitions
+    source, out, p0, p1, group = t.source, t.out, t.p0, t.p1, t.group
     ws = settings(  # a short session: the worker is noticed gone in seconds
         kafka_bootstrap, tmp_path, source, group_id=group, delivery="exactly-once",
         session_timeout_ms=6_000,
@@ -202,9 +226,7 @@ def test_offsets_refused_in_one_transaction_are_not_committed_by_the_next(
         worker._coordinator._disable_heartbeat()
         other.subscribe([source])
         read = poll_until([other], lambda got: other.assignment() == {p0, p1}, 60, "takeover")
-        for i in range(10, 20):
-            produce.send(source, b"%d" % i, partition=i % 2)
-        produce.flush()
+        t.send(range(10, 20))
         read += poll_until([other], lambda got: len(read) + len(got) >= 20, 30, "the other reading")
         other.commit(offsets=next_offsets(read))
         sink.begin()
@@ -227,7 +249,6 @@ def test_offsets_refused_in_one_transaction_are_not_committed_by_the_next(
         sink.commit(worker, {mine: OffsetAndMetadata(10, "", -1)}, assignment.membership)
         assert other.committed(theirs) == 10, "the refused offset came back with the next one"
     finally:
-        produce.close(timeout=10)
         sink.close()
         consumers.close_consumer(worker)
         other.close(autocommit=False)
