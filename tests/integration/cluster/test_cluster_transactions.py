@@ -114,6 +114,15 @@ def _first_replica(admin: Any, tp: TopicPartition) -> int:
     return int(by_index[tp.partition]["replica_nodes"][0])
 
 
+def ongoing(admin: Any, txn_id: str) -> bool:
+    """The coordinator holds ``txn_id``'s transaction open (``Ongoing``), not already being
+    committed: output still unmarked on a topic is also what a commit looks like until its
+    markers are written, and a worker frozen then had committed, never timed out (once under
+    load: the freeze caught a commit in flight, no fence, no producer replaced)."""
+    described = admin.describe_transactions([txn_id])[txn_id]
+    return bool(described.state == "Ongoing")
+
+
 def sigkill(cluster: LocalKafkaCluster, node_id: int) -> None:
     os.kill(pid_of(cluster, node_id), signal.SIGKILL)
 
@@ -280,10 +289,13 @@ def test_a_transaction_open_past_its_timeout_fences_the_producer_and_the_worker_
     the timeout by 4 s; the coordinator looks for expired ones every second (localcluster)."""
     timeout_s, frozen_s = 6.0, 10.0
 
-    def freeze_in_transaction(admin: Any, group: str, _txn: str, worker: WorkerProcess) -> Any:
+    def freeze_in_transaction(admin: Any, group: str, txn_id: str, worker: WorkerProcess) -> Any:
         probe = OffsetProbe({"bootstrap_servers": cluster.bootstrap})
         try:
-            tries = freeze_when(worker, lambda: probe.open_transaction(f"{group}-scores"))
+            tries = freeze_when(
+                worker,
+                lambda: probe.open_transaction(f"{group}-scores") and ongoing(admin, txn_id),
+            )
         finally:
             probe.close()
         time.sleep(frozen_s)
