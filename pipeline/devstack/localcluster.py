@@ -105,7 +105,8 @@ class LocalKafkaCluster:
 
     ``start()`` launches every node that is not running and waits for all of them (a quorum
     needs a majority before any node is ready); ``start(node=N)``/``stop(node=N)`` act on one.
-    Another process (the CLI) finds the same cluster through the state directory.
+    Another process (the CLI) finds the same cluster through the state directory;
+    ``fast_start`` is every node's (:class:`~pipeline.devstack.localkafka.LocalKafka`).
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class LocalKafkaCluster:
         *,
         cache_dir: Path | None = None,
         heap: str = "512m",
+        fast_start: bool = False,
     ) -> None:
         root = Path(state_dir) if state_dir is not None else default_state_dir()
         self.state_dir = root.expanduser().resolve()
@@ -129,6 +131,7 @@ class LocalKafkaCluster:
                 version=version,
                 cache_dir=cache_dir,
                 heap=heap,
+                fast_start=fast_start,
                 extra_properties=node_properties(n, controllers),
                 node_id=n,
                 cluster_id=self.cluster_id,

@@ -113,6 +113,10 @@ class LocalKafka:
     A node of a cluster (:class:`~pipeline.devstack.localcluster.LocalKafkaCluster`) is the
     same thing with its ``node_id``, the cluster's id, fixed ``ports`` and the quorum in
     ``extra_properties``; the cluster calls ``launch`` on every node before ``wait_ready``.
+
+    ``fast_start`` runs the JVM with C1-only JIT and serial GC (``FAST_START_JVM``): it starts
+    sooner and compiles less in the background, for the test suite's many short-lived brokers
+    on a shared machine; benchmarks and the demo keep the JVM defaults.
     """
 
     def __init__(
@@ -128,6 +132,7 @@ class LocalKafka:
         node_id: int = NODE_ID,
         cluster_id: str | None = None,
         ports: Ports | None = None,
+        fast_start: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.state_dir = self.state_dir.expanduser().resolve()  # pid checks match on this path
@@ -135,6 +140,7 @@ class LocalKafka:
         self.scram_users = tuple(scram_users or ())
         self.cache_dir = cache_dir
         self.heap = validate_heap(heap)
+        self.fast_start = fast_start  # the JVM's FAST_START_JVM flags (test brokers)
         self.node_id = node_id
         self.cluster_id = cluster_id
         self._fixed_ports = ports
@@ -358,7 +364,9 @@ class LocalKafka:
         format_storage(java, libs, self.state_dir, cluster_id, self.scram_users)
 
     def _launch(self, java: str, libs: Path) -> subprocess.Popen[bytes]:
-        proc, self._log_offset = launch_broker(java, libs, self.state_dir, self.heap, self.version)
+        proc, self._log_offset = launch_broker(
+            java, libs, self.state_dir, self.heap, self.version, fast_start=self.fast_start
+        )
         self._proc = proc
         log.info(
             "kafka.launched node=%s pid=%s bootstrap=%s log=%s",

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.devstack.localcluster import LocalKafkaCluster
 from pipeline.devstack.localkafka import open_admin
-from tests.conftest import CLUSTER_START_TIMEOUT_S
+from tests.conftest import CLUSTER_START_TIMEOUT_S, FAST_START
 from tests.support.cli import run_module
 from tests.support.kafka import consume, create_topic, produce_acked
 from tests.support.workers import wait_for
@@ -81,7 +81,7 @@ def test_the_whole_cluster_stops_and_starts_on_the_same_data(tmp_path: Path) -> 
     process would leave the other tests' clients to a cluster restarted behind their back."""
     # 384m as the session's cluster: at 256m a node restarted on its data under load ran out
     # of heap during start (CI, load ~10)
-    own = LocalKafkaCluster(tmp_path / "own", 3, heap=HEAP)
+    own = LocalKafkaCluster(tmp_path / "own", 3, heap=HEAP, fast_start=FAST_START)
     try:
         own.start(CLUSTER_START_TIMEOUT_S)
         topic = replicated_topic(own)

@@ -25,7 +25,7 @@ from pipeline.devstack.localkafka import (
     open_admin,
     port_is_free,
 )
-from tests.conftest import start_or_fail
+from tests.conftest import FAST_START, start_or_fail
 from tests.support.cli import run_module
 from tests.support.kafka import consume, create_topic, produce_acked
 
@@ -200,7 +200,9 @@ def test_cli_scram_start_takes_password_from_env_and_never_prints_it(tmp_path: P
 @pytest.fixture(scope="module")
 def scram_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """One SCRAM broker for this module's security tests (read-only use)."""
-    broker = LocalKafka(tmp_path_factory.mktemp("kafka-scram"), scram_users=[ALICE])
+    broker = LocalKafka(
+        tmp_path_factory.mktemp("kafka-scram"), scram_users=[ALICE], fast_start=FAST_START
+    )
     start_or_fail(broker)
     yield broker
     broker.stop()
@@ -244,7 +246,7 @@ def test_scram_password_is_not_written_anywhere(
     scram_kafka: LocalKafka, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="pipeline")
-    restarted = LocalKafka(tmp_path / "leak-check", scram_users=[ALICE])
+    restarted = LocalKafka(tmp_path / "leak-check", scram_users=[ALICE], fast_start=FAST_START)
     try:
         restarted.start()
         restarted.restart()

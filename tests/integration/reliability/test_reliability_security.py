@@ -26,7 +26,7 @@ from pipeline.contract.exceptions import AnnounceError
 from pipeline.devstack.localkafka import LocalKafka, ScramUser, free_ports
 from pipeline.kafka.settings import KafkaSettings
 from pipeline.kafka.topics import ensure_topics
-from tests.conftest import start_or_fail
+from tests.conftest import FAST_START, start_or_fail
 from tests.support.cli import run_module
 from tests.support.kafka import read_all
 from tests.support.training import write_sensors
@@ -43,7 +43,9 @@ WRONG = "not-the-Scr4m-password"
 @pytest.fixture(scope="module")
 def scram(tmp_path_factory) -> Iterator[LocalKafka]:
     broker = LocalKafka(
-        tmp_path_factory.mktemp("kafka-scram"), scram_users=[ScramUser("svc", PASSWORD)]
+        tmp_path_factory.mktemp("kafka-scram"),
+        scram_users=[ScramUser("svc", PASSWORD)],
+        fast_start=FAST_START,
     )
     start_or_fail(broker)
     try:

@@ -91,3 +91,9 @@ def test_describe_marks_the_active_controller() -> None:
     assert "node 2 127.0.0.1:2 stopped (active controller)" in text
     assert text.endswith("active controller: 2")
     assert Ports(1, 2) == Ports(1, 2)
+
+
+def test_fast_start_is_every_nodes(tmp_path: Path) -> None:
+    assert not any(n.fast_start for n in LocalKafkaCluster(tmp_path / "a", 3).nodes.values())
+    fast = LocalKafkaCluster(tmp_path / "b", 3, fast_start=True)
+    assert all(n.fast_start for n in fast.nodes.values())

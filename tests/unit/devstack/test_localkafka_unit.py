@@ -19,6 +19,7 @@ from pipeline.cli.kafka import kafka_group
 from pipeline.devstack import localkafka
 from pipeline.devstack import localkafka_setup as kafka_setup
 from pipeline.devstack.localkafka import LocalKafka, LocalKafkaError, Ports, ScramUser
+from pipeline.devstack.localkafka_jvm import FAST_START_JVM, launch_broker
 from tests.support.cli import run_module
 
 VERSION = "4.3.1"
@@ -370,3 +371,21 @@ def test_a_peer_not_listening_yet_is_retried_until_the_node_is_unfenced() -> Non
         _unfenced_yet(_Admin(KafkaConnectionError("refused")), 1, time.monotonic() - 1)
     with pytest.raises(UnsupportedVersionError):  # never retried: it will not go away
         _unfenced_yet(_Admin(UnsupportedVersionError("no")), 1, later)
+
+
+@pytest.mark.parametrize("fast_start", [False, True])
+def test_fast_start_runs_the_broker_jvm_with_c1_only_jit_and_serial_gc(
+    tmp_path: Path, fast_start: bool
+) -> None:
+    """The suite's brokers (``fast_start``) start sooner; a default one (bench, demo) keeps the
+    JVM's defaults. A stand-in ``java`` records the command line it was given."""
+    java = tmp_path / "java"
+    java.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "argv"}\n')
+    java.chmod(0o755)
+    proc, _ = launch_broker(
+        str(java), tmp_path / "libs", tmp_path, "256m", VERSION, fast_start=fast_start
+    )
+    assert proc.wait(10) == 0
+    argv = (tmp_path / "argv").read_text().split()
+    assert [flag in argv for flag in FAST_START_JVM] == [fast_start] * 2
+    assert argv[-2:] == ["kafka.Kafka", str(tmp_path / "server.properties")]
