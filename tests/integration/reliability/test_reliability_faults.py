@@ -240,7 +240,9 @@ def test_the_broker_restarting_mid_stream_loses_nothing(private_kafka, tmp_path,
         for mode, probe in probes.items():
             wait_for(partial(probe.all_committed, source), 240, f"{mode}: all committed")
         for proc in procs.values():
-            assert proc.stop() == 0, proc.tail()
+            proc.signal(signal.SIGTERM)  # both drain and exit at once, not one after the other
+        for proc in procs.values():
+            assert proc.wait(90) == 0, proc.tail()
     finally:
         producer.abort()
         for probe in probes.values():

@@ -79,8 +79,10 @@ def test_a_commit_refused_after_a_rebalance_is_not_a_failure(
             a.metric("pipeline_batch_failures_total", stage=s)
             for s in ("poll", "score", "deliver", "commit", "process")
         )
-        assert b.stop() == 0, b.tail()
-        assert a.stop() == 0, a.tail()
+        for worker in (b, a):
+            worker.signal(signal.SIGTERM)  # both drain and exit at once
+        assert b.wait(90) == 0, b.tail()
+        assert a.wait(90) == 0, a.tail()
     finally:
         producer.abort()
         probe.close()
