@@ -63,6 +63,11 @@ def kafka_group() -> None:
     help="Start a KRaft cluster of this many nodes (fixed at its first start).",
 )
 @node_option
+@click.option(
+    "--fast-start",
+    is_flag=True,
+    help="C1-only JIT and serial GC: starts sooner on a small machine (not for benchmarks).",
+)
 def start(
     port: int | None,
     state_dir: Path | None,
@@ -72,17 +77,18 @@ def start(
     scram_names: tuple[str, ...],
     brokers: int | None,
     node: int | None,
+    fast_start: bool,
 ) -> None:
     """Start the broker in the background; the last stdout line is its bootstrap address."""
     if brokers is not None or node is not None or is_cluster(state_dir):
         if port is not None or scram_names:
             raise click.UsageError("--port and --scram-user are for a single broker only")
-        _start_cluster(state_dir, brokers, kafka_version, heap, timeout, node)
+        _start_cluster(state_dir, brokers, kafka_version, heap, timeout, node, fast_start)
         return
     try:
         broker = LocalKafka(
             state_dir, port=port, version=kafka_version, scram_users=_scram_users(scram_names),
-            heap=heap,
+            heap=heap, fast_start=fast_start,
         )  # fmt: skip
         timing = broker.start(timeout=timeout)
     except LocalKafkaError as exc:
@@ -99,9 +105,10 @@ def _start_cluster(
     heap: str,
     timeout: float,
     node: int | None,
+    fast_start: bool,
 ) -> None:
     try:
-        cluster = LocalKafkaCluster(state_dir, brokers, version, heap=heap)
+        cluster = LocalKafkaCluster(state_dir, brokers, version, heap=heap, fast_start=fast_start)
         seconds = cluster.start(timeout, node=node)
     except LocalKafkaError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -20,6 +20,7 @@ from tests.support.workers import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cluster]
 HEAP = "384m"
+FAST = ("--fast-start",) if FAST_START else ()  # as the suite's other brokers
 
 
 def kafka_cli(cluster: LocalKafkaCluster, *args: str) -> subprocess.CompletedProcess[str]:
@@ -69,7 +70,7 @@ def test_one_node_stopped_and_started_again_by_the_cli(cluster: LocalKafkaCluste
     wait_for(lambda: cli_status(cluster)[1]["controller"] not in (None, victim), 60, "election")
     produce_acked(config, topic, [b"during"])
 
-    started = kafka_cli(cluster, "start", "--node", str(victim))
+    started = kafka_cli(cluster, "start", "--node", str(victim), *FAST)
     assert started.returncode == 0, started.stderr
     assert started.stdout.strip().splitlines()[-1] == cluster.bootstrap
     assert cli_status(cluster)[0] == 0
@@ -93,7 +94,7 @@ def test_the_whole_cluster_stops_and_starts_on_the_same_data(tmp_path: Path) -> 
         assert code == 3 and not any(n["running"] for n in status["nodes"])
         assert status["controller"] is None
 
-        started = kafka_cli(own, "start", "--timeout", "240", "--heap", HEAP)
+        started = kafka_cli(own, "start", "--timeout", "240", "--heap", HEAP, *FAST)
         assert started.returncode == 0, started.stderr
         assert cli_status(own)[0] == 0
         assert consume(config, topic, 1) == [b"kept"]
