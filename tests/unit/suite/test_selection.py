@@ -5,9 +5,11 @@ both."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import PIPE
 
 ROOT = Path(__file__).resolve().parents[3]
 FAULTS_FILE = "tests/integration/cluster/test_cluster_faults.py"
@@ -17,16 +19,29 @@ LARGER_TEST = f"{FAULTS_FILE}::test_a_cluster_fault_at_a_larger_scale_loses_noth
 
 def collected(*args: str) -> list[str]:
     """Node ids pytest selects for ``args``, collected in a fresh process (nothing runs)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return [line for line in done.stdout.splitlines() if "::" in line]
+    (ids,) = collected_at_once(args)
+    return ids
+
+
+def collected_at_once(*selections: tuple[str, ...]) -> list[list[str]]:
+    """``collected`` for each of ``selections``, the processes side by side: each spends
+    seconds importing torch and the test modules, one core each on two."""
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+    with contextlib.ExitStack() as stack:
+        procs = [
+            stack.enter_context(
+                subprocess.Popen([*command, *args], cwd=ROOT, stdout=PIPE, stderr=PIPE, text=True)
+            )
+            for args in selections
+        ]
+        for proc in procs:
+            stack.callback(proc.kill)  # first on the way out: no-op for one that exited
+        outputs = [proc.communicate(timeout=120) for proc in procs]
+    results = []
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out + err
+        results.append([line for line in out.splitlines() if "::" in line])
+    return results
 
 
 def faults_in(ids: list[str]) -> dict[str, set[str]]:
@@ -41,8 +56,9 @@ def faults_in(ids: list[str]) -> dict[str, set[str]]:
 
 
 def test_the_default_run_covers_every_cluster_fault_in_one_mode_and_slow_the_other() -> None:
-    default = collected(FAULTS_FILE, "tests/integration/reliability")
-    slow = collected(FAULTS_FILE, "-m", "slow")
+    default, slow = collected_at_once(
+        (FAULTS_FILE, "tests/integration/reliability"), (FAULTS_FILE, "-m", "slow")
+    )
     everything = faults_in([n for n in default + slow if n.startswith(FAULT_TEST + "[")])
     # a fault's one mode in the default run is a case of the fault test or, for a fault it
     # leaves out in both modes, the larger-scale short form (more records, the same fault)
