@@ -84,6 +84,12 @@ def cli(log_level: str, log_format: str) -> None:
     default=None,
     help="Divide each error unit by its mean error on the select rows.",
 )
+@click.option(
+    "--whiten-residuals/--no-whiten-residuals",
+    default=None,
+    help="Decorrelate the continuous units' residuals before squaring them (default: off; "
+    "for anomalies that break relations between correlated readings).",
+)
 @click.option("--hidden-dims", help="Comma-separated layer sizes, e.g. 64,32.")
 @click.option("--latent-dim", type=int)
 @click.option("--activation", type=click.Choice(["relu", "gelu", "silu", "tanh", "leaky_relu"]))

@@ -23,9 +23,15 @@ import torch
 
 from pipeline.contract import artifact
 from pipeline.contract.artifact import Manifest, ThresholdInfo, TrainingSummary
-from pipeline.contract.exceptions import ArtifactError, DataError, PipelineError
+from pipeline.contract.exceptions import ArtifactError, ConfigError, DataError, PipelineError
 from pipeline.contract.features import FeatureSpec
-from pipeline.contract.models import ModelConfig, default_hidden_dims, ensemble_recipe
+from pipeline.contract.models import (
+    WHITEN_MAX_UNITS,
+    WHITEN_ROWS_PER_UNIT,
+    ModelConfig,
+    default_hidden_dims,
+    ensemble_recipe,
+)
 from pipeline.contract.scoring import resolve_device
 from pipeline.contract.store import check_access
 from trainer.budget import Budget, plan_budget
@@ -59,6 +65,7 @@ from trainer.split import (
     time_sample,
 )
 from trainer.threshold import HeldOut, fit_unit_scale, held_out_stats
+from trainer.whitening import fit_residual_whitening
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +116,7 @@ def _fit(s: TrainerSettings, d: Dist) -> Manifest:
     started = time.monotonic()
     device = device_for(d, resolve_device(s.device))
     data = prepare(s, d)
-    config = model_config(data.spec, s, data.part_rows[FIT])
+    config = model_config(data.spec, s, data.part_rows[FIT], data.part_rows[SELECT])
     fitted = fit_model(s, d, data, config, device)
     summary = summary_of(s, data, fitted, device, d, started)
     manifest = _publish_on_rank0(s, d, data.spec, config, fitted.result, fitted.held, summary, data)
@@ -177,6 +184,8 @@ def fit_model(
     )
     if config.error_units:
         fit_unit_scale(spec, result.model, select_rows, device, d)
+    if config.whitened_units:
+        fit_residual_whitening(spec, result.model, select_rows, device, d)
     held = held_out_stats(spec, result.model, calibrate_rows, device, d, s.seed)
     return Fitted(result, held, fit_rows.mode, checkpointer, budget)
 
@@ -251,14 +260,21 @@ def _check_parts(rows: list[int], s: TrainerSettings) -> None:
             )
 
 
-def model_config(spec: FeatureSpec, s: TrainerSettings, fit_rows: int | None = None) -> ModelConfig:
+def model_config(
+    spec: FeatureSpec,
+    s: TrainerSettings,
+    fit_rows: int | None = None,
+    select_rows: int | None = None,
+) -> ModelConfig:
     """The architecture for this spec: sized from the input width unless given; an ensemble
     of ``members`` where the kind allows it, trained and scored as ``ensemble_recipe`` says
-    for ``fit_rows`` unless given; error units normalised unless turned off."""
+    for ``fit_rows`` unless given; error units normalised unless turned off; residuals
+    whitened when asked (``select_rows``: for the warning when they are too few)."""
     # per-entity models (trainer.entity_fit) stack single plain autoencoders
     single = s.model == "vae" or s.norm == "batch" or bool(s.entity_column)
     members = 1 if single else s.members
     hidden, latent = default_hidden_dims(spec.input_dim, members)
+    normalized = s.normalize_errors and not s.entity_column
     diversity, spread_weight = ensemble_recipe(fit_rows, members)
     if members > 1:
         diversity = diversity if s.diversity is None else s.diversity
@@ -279,8 +295,37 @@ def model_config(spec: FeatureSpec, s: TrainerSettings, fit_rows: int | None = N
         members=members,
         diversity=diversity,
         spread_weight=spread_weight,
-        error_units=spec.n_units if s.normalize_errors and not s.entity_column else 0,
+        error_units=spec.n_units if normalized else 0,
+        whitened_units=_whitened_units(spec, s, normalized, select_rows),
     )
+
+
+def _whitened_units(
+    spec: FeatureSpec, s: TrainerSettings, normalized: bool, select_rows: int | None
+) -> int:
+    """The continuous units to whiten: none unless ``whiten_residuals``; then all of them,
+    with a warning when the select rows are too few to estimate their covariance well."""
+    if not s.whiten_residuals:
+        return 0
+    if not normalized:
+        raise ConfigError(
+            "whiten_residuals needs normalised errors: not with --no-normalize-errors "
+            "nor with per-entity models (entity_column)"
+        )
+    units = spec.whitenable_units
+    if not 2 <= units <= WHITEN_MAX_UNITS:
+        raise ConfigError(
+            f"whiten_residuals needs 2 to {WHITEN_MAX_UNITS} continuous units and no vector "
+            f"feature; this spec has {spec.n_continuous} continuous units"
+            + (" and a vector feature" if spec.has_vector_feature else "")
+        )
+    needed = WHITEN_ROWS_PER_UNIT * units
+    if select_rows is not None and select_rows < needed:
+        log.warning(
+            "few select rows to whiten the residuals",
+            extra={"select_rows": select_rows, "units": units, "rows_advised": needed},
+        )
+    return units
 
 
 def summary_of(

@@ -24,6 +24,7 @@ from pipeline.contract.models import (
     DEFAULT_DIVERSITY,
     DEFAULT_SPREAD_WEIGHT,
     DIVERSE_FROM_ROWS,
+    WHITEN_ROWS_PER_UNIT,
     Activation,
     ModelKind,
     Norm,
@@ -218,6 +219,13 @@ class TrainerSettings(BaseSettings):
         description="Divide each error unit by its mean error on the select rows (at least "
         "3x the median unit's) before averaging into the record score (stored with the "
         "weights).",
+    )
+    whiten_residuals: bool = Field(
+        default=False,
+        description="Decorrelate the continuous units' reconstruction residuals (their "
+        "covariance on the select rows, stored with the weights) before squaring them: for "
+        "data whose anomalies break relations between correlated readings; best with at "
+        f"least {WHITEN_ROWS_PER_UNIT} validation rows per continuous unit (README: Models).",
     )
     validation_fraction: float = Field(
         default=0.1,

@@ -177,6 +177,19 @@ class FeatureSpec(BaseModel):
         return sum(s.width for s in self.continuous_slots)
 
     @property
+    def has_vector_feature(self) -> bool:
+        """True when a feature is a vector (an image, an embedding): its elements share one
+        scale, in standardisation and in the error units."""
+        return any(isinstance(s.feature, VectorFeature) for s in self.continuous_slots)
+
+    @property
+    def whitenable_units(self) -> int:
+        """Continuous units whose residuals may be whitened together: all of them, or none
+        when a vector feature's elements are among them (``pipeline.contract.models.
+        whitening_units``)."""
+        return 0 if self.has_vector_feature else self.n_continuous
+
+    @property
     def n_categorical(self) -> int:
         """K: number of categorical columns (one index each)."""
         return len(self.categorical_slots)

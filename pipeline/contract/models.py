@@ -76,6 +76,14 @@ class ModelConfig(BaseModel):
         description="error units normalised by the model's ``unit_scale`` buffer (each unit's "
         "mean error on the select rows, floored); 0: raw errors (models from before normalisation)",
     )
+    whitened_units: int = Field(
+        default=0,
+        ge=0,
+        description="continuous units (the first ones) whose reconstruction residual is "
+        "decorrelated by the model's ``residual_whitening`` buffer before it is squared, so "
+        "residuals that move together on normal rows count once and a record that breaks "
+        "their relation counts more; 0: each unit's own squared error",
+    )
 
     @model_validator(mode="after")
     def _positive_hidden(self) -> ModelConfig:
@@ -83,6 +91,10 @@ class ModelConfig(BaseModel):
             raise ValueError(f"hidden_dims must be positive, got {self.hidden_dims}")
         if self.score == "elbo" and self.kind != "vae":
             raise ValueError(f"score='elbo' needs kind='vae', got kind={self.kind!r}")
+        if self.whitened_units and not self.error_units:
+            raise ValueError(
+                f"whitened_units={self.whitened_units} needs normalised errors (error_units > 0)"
+            )
         if self.members > 1 and (self.kind == "vae" or self.norm == "batch"):
             raise ValueError(
                 f"members={self.members} needs kind ae or dae without batch norm "
@@ -111,6 +123,10 @@ def default_hidden_dims(input_dim: int, members: int = 1) -> tuple[list[int], in
 
 
 DEFAULT_MEMBERS = 4
+# ``trainer fit --whiten-residuals``: at most this many continuous units (a C x C matrix per
+# record), and a warning below WHITEN_ROWS_PER_UNIT select rows a unit (trainer.whitening)
+WHITEN_MAX_UNITS = 256
+WHITEN_ROWS_PER_UNIT = 100
 # ``trainer fit``'s ensemble training and score from DIVERSE_FROM_ROWS fit rows on: members
 # trained with negative correlation learning (loss: mean error minus 0.75 x the members'
 # variance) and scored by the error of their mean reconstruction (``ensemble_recipe``).
@@ -238,17 +254,23 @@ class AnomalyModel(nn.Module):
 
     The reconstruction is (B, D_out), or (M, B, D_out) for an ensemble of M members. With
     ``config.error_units`` the model carries ``unit_scale`` (U,), saved with the weights: the
-    scorer divides each unit's error by it (``pipeline.contract.scoring``).
+    scorer divides each unit's error by it (``pipeline.contract.scoring``). With
+    ``config.whitened_units`` C it also carries ``residual_whitening`` (C, C): the scorer
+    multiplies the first C units' residual row by it before squaring (identity until
+    ``trainer.whitening`` fits it).
     """
 
     config: ModelConfig
     unit_scale: Tensor
+    residual_whitening: Tensor
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         if config.error_units:
             self.register_buffer("unit_scale", torch.ones(config.error_units))
+        if config.whitened_units:
+            self.register_buffer("residual_whitening", torch.eye(config.whitened_units))
 
     def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(reconstruction (B, D_out), extra loss scalar) for one training step."""

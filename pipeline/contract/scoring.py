@@ -54,14 +54,20 @@ def torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
-def _squared_error(recon: Tensor, x: Tensor, spread_weight: float = 1.0) -> Tensor:
+def _squared_error(
+    recon: Tensor, x: Tensor, spread_weight: float = 1.0, whitening: Tensor | None = None
+) -> Tensor:
     """(B, C) squared error of a reconstruction (B, C); for an ensemble's (M, B, C), the
     error of the members' mean reconstruction plus ``spread_weight`` times the members'
     variance around it. The members' mean error is exactly that sum at weight 1
     (mean_m (r_m - x)^2 = (mean_m r_m - x)^2 + var_m r_m), so weight 1 is every member's
     own error, averaged. Accumulated member by member: one (B, C) buffer instead of an
-    (M, B, C) one keeps a 784-wide ensemble's scoring at the cost of a single model's."""
+    (M, B, C) one keeps a 784-wide ensemble's scoring at the cost of a single model's.
+    With ``whitening`` (C, C) the residual row of the (mean) reconstruction is multiplied
+    by it before it is squared."""
     x = x.float()
+    if whitening is not None:
+        return _whitened_error(recon.float(), x, spread_weight, whitening)
     if recon.dim() == 2:
         return (recon.float() - x).pow(2)
     if spread_weight == 0.0:  # the default's score: one mean, one error
@@ -74,6 +80,16 @@ def _squared_error(recon: Tensor, x: Tensor, spread_weight: float = 1.0) -> Tens
         return total
     of_mean = (recon.float().mean(dim=0) - x).pow(2)
     return spread_weight * total + (1.0 - spread_weight) * of_mean
+
+
+def _whitened_error(recon: Tensor, x: Tensor, spread_weight: float, whitening: Tensor) -> Tensor:
+    """``_squared_error`` of a whitened residual: ((mean recon - x) W)^2 plus, for an
+    ensemble, ``spread_weight`` times the members' variance (not whitened)."""
+    mean = recon if recon.dim() == 2 else recon.mean(dim=0)
+    error = ((mean - x) @ whitening).pow(2)
+    if recon.dim() == 2 or spread_weight == 0.0:
+        return error
+    return error + spread_weight * (recon - mean).pow(2).mean(dim=0)
 
 
 class SpecTransform(nn.Module):
@@ -100,17 +116,23 @@ class SpecTransform(nn.Module):
         return torch.cat([z, *hots], dim=1)  # (B, C + sum k)
 
     def unit_errors(
-        self, x: Tensor, recon: Tensor, cat: Tensor, spread_weight: float = 1.0
+        self,
+        x: Tensor,
+        recon: Tensor,
+        cat: Tensor,
+        spread_weight: float = 1.0,
+        whitening: Tensor | None = None,
     ) -> Tensor:
         """(B, U) error per unit: squared error per continuous value, CE per categorical.
 
         An ensemble's reconstruction (M, B, D_out) gives the error of the members' mean
         reconstruction plus ``spread_weight`` times their variance for continuous values
         (weight 1: each member's own error, averaged), and each member's CE averaged for
-        categoricals. Training uses it too, with weight 1 - ``diversity`` (never normalised).
+        categoricals. Training uses it too, with weight 1 - ``diversity`` (never normalised,
+        never whitened). ``whitening`` (C, C) multiplies the continuous residuals' row.
         """
         c = self.n_cont
-        errs = [_squared_error(recon[..., :c], x[:, :c], spread_weight)]  # (B, C)
+        errs = [_squared_error(recon[..., :c], x[:, :c], spread_weight, whitening)]  # (B, C)
         offset = c
         for j, k in enumerate(self.cardinalities):
             logits = recon[..., offset : offset + k].float()  # (..., B, k)
@@ -134,6 +156,12 @@ class ReconstructionScorer(SpecTransform):
     def __init__(self, spec: FeatureSpec, model: AnomalyModel) -> None:
         super().__init__(spec)
         self.model = model
+        whitened = model.config.whitened_units
+        if whitened and whitened != spec.n_continuous:
+            raise ConfigError(
+                f"the model whitens {whitened} continuous units but the feature spec has "
+                f"{spec.n_continuous}: model and spec are from different artifacts"
+            )
 
     def scaled(self, errors: Tensor) -> Tensor:
         """Unit errors divided by the model's per-unit scale, when it has one: each unit's
@@ -149,7 +177,9 @@ class ReconstructionScorer(SpecTransform):
 
     def score_errors(self, x: Tensor, cat: Tensor) -> Tensor:
         """(B, U) unit errors as the score counts them (before normalisation)."""
-        return self.unit_errors(x, self.model(x), cat, self.model.config.spread_weight)
+        cfg = self.model.config
+        whitening = self.model.residual_whitening if cfg.whitened_units else None
+        return self.unit_errors(x, self.model(x), cat, cfg.spread_weight, whitening)
 
     def score_terms(self, cont: Tensor, cat: Tensor) -> tuple[Tensor, Tensor]:
         """(unit errors (B, U), record scores (B,)): the score is what the threshold applies to.

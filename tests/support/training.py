@@ -63,10 +63,17 @@ def run_trainer(*args: Any, timeout: float = 180) -> subprocess.CompletedProcess
 
 
 def train_sensors(
-    root: Path, rows: int, *, data_seed: int, epochs: int, seed: int, data_name: str = "normal"
+    root: Path,
+    rows: int,
+    *,
+    data_seed: int,
+    epochs: int,
+    seed: int,
+    data_name: str = "normal",
+    **settings: Any,
 ) -> Manifest:
     """Fit the demo's sensor model on ``rows`` normal rows written to ``root``; the model is
-    published as ``sensors`` in ``root / "store"``."""
+    published as ``sensors`` in ``root / "store"``; ``settings``: more trainer settings."""
     from trainer.fit import fit
     from trainer.settings import load_trainer_settings
 
@@ -81,5 +88,6 @@ def train_sensors(
             epochs=epochs,
             seed=seed,
             device="cpu",
+            **settings,
         )
     )

@@ -23,7 +23,9 @@ from tests.support.workers import settings as worker_settings
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch")
-    train_sensors(root, 2000, data_seed=8, epochs=8, seed=0)
+    # whitened residuals (the default only from 100 select rows a unit): both paths use them
+    manifest = train_sensors(root, 2000, data_seed=8, epochs=8, seed=0, whiten_residuals=True)
+    assert manifest.model.whitened_units == manifest.features.n_continuous
     return root / "store"
 
 
