@@ -11,11 +11,12 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from pipeline.contract.exceptions import KafkaFatalError, KafkaIOError
+from pipeline.contract.exceptions import DeliveryError, KafkaFatalError, KafkaIOError
 from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.kafka.settings import KafkaSettings
 from pipeline.worker.loop import Worker
 from pipeline.worker.metrics import PipelineMetrics
+from pipeline.worker.recovery import rebuild_reason
 from pipeline.worker.sink import OutputSink, next_offsets
 from tests.support.kafka import committed_and_end, fully_committed, read_all
 from tests.support.workers import (
@@ -171,6 +172,37 @@ def test_exactly_once_failure_aborts_the_batch_output(kafka_bootstrap, make_topi
     assert events(kafka_bootstrap, s.alert_topic, committed_only=True) == []
     # nothing past the start position (committed once the group is stable: worker.startpos)
     assert set(committed(kafka_bootstrap, s.group_id, source).values()) <= {None, 0}
+
+
+def test_a_fence_seen_before_the_commit_is_still_known_as_a_fence(kafka_bootstrap, make_topic):
+    """The fence reaches the producer through the sender (AddPartitionsToTxn of the batch's
+    first send) before the worker calls commit: kafka-python then refuses the commit with a
+    bare KafkaError naming the fence only in its message. The sink's error must still say
+    "fenced", or the worker retries a dead producer instead of replacing it (a CI run saw
+    this: no rebuild counted, the batch counted as failed)."""
+    source, out = make_topic(), make_topic()
+    produce_records(kafka_bootstrap, source, numeric_records(3))
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    txn_id = f"tx-{source}"
+    consumer = make_consumer(kafka, f"g-{source}", max_poll_records=100)
+    sink = OutputSink(lambda: make_producer(kafka, transactional_id=txn_id), "exactly-once")
+    try:
+        consumer.subscribe([source])
+        records: list = []
+        wait_for(lambda: records.extend(*consumer.poll(500).values()) or records, 30, "records")
+        sink.begin()
+        fencer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
+        fencer.init_transactions()  # bumps the epoch before the sink's first send
+        fencer.close()
+        sink.send(out, b"doomed")
+        manager = sink.producer._transaction_manager
+        wait_for(manager.has_fatal_error, 30, "the sender to see the fence")
+        with pytest.raises(DeliveryError) as refused:
+            sink.commit(consumer, next_offsets(records))
+        assert rebuild_reason(refused.value) == "fenced", repr(refused.value)
+    finally:
+        sink.close()
+        consumer.close()
 
 
 def test_a_fenced_transactional_producer_is_replaced_and_the_worker_goes_on(
