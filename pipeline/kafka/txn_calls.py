@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import IllegalStateError, KafkaTimeoutError
+from kafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 
@@ -64,3 +64,21 @@ def _bounded(
             f"{what} not answered within {timeout_s:.1f} s (transactional id"
             f" {manager.transactional_id!r})"
         )
+
+
+def with_last_error(producer: KafkaProducer | None, exc: KafkaError) -> KafkaError:
+    """``exc`` carrying the producer's last transactional error, so ``error_chain`` finds it.
+
+    Once a response failed the producer (a fence seen by the sender's AddPartitionsToTxn),
+    kafka-python 3.0.12 refuses the next transactional call with a bare ``KafkaError`` that
+    names that error only in its message ("... in an error state: ProducerFencedError"),
+    where its send path passes it as an argument. The returned error passes it as an
+    argument too (with ``exc`` as its cause); ``exc`` itself when there is none.
+    """
+    manager = getattr(producer, "_transaction_manager", None)
+    last = getattr(manager, "last_error", None)
+    if not isinstance(last, BaseException) or last is exc or last in exc.args:
+        return exc
+    carried = KafkaError(str(exc), last)
+    carried.__cause__ = exc
+    return carried

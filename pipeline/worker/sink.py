@@ -122,7 +122,8 @@ class OutputSink:
             try:
                 producer.begin_transaction()
             except KafkaError as exc:
-                raise DeliveryError(f"begin_transaction failed: {exc!r}") from exc
+                error = txn_calls.with_last_error(producer, exc)
+                raise DeliveryError(f"begin_transaction failed: {exc!r}") from error
             self._in_txn = True
 
     def send(
@@ -227,7 +228,10 @@ class OutputSink:
             ) from exc
         except KafkaError as exc:
             self._in_txn = False
-            raise DeliveryError(f"transaction commit failed for {_fmt(offsets)}: {exc!r}") from exc
+            error = txn_calls.with_last_error(self._producer, exc)
+            raise DeliveryError(
+                f"transaction commit failed for {_fmt(offsets)}: {exc!r}"
+            ) from error
         self._in_txn = False
         self._check_futures()
 

@@ -189,7 +189,13 @@ def test_a_fence_seen_before_the_commit_is_still_known_as_a_fence(kafka_bootstra
     try:
         consumer.subscribe([source])
         records: list = []
-        wait_for(lambda: records.extend(*consumer.poll(500).values()) or records, 30, "records")
+
+        def polled_all() -> bool:
+            for batch in consumer.poll(500).values():
+                records.extend(batch)
+            return len(records) >= 3
+
+        wait_for(polled_all, 30, "the 3 records")
         sink.begin()
         fencer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
         fencer.init_transactions()  # bumps the epoch before the sink's first send

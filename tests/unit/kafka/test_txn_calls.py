@@ -19,6 +19,7 @@ def test_the_producer_internals_the_deadline_relies_on_are_there():
     for method in ("begin_commit", "begin_abort", "send_offsets_to_transaction"):
         assert callable(getattr(TransactionManager, method))
     assert "timeout_ms" in inspect.signature(TransactionalRequestResult.wait).parameters
+    assert isinstance(TransactionManager.last_error, property)  # txn_calls.with_last_error
 
 
 def test_a_result_never_answered_times_out_instead_of_blocking():
