@@ -38,6 +38,19 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
     return {p: c for p, (c, _) in committed_and_end(bootstrap, group, topic).items()}
 
 
+def poll_records(consumer, n: int) -> list:
+    """Poll until ``n`` records arrived (30 s at most); returns them."""
+    records: list = []
+
+    def polled_all() -> bool:
+        for batch in consumer.poll(500).values():
+            records.extend(batch)
+        return len(records) >= n
+
+    wait_for(polled_all, 30, f"the {n} records")
+    return records
+
+
 def set_max_message_bytes(admin, topic: str, value: int) -> None:
     admin.alter_configs(
         [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(value)})]
@@ -55,14 +68,7 @@ def test_exactly_once_output_and_offsets_become_visible_together_at_commit(
     sink = OutputSink(lambda: make_producer(kafka, transactional_id=f"tx-{source}"), "exactly-once")
     try:
         consumer.subscribe([source])
-        records: list = []
-
-        def polled_all() -> bool:
-            for batch in consumer.poll(500).values():
-                records.extend(batch)
-            return len(records) >= 5
-
-        wait_for(polled_all, 30, "the 5 records")
+        records = poll_records(consumer, 5)
         # an aborted transaction leaves nothing for read_committed readers and no offsets
         sink.begin()
         sink.send(out, b"aborted")
@@ -188,14 +194,7 @@ def test_a_fence_seen_before_the_commit_is_still_known_as_a_fence(kafka_bootstra
     sink = OutputSink(lambda: make_producer(kafka, transactional_id=txn_id), "exactly-once")
     try:
         consumer.subscribe([source])
-        records: list = []
-
-        def polled_all() -> bool:
-            for batch in consumer.poll(500).values():
-                records.extend(batch)
-            return len(records) >= 3
-
-        wait_for(polled_all, 30, "the 3 records")
+        records = poll_records(consumer, 3)
         sink.begin()
         fencer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
         fencer.init_transactions()  # bumps the epoch before the sink's first send
