@@ -33,9 +33,12 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 # --durations: every log (CI's too) names the slowest tests, so the suite's time budget
-# (CONTRIBUTING.md) is watched where it is spent
+# (CONTRIBUTING.md) is watched where it is spent. Two xdist workers: every test that needs a
+# broker runs in one of them, in order (xdist group in tests/conftest.py), while the other runs
+# the rest; PYTEST_WORKERS=0 runs the whole suite in one process.
+PYTEST_WORKERS ?= 2
 test: lint tools
-	$(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=25 -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo

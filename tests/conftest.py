@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 from pipeline.devstack.localcluster import LocalKafkaCluster
 from pipeline.devstack.localkafka import LocalKafka, LocalKafkaError, open_admin
 from pipeline.kafka.socket_leak import close_failed_connects
+from tests.support import xdist_groups
 from tests.support.faults import Workers
 from tests.support.kafka import create_topic, settle_cluster
 
@@ -43,6 +44,12 @@ KAFKA_FIXTURES = frozenset(
 CLUSTER_FIXTURES = frozenset({"kafka_cluster", "cluster"})
 SharedKafka = LocalKafka | LocalKafkaCluster
 LEFT_OUT_FULL_RUN_ONLY = pytest.StashKey[int]()  # slow tests the default run left out
+LEFT_OUT_KEY = "left_out_full_run_only"  # the same count, from an xdist worker
+# `make test` runs two xdist workers with --dist loadgroup: every test that needs a broker is in
+# this group, so one worker runs them all, in order, with one session broker and cluster, while
+# the other runs the rest (unit, offline, store tests: about 3.5 of the suite's 18 minutes on 2
+# cores, run serially); fault tests never share the machine with a second broker
+BROKER_GROUP = "kafka-broker"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -67,15 +74,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that uses a broker fixture ``kafka``, so ``-m 'not kafka'`` is reliable;
-    leave the slow tests without a short form out of the default run."""
+    """Mark every test that uses a broker fixture ``kafka``, so ``-m 'not kafka'`` is reliable,
+    and put them all in one xdist group; leave the slow tests without a short form out of the
+    default run."""
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         if (KAFKA_FIXTURES | CLUSTER_FIXTURES) & names:
             item.add_marker(pytest.mark.kafka)
         if CLUSTER_FIXTURES & names:
             item.add_marker(pytest.mark.cluster)
+        if item.get_closest_marker("kafka") or item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.xdist_group(BROKER_GROUP))
+    # the three-node cluster's fault tests last (a stable sort): under `make test` they then run
+    # once the other worker's unit tests no longer take the second core (they ran 20-40%
+    # slower beside them, the margin their timeouts are sized with)
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
     deselect_full_form_only(config, items)
+    xdist_groups.write_groups(config, items)
 
 
 def full_form_only(item: pytest.Item) -> bool:
@@ -102,6 +117,26 @@ def deselect_full_form_only(config: pytest.Config, items: list[pytest.Item]) -> 
         left_out = set(skipped)
         items[:] = [item for item in items if item not in left_out]
         config.stash[LEFT_OUT_FULL_RUN_ONLY] = len(skipped)
+        if hasattr(config, "workeroutput"):  # an xdist worker: tell the controller too
+            config.workeroutput[LEFT_OUT_KEY] = len(skipped)
+
+
+# --dist loadgroup that reads the groups the workers collected (tests/support/xdist_groups.py)
+pytest_configure_node = xdist_groups.pytest_configure_node
+pytest_xdist_make_scheduler = xdist_groups.pytest_xdist_make_scheduler
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    xdist_groups.remove_group_files(config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist's controller collects nothing itself: it learns from its workers what they left
+    out (they all collect the same tests), so its summary says it as a plain run's does."""
+    left_out = getattr(node, "workeroutput", {}).get(LEFT_OUT_KEY, 0)
+    if left_out:
+        node.config.stash[LEFT_OUT_FULL_RUN_ONLY] = left_out
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
