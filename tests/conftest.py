@@ -27,7 +27,6 @@ from kafka.errors import KafkaError
 from pipeline.devstack.localcluster import LocalKafkaCluster
 from pipeline.devstack.localkafka import LocalKafka, LocalKafkaError, open_admin
 from pipeline.kafka.socket_leak import close_failed_connects
-from tests.support import xdist_groups
 from tests.support.faults import Workers
 from tests.support.kafka import create_topic, settle_cluster
 
@@ -50,6 +49,8 @@ LEFT_OUT_KEY = "left_out_full_run_only"  # the same count, from an xdist worker
 # the other runs the rest (unit, offline, store tests: about 3.5 of the suite's 18 minutes on 2
 # cores, run serially); fault tests never share the machine with a second broker
 BROKER_GROUP = "kafka-broker"
+# --dist loadgroup that honours those groups on pytest 9.2 (xdist 3.8's own does not)
+pytest_plugins = ["tests.support.xdist_groups"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -90,7 +91,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # slower beside them, the margin their timeouts are sized with)
     items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
     deselect_full_form_only(config, items)
-    xdist_groups.write_groups(config, items)
 
 
 def full_form_only(item: pytest.Item) -> bool:
@@ -119,15 +119,6 @@ def deselect_full_form_only(config: pytest.Config, items: list[pytest.Item]) -> 
         config.stash[LEFT_OUT_FULL_RUN_ONLY] = len(skipped)
         if hasattr(config, "workeroutput"):  # an xdist worker: tell the controller too
             config.workeroutput[LEFT_OUT_KEY] = len(skipped)
-
-
-# --dist loadgroup that reads the groups the workers collected (tests/support/xdist_groups.py)
-pytest_configure_node = xdist_groups.pytest_configure_node
-pytest_xdist_make_scheduler = xdist_groups.pytest_xdist_make_scheduler
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    xdist_groups.remove_group_files(config)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -9,7 +9,8 @@ cluster of its own (and the fault tests, timed to a loaded machine, flake).
 Here each worker writes the group of every marked test it collected to a file the controller
 named (``pytest_configure_node``), before it reports its collection; the controller's
 scheduler (``pytest_xdist_make_scheduler``) reads it when it cuts the collection into units of
-work, which it does only once every worker has reported.
+work, which it does only once every worker has reported. A plugin: ``pytest_plugins =
+["tests.support.xdist_groups"]`` in a top-level conftest.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ def group_of(item: pytest.Item) -> str | None:
     return "_".join(sorted(names)) or None
 
 
-def write_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(trylast=True)  # after the conftests have marked the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """In an xdist worker under ``--dist loadgroup``: record {node id: group} for the
-    controller. Called from the suite's collection hook, after it has marked the groups."""
+    controller."""
     path = getattr(config, "workerinput", {}).get(GROUPS_FILE_KEY)
     if path is None:
         return
@@ -81,7 +83,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return FileGroupScheduling(config, config.stash[_DIRECTORY], log)
 
 
-def remove_group_files(config: pytest.Config) -> None:
+def pytest_unconfigure(config: pytest.Config) -> None:
     """Controller, at the end of the run: the workers' files are no longer read."""
     directory = config.stash.get(_DIRECTORY, None)
     if directory is not None:

@@ -11,20 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 
-CONFTEST = """
-from tests.support import xdist_groups
-
-pytest_configure_node = xdist_groups.pytest_configure_node
-pytest_xdist_make_scheduler = xdist_groups.pytest_xdist_make_scheduler
-
-
-def pytest_collection_modifyitems(config, items):
-    xdist_groups.write_groups(config, items)
-
-
-def pytest_unconfigure(config):
-    xdist_groups.remove_group_files(config)
-"""
+CONFTEST = 'pytest_plugins = ["tests.support.xdist_groups"]\n'
 
 TESTS = """
 import os
