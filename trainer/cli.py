@@ -90,6 +90,12 @@ def cli(log_level: str, log_format: str) -> None:
     help="Decorrelate the continuous units' residuals before squaring them (default: off; "
     "for anomalies that break relations between correlated readings).",
 )
+@click.option(
+    "--shuffled-negatives/--no-shuffled-negatives",
+    default=None,
+    help="Also train the model to reconstruct column-shuffled rows badly (default: off; "
+    "for anomalies that break relations between columns; training takes twice as long).",
+)
 @click.option("--hidden-dims", help="Comma-separated layer sizes, e.g. 64,32.")
 @click.option("--latent-dim", type=int)
 @click.option("--activation", type=click.Choice(["relu", "gelu", "silu", "tanh", "leaky_relu"]))

@@ -41,6 +41,7 @@ from trainer.distributed import Dist, device_for, init_distributed, shutdown
 from trainer.drift import drifting_columns
 from trainer.fingerprint import data_fingerprint, run_fingerprint
 from trainer.loop import TrainResult, train
+from trainer.negatives import negative_sampling
 from trainer.progress import make_reporter
 from trainer.rows import SplitRows, bytes_per_row
 from trainer.settings import TrainerSettings
@@ -341,6 +342,7 @@ def summary_of(
         budget=fitted.budget.describe(),
         learning_rate=s.learning_rate,
         weight_decay=s.weight_decay,
+        negatives=sampling.describe() if (sampling := negative_sampling(s)) else {},
         rows_train=data.part_rows[FIT],
         rows_validation=data.part_rows[SELECT],
         rows_calibration=data.part_rows[CALIBRATE],

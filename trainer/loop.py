@@ -32,6 +32,7 @@ from pipeline.contract.scoring import ReconstructionScorer
 from trainer.budget import Budget
 from trainer.checkpoint import Checkpointer, rng_state, set_rng_state
 from trainer.distributed import Dist
+from trainer.negatives import NegativeSampling, negative_sampling, shortfall, shuffle_columns
 from trainer.progress import Reporter
 from trainer.rows import SplitRows, bytes_per_row
 from trainer.settings import TrainerSettings
@@ -69,15 +70,31 @@ class LoopState:
 class TrainStep(nn.Module):
     """The training objective as one module, so DDP sees a single forward per step."""
 
-    def __init__(self, scorer: ReconstructionScorer) -> None:
+    def __init__(
+        self, scorer: ReconstructionScorer, negatives: NegativeSampling | None = None
+    ) -> None:
         super().__init__()
         self.scorer = scorer
+        self.negatives = negatives
 
     def forward(self, cont: Tensor, cat: Tensor) -> Tensor:
         x = self.scorer.model_input(cont, cat)  # (B, D_in)
         recon, extra = self.scorer.model.training_forward(x)
         weight = 1.0 - self.scorer.model.config.diversity  # negative correlation learning
-        return self.scorer.unit_errors(x, recon, cat, weight).mean() + extra
+        loss = self.scorer.unit_errors(x, recon, cat, weight).mean() + extra
+        if self.negatives is None or not self.training:
+            return loss
+        return loss + self.negatives.weight * self._negatives_shortfall(cont, cat)
+
+    def _negatives_shortfall(self, cont: Tensor, cat: Tensor) -> Tensor:
+        """How far the batch's shuffled negatives are reconstructed better than the margin
+        allows (``trainer.negatives``); each member's own error counts."""
+        assert self.negatives is not None
+        cont_n, cat_n = shuffle_columns(cont), shuffle_columns(cat)
+        x = self.scorer.model_input(cont_n, cat_n)
+        recon, _ = self.scorer.model.training_forward(x)
+        errors = self.scorer.unit_errors(x, recon, cat_n, 1.0).mean(dim=1)  # (B,)
+        return shortfall(errors, self.negatives.margin)
 
 
 # Below this many weights, CPU bfloat16 autocast loses: casting dominates tiny matmuls (the
@@ -133,7 +150,7 @@ def train(
     torch.manual_seed(s.seed)
     model = build_model(config)
     scorer = ReconstructionScorer(spec, model).to(device)
-    step: nn.Module = TrainStep(scorer)
+    step: nn.Module = TrainStep(scorer, negative_sampling(s))
     if d.enabled:
         step = DistributedDataParallel(
             step, device_ids=[device.index] if device.type == "cuda" else None

@@ -227,6 +227,13 @@ class TrainerSettings(BaseSettings):
         "data whose anomalies break relations between correlated readings; best with at "
         f"least {WHITEN_ROWS_PER_UNIT} validation rows per continuous unit (README: Models).",
     )
+    shuffled_negatives: bool = Field(
+        default=False,
+        description="Also train on shuffled negatives (each column permuted on its own "
+        "across a batch) and push their reconstruction error up to that of guessing the "
+        "mean: for data whose anomalies break relations between columns; training does "
+        "twice the work, scoring is unchanged; not with per-entity models (README: Models).",
+    )
     validation_fraction: float = Field(
         default=0.1,
         gt=0,
@@ -323,6 +330,11 @@ class TrainerSettings(BaseSettings):
             raise ValueError(
                 f"validation_fraction + calibration_fraction must leave rows to fit "
                 f"(got {self.validation_fraction} + {self.calibration_fraction})"
+            )
+        if self.shuffled_negatives and self.entity_column:
+            raise ValueError(
+                "shuffled_negatives trains one model over all rows; it is not available "
+                f"with per-entity models (entity_column={self.entity_column!r})"
             )
         if self.split_by is not None and self.split_by == self.entity_column:
             raise ValueError(

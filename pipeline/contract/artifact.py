@@ -127,6 +127,10 @@ class TrainingSummary(BaseModel):
         description="batch_size, epochs, patience and max_steps the run used (from the fit "
         "rows unless given)",
     )
+    negatives: dict[str, float] = Field(
+        default_factory=dict,
+        description="shuffled negatives' weight and margin in the loss (empty: not used)",
+    )
     learning_rate: float | None = Field(default=None, description="Adam learning rate")
     weight_decay: float | None = Field(default=None, description="Adam weight decay")
     constant_columns: list[str] = Field(
