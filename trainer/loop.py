@@ -84,17 +84,17 @@ class TrainStep(nn.Module):
         loss = self.scorer.unit_errors(x, recon, cat, weight).mean() + extra
         if self.negatives is None or not self.training:
             return loss
-        return loss + self.negatives.weight * self._negatives_shortfall(cont, cat)
+        missed = self._negatives_shortfall(cont, cat, self.negatives.margin)
+        return loss + self.negatives.weight * missed
 
-    def _negatives_shortfall(self, cont: Tensor, cat: Tensor) -> Tensor:
-        """How far the batch's shuffled negatives are reconstructed better than the margin
+    def _negatives_shortfall(self, cont: Tensor, cat: Tensor, margin: float) -> Tensor:
+        """How far the batch's shuffled negatives are reconstructed better than ``margin``
         allows (``trainer.negatives``); each member's own error counts."""
-        assert self.negatives is not None
         cont_n, cat_n = shuffle_columns(cont), shuffle_columns(cat)
         x = self.scorer.model_input(cont_n, cat_n)
         recon, _ = self.scorer.model.training_forward(x)
         errors = self.scorer.unit_errors(x, recon, cat_n, 1.0).mean(dim=1)  # (B,)
-        return shortfall(errors, self.negatives.margin)
+        return shortfall(errors, margin)
 
 
 # Below this many weights, CPU bfloat16 autocast loses: casting dominates tiny matmuls (the
