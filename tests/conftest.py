@@ -26,7 +26,7 @@ from kafka.errors import KafkaError
 
 from pipeline.devstack.localcluster import LocalKafkaCluster
 from pipeline.devstack.localkafka import LocalKafka, LocalKafkaError, open_admin
-from pipeline.kafka.socket_leak import close_failed_connects
+from pipeline.kafka.socket_leak import close_leaked_sockets
 from tests.support.faults import Workers
 from tests.support.kafka import create_topic, settle_cluster
 
@@ -56,7 +56,7 @@ pytest_plugins = ["tests.support.xdist_groups"]
 def pytest_configure(config: pytest.Config) -> None:
     """Clients the tests build directly get the same socket fix as the project's own, so a
     leaked socket anywhere fails the run (ResourceWarning is an error in pyproject)."""
-    close_failed_connects()
+    close_leaked_sockets()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

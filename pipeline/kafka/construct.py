@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pipeline.kafka.rejoin_pending import keep_rejoins_pending
-from pipeline.kafka.socket_leak import close_failed_connects
+from pipeline.kafka.socket_leak import close_leaked_sockets
 from pipeline.kafka.txn_requeue import requeue_unreachable_coordinator_requests
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def construct(client_class: Callable[..., T], **config: Any) -> T:
     """``client_class(**config)`` that leaves nothing behind when it raises."""
     from kafka.net.compat import KafkaNetClient
 
-    close_failed_connects()
+    close_leaked_sockets()
     requeue_unreachable_coordinator_requests()
     keep_rejoins_pending()
     created: list[Any] = []
