@@ -4,6 +4,9 @@ IsolationForest, KNN, ECOD, PyOD's AutoEncoder and a tutorial-style autoencoder.
     python -m bench.detection_quality                    # every set, 3 seeds
     python -m bench.detection_quality --datasets digits --seeds 3 --detail
     python -m bench.detection_quality --group tuning --set epochs=100   # try trainer settings
+    python -m bench.detection_quality --group tuning --methods ae --json default.json
+    python -m bench.detection_quality --group tuning --methods ae --set dropout=0.1 \
+        --compare default.json                           # a trial beside the saved default
 
 Every method trains on the same normal rows and scores the same test rows (``bench.data``,
 which also gives each set's source and label protocol). Our models use the trainer's DEFAULT
@@ -41,6 +44,7 @@ from typing import Any
 
 from bench.data import DATASETS, TUNING, UNTUNED, Task, split
 from bench.methods import BASELINES, Outcome, run_method
+from bench.quality_compare import comparison_table, load_means
 
 DEFAULT_METHOD = "ae"
 GROUPS = {"tuning": list(TUNING), "untuned": list(UNTUNED)}
@@ -227,6 +231,13 @@ def false_alarm_table(records: list[Record], datasets: list[str]) -> str:
     return "\n".join(lines)
 
 
+def compare_with(records: list[Record], path: str, datasets: list[str], methods: list[str]) -> str:
+    """This run's changes against the earlier run saved in ``path`` (``--json``)."""
+    now = (_mean_by_dataset(records, "roc_auc"), _mean_by_dataset(records, "pr_auc"))
+    groups = {g: [d for d in names if d in datasets] for g, names in GROUPS.items()}
+    return comparison_table(now, load_means(path), groups, methods, path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=None, help="comma-separated (default: all)")
@@ -240,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], help="trainer setting key=value")
     parser.add_argument("--detail", action="store_true", help="also print ROC-AUC per task")
     parser.add_argument("--json", help="write every run's numbers to this file")
+    parser.add_argument("--compare", help="a file --json wrote: print the changes against it")
     parser.add_argument("--quiet", action="store_true", help="no per-run progress lines")
     args = parser.parse_args(argv)
     datasets = [d for d in (args.datasets or ",".join(DATASETS)).split(",") if d]
@@ -265,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + summary_table(records, datasets, methods))
     if DEFAULT_METHOD in methods:
         print("\n" + false_alarm_table(records, datasets))
+    if args.compare:
+        print("\n" + compare_with(records, args.compare, datasets, methods))
     print(f"\n({time.monotonic() - started:.0f} s)")
     if args.json:
         with open(args.json, "w") as fh:
