@@ -34,29 +34,19 @@ and a false-alarm rate within 0.7x-1.5x of 1 - q on every set with 1,000+ calibr
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.data import DATASETS, TUNING, UNTUNED, Task, split
-from bench.methods import BASELINES, Outcome, run_method
+from bench.methods import BASELINES, run_method
 from bench.quality_compare import comparison_table, load_means
+from bench.quality_records import Record, mean_by_dataset, per_seed, save_records
 
 DEFAULT_METHOD = "ae"
 GROUPS = {"tuning": list(TUNING), "untuned": list(UNTUNED)}
-
-
-@dataclass(frozen=True)
-class Record:
-    dataset: str
-    task: str
-    seed: int
-    outcome: Outcome
-    anomaly_share: float  # of the test rows: the chance level of PR-AUC
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -96,17 +86,6 @@ def run(
                             file=sys.stderr,
                         )
     return records
-
-
-def per_seed(records: list[Record], metric: str) -> dict[tuple[str, str], dict[int, float]]:
-    """(dataset, method) -> seed -> metric averaged over the dataset's tasks."""
-    acc: dict[tuple[str, str, int], list[float]] = defaultdict(list)
-    for r in records:
-        acc[(r.dataset, r.outcome.method, r.seed)].append(getattr(r.outcome, metric))
-    out: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    for (dataset, method, seed), values in acc.items():
-        out[(dataset, method)][seed] = statistics.fmean(values)
-    return out
 
 
 def _fmt(values: list[float]) -> str:
@@ -154,13 +133,9 @@ def detail_table(records: list[Record], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _mean_by_dataset(records: list[Record], metric: str) -> dict[tuple[str, str], float]:
-    return {k: statistics.fmean(v.values()) for k, v in per_seed(records, metric).items()}
-
-
 def summary_table(records: list[Record], datasets: list[str], methods: list[str]) -> str:
     """Mean over each group's datasets of each method, side by side."""
-    roc, pr = _mean_by_dataset(records, "roc_auc"), _mean_by_dataset(records, "pr_auc")
+    roc, pr = mean_by_dataset(records, "roc_auc"), mean_by_dataset(records, "pr_auc")
     groups = {g: [d for d in names if d in datasets] for g, names in GROUPS.items()}
     groups = {g: ds for g, ds in groups.items() if ds}
     head = " | ".join(f"{g} ROC-AUC | {g} PR-AUC" for g in groups)
@@ -233,7 +208,7 @@ def false_alarm_table(records: list[Record], datasets: list[str]) -> str:
 
 def compare_with(records: list[Record], path: str, datasets: list[str], methods: list[str]) -> str:
     """This run's changes against the earlier run saved in ``path`` (``--json``)."""
-    now = (_mean_by_dataset(records, "roc_auc"), _mean_by_dataset(records, "pr_auc"))
+    now = (mean_by_dataset(records, "roc_auc"), mean_by_dataset(records, "pr_auc"))
     groups = {g: [d for d in names if d in datasets] for g, names in GROUPS.items()}
     return comparison_table(now, load_means(path), groups, methods, path)
 
@@ -281,15 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n" + compare_with(records, args.compare, datasets, methods))
     print(f"\n({time.monotonic() - started:.0f} s)")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(
-                [
-                    {**asdict(r.outcome), "dataset": r.dataset, "task": r.task, "seed": r.seed}
-                    for r in records
-                ],
-                fh,
-                indent=1,
-            )
+        save_records(records, args.json)
 
 
 if __name__ == "__main__":

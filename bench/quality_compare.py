@@ -8,34 +8,17 @@ per group are then printed by the benchmark itself, with the same averaging as i
 
 from __future__ import annotations
 
-import json
 import statistics
-from collections import defaultdict
-from pathlib import Path
+
+from bench.quality_records import load_records, mean_by_dataset
 
 Means = dict[tuple[str, str], float]  # (dataset, method) -> mean over seeds
 
 
 def load_means(path: str) -> tuple[Means, Means]:
     """(ROC-AUC, PR-AUC) per (dataset, method) of a file ``--json`` wrote."""
-    try:
-        rows = json.loads(Path(path).read_text())
-        per_seed: dict[tuple[str, str, int], list[tuple[float, float]]] = defaultdict(list)
-        for row in rows:
-            key = (row["dataset"], row["method"], int(row["seed"]))
-            per_seed[key].append((float(row["roc_auc"]), float(row["pr_auc"])))
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise SystemExit(
-            f"--compare {path}: not a --json file of this benchmark ({exc!r})"
-        ) from exc
-    seeds: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    for (dataset, method, _), values in per_seed.items():
-        seeds[(dataset, method)].append(
-            (statistics.fmean(v[0] for v in values), statistics.fmean(v[1] for v in values))
-        )
-    roc = {k: statistics.fmean(v[0] for v in vs) for k, vs in seeds.items()}
-    pr = {k: statistics.fmean(v[1] for v in vs) for k, vs in seeds.items()}
-    return roc, pr
+    records = load_records(path)
+    return mean_by_dataset(records, "roc_auc"), mean_by_dataset(records, "pr_auc")
 
 
 def comparison_table(
