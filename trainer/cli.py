@@ -52,6 +52,11 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option(
     "--max-levels", type=int, help="Numeric columns with 2..N distinct values: categorical."
 )
+@click.option(
+    "--heavy-tail-ratio",
+    type=float,
+    help="Numeric columns whose tail reaches this many IQRs: log-compressed (0: never).",
+)
 @click.option("--missing", type=click.Choice(["impute", "reject"]), help="Serving null policy.")
 @click.option("--entity-column", help="One model per value of this column, plus a fallback.")
 @click.option("--min-entity-rows", type=int, help="Fewest rows for an entity's own model.")

@@ -209,7 +209,9 @@ def prepare(s: TrainerSettings, d: Dist) -> Prepared:
     try:
         split = plan_from_sample(source.total_rows, opts.split, kind, sample)
         kinds = column_kinds(source, opts)
-        local = gather_stats(source, kinds, split, opts.max_levels, d.rank, d.world)
+        local = gather_stats(
+            source, kinds, split, opts.max_levels, d.rank, d.world, opts.tail_ratio > 0
+        )
     except PipelineError as exc:
         error = exc
     d.agree(error)
@@ -439,6 +441,7 @@ def _spec_options(s: TrainerSettings) -> SpecOptions:
         numeric_columns=tuple(s.numeric_columns),
         max_categories=s.max_categories,
         max_levels=s.max_levels,
+        tail_ratio=s.heavy_tail_ratio,
         missing=s.missing,
         split=split_options(s),
     )

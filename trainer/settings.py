@@ -76,6 +76,15 @@ class TrainerSettings(BaseSettings):
         "better on rare combinations of common levels, worse on a value far outside them "
         "(README: Discrete columns); 0 (default): never.",
     )
+    heavy_tail_ratio: float = Field(
+        default=3.5,
+        ge=0,
+        description="A numeric column whose 1st or 99th percentile in the fit rows lies more "
+        "than this many interquartile ranges from its median (an amount, an income) enters "
+        "the model as its signed log, sign(v) log(1 + |v| / its median magnitude), so that "
+        "its normal far values do not outrank the abnormal records (README: Heavy-tailed "
+        "columns); 0: never.",
+    )
     missing: Literal["impute", "reject"] = Field(
         default="impute", description="Serving policy for JSON nulls (README: Missing values)."
     )

@@ -33,6 +33,7 @@ from pipeline.contract.features import (
 from pipeline.contract.tabular import column_values
 from trainer.data import ParquetSource
 from trainer.split import CALIBRATE, FIT, RowSplit, SplitOptions, plan_split
+from trainer.tails import DEFAULT_RATIO, TailSample, compressed, tail_scale
 
 Kind = str  # "numeric" | "boolean" | "categorical" | "vector"
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class SpecOptions:
     numeric_columns: tuple[str, ...] = ()
     max_categories: int = 50
     max_levels: int = 0  # numeric columns with 2..max_levels distinct values: categorical
+    tail_ratio: float = DEFAULT_RATIO  # heavy-tailed numeric columns compressed (trainer.tails)
     missing: str = "impute"
     split: SplitOptions = field(default_factory=SplitOptions)
 
@@ -219,6 +221,8 @@ class SpecStats:
     latest_counts: dict[str, Counter[str]] = field(default_factory=dict)
     # distinct values of each numeric column over the fit rows; None past LEVELS_TRACKED
     levels: dict[str, Counter[str] | None] = field(default_factory=dict)
+    # a uniform sample of each numeric column over the fit rows (trainer.tails)
+    samples: dict[str, TailSample] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -234,6 +238,8 @@ class SpecStats:
             self.latest_counts.setdefault(name, Counter()).update(counts)
         for name, theirs in other.levels.items():
             self.levels[name] = _merge_levels(self.levels.get(name, Counter()), theirs)
+        for name, sample in other.samples.items():
+            self.samples.setdefault(name, TailSample()).merge(sample)
         self.part_rows = [a + b for a, b in zip(self.part_rows, other.part_rows, strict=True)]
 
 
@@ -257,7 +263,8 @@ def _merge_levels(mine: Counter[str] | None, theirs: Counter[str] | None) -> Cou
 def infer_spec(source: ParquetSource, opts: SpecOptions) -> tuple[FeatureSpec, int]:
     """The feature spec of the fit rows, and how many fit rows there are."""
     kinds = column_kinds(source, opts)
-    stats = gather_stats(source, kinds, plan_split(source, opts.split), opts.max_levels)
+    split = plan_split(source, opts.split)
+    stats = gather_stats(source, kinds, split, opts.max_levels, sample_tails=opts.tail_ratio > 0)
     kinds, stats = discrete_as_categorical(kinds, stats, opts)
     return build_spec(kinds, stats, opts, source.location), stats.rows
 
@@ -319,12 +326,15 @@ def gather_stats(
     max_levels: int = 0,
     rank: int = 0,
     world: int = 1,
+    sample_tails: bool = False,
 ) -> SpecStats:
     """One streaming pass over this process's shard: moments and category counts of the
     fit rows, the number of rows in each part of the split, (time split) the moments of the
-    numeric columns and the counts of the categorical ones over the latest rows, and (with
-    ``max_levels``) the distinct values of the numeric columns."""
+    numeric columns and the counts of the categorical ones over the latest rows, (with
+    ``max_levels``) the distinct values of the numeric columns and (``sample_tails``) a
+    uniform sample of each numeric column."""
     stats = SpecStats()
+    rng = np.random.default_rng(rank) if sample_tails else None
     for batch in source.batches([*kinds, *split.columns], rank, world):
         parts = split.parts(batch.positions, batch.table)
         for part in range(3):
@@ -335,14 +345,18 @@ def gather_stats(
             if split.kind == "time" and latest.any():
                 _add_latest(stats, batch.table.filter(pa.array(latest)), kinds)
             if fit.any():
-                _add_batch(stats, batch.table.filter(pa.array(fit)), kinds, max_levels > 0)
+                _add_batch(stats, batch.table.filter(pa.array(fit)), kinds, max_levels > 0, rng)
         except DataError as exc:
             raise DataError(f"{exc} in {batch.path}") from exc
     return stats
 
 
 def _add_batch(
-    stats: SpecStats, rb: pa.RecordBatch, kinds: dict[str, Kind], count_levels: bool
+    stats: SpecStats,
+    rb: pa.RecordBatch,
+    kinds: dict[str, Kind],
+    count_levels: bool,
+    rng: np.random.Generator | None = None,
 ) -> None:
     for name, kind in kinds.items():
         col = rb.column(name)
@@ -357,6 +371,8 @@ def _add_batch(
         mom.add(values)
         if kind == "numeric" and count_levels:
             _add_levels(stats, name, values[:, 0])
+        if kind == "numeric" and rng is not None:
+            stats.samples.setdefault(name, TailSample()).add(values[:, 0], rng)
 
 
 def _add_levels(stats: SpecStats, name: str, values: npt.NDArray[np.float64]) -> None:
@@ -420,7 +436,20 @@ def _feature(
         scale = constant_scale(name, float(mom.mean[0]))
     if kind == "boolean":
         return BooleanFeature(name=name, mean=float(mom.mean[0]), std=scale)
+    sample = stats.samples.get(name)
+    tail = tail_scale(sample.values, opts.tail_ratio) if sample is not None else None
+    if sample is not None and tail is not None:
+        return _compressed_feature(name, sample.values, tail)
     return NumericFeature(name=name, mean=float(mom.mean[0]), std=scale)
+
+
+def _compressed_feature(name: str, values: npt.NDArray[np.float64], tail: float) -> NumericFeature:
+    """A heavy-tailed column's feature: its compressed values' mean and std (trainer.tails)."""
+    z = compressed(values, tail)
+    log.info("heavy-tailed column compressed", extra={"column": name, "tail_scale": tail})
+    return NumericFeature(
+        name=name, mean=float(z.mean()), std=max(float(z.std()), 1e-6), tail_scale=tail
+    )
 
 
 def constant_columns(kinds: dict[str, Kind], stats: SpecStats) -> list[str]:

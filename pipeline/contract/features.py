@@ -10,7 +10,8 @@ Layout of the model input, fixed by the order of ``FeatureSpec.features``:
 
 The continuous block holds numeric columns (1 value each), boolean columns (0/1) and dense
 vector columns (``length`` values each), in spec order, *raw* (unscaled). Standardisation
-with the stored mean/std happens inside the scorer, on the model's device. A categorical
+with the stored mean/std (after a signed log for a heavy-tailed numeric column, ``tail_scale``)
+happens inside the scorer, on the model's device. A categorical
 column contributes one integer index (0 is the bucket for unknown and missing values).
 
 Error units: each continuous value is one unit (squared error), each categorical column is
@@ -51,11 +52,18 @@ class _Feature(BaseModel):
 
 
 class NumericFeature(_Feature):
-    """A real-valued column, standardised with the training mean and std."""
+    """A real-valued column, standardised with the training mean and std.
+
+    With ``tail_scale`` the column is heavy-tailed in the training rows (an amount, an
+    income) and enters the model as sign(value) log(1 + |value| / tail_scale), about linear
+    below ``tail_scale`` and a logarithm beyond, before it is standardised; ``mean`` and
+    ``std`` are then those of the compressed values (``trainer.tails`` says why).
+    """
 
     kind: Literal["numeric"] = "numeric"
     mean: float
     std: float = Field(gt=0)
+    tail_scale: float | None = Field(default=None, gt=0)
 
 
 class BooleanFeature(_Feature):
@@ -243,6 +251,16 @@ class FeatureSpec(BaseModel):
                 means.append(f.mean)
                 stds.append(f.std)
         return np.asarray(means, dtype=np.float32), np.asarray(stds, dtype=np.float32)
+
+    def continuous_tail_scales(self) -> FloatArray:
+        """Per-value ``tail_scale`` of the continuous block, in block order; 0 where a value
+        enters uncompressed."""
+        scales: list[float] = []
+        for slot in self.continuous_slots:
+            f = slot.feature
+            scale = f.tail_scale if isinstance(f, NumericFeature) else None
+            scales.extend([scale or 0.0] * slot.width)
+        return np.asarray(scales, dtype=np.float32)
 
     def iter_features(self) -> Iterator[ContinuousFeature | CategoricalFeature]:
         yield from self.features
