@@ -91,6 +91,13 @@ def test_default_sizes_scale_with_input(dim, members, hidden):
     assert latent <= widths[-1]
 
 
+@pytest.mark.parametrize(("dim", "latent"), [(1, 1), (2, 1), (3, 2), (4, 3), (5, 4), (16, 4)])
+def test_the_latent_is_narrower_than_the_input(dim, latent):
+    """A bottleneck as wide as the input lets the identity through (a 3-value input had a
+    latent of 4: BENCHMARKS.md "A fresh group")."""
+    assert default_hidden_dims(dim, 4)[1] == latent
+
+
 @pytest.mark.parametrize("dim", [12, 784])
 def test_default_config_is_what_trainer_fit_builds_with_default_settings(dim, tmp_path):
     """The benchmarks time ``default_config``: it must stay the trainer's default model."""
