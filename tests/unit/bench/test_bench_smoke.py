@@ -5,6 +5,8 @@ import pytest
 from bench import detection_quality, training_speed
 from bench.data import (
     DATASETS,
+    FRESH,
+    GROUP_OF,
     TUNING,
     UNTUNED,
     WEATHER_SWAPPED,
@@ -40,8 +42,15 @@ def test_datasets_load_with_their_documented_shapes():
         "phishing": {((1250, 9), "frame")},
         "attrition": {((1470, 70), "frame")},
         "taxi": {((10000, 21), "frame")},
+        "isl_default": {((10000, 3), "frame")},
+        "caravan": {((5822, 85), "frame")},
+        "spam7": {((4601, 6), "frame")},
+        "olive": {((572, 8), "frame")},
+        "nasscds": {((26216, 21), "frame")},
     }
     assert set(TUNING).isdisjoint(UNTUNED) and len(TUNING) + len(UNTUNED) >= 12
+    assert not set(FRESH) & (set(TUNING) | set(UNTUNED))
+    assert set(GROUP_OF) == set(DATASETS)
     task = DATASETS["digits"]()[3]
     data = split(task, seed=0)
     normal_rows = {row.tobytes() for row in task.x[~task.anomaly]}
