@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+import torch
+
+from pipeline.contract.scoring import signed_log
 
 SAMPLE_ROWS = 5_000  # per numeric column: 80 kB, so 1,000 columns sample in 80 MB
 MIN_DISTINCT = 20
@@ -76,5 +79,5 @@ def tail_scale(values: npt.NDArray[np.float64], ratio: float) -> float | None:
 
 
 def compressed(values: npt.NDArray[np.float64], scale: float) -> npt.NDArray[np.float64]:
-    """The values as the scorer compresses them (``SpecTransform.compressed``)."""
-    return np.copysign(np.log1p(np.abs(values / scale)), values)
+    """The values as the scorer compresses them (``pipeline.contract.scoring.signed_log``)."""
+    return signed_log(torch.from_numpy(values), 1.0 / scale).numpy()

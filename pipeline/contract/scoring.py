@@ -92,6 +92,12 @@ def _whitened_error(recon: Tensor, x: Tensor, spread_weight: float, whitening: T
     return error + spread_weight * (recon - mean).pow(2).mean(dim=0)
 
 
+def signed_log(values: Tensor, inverse_scale: Tensor | float) -> Tensor:
+    """sign(v) log(1 + |v| / scale): the one definition of a heavy-tailed column's
+    compression, used by the scorer and by the trainer for the column's statistics."""
+    return (values * inverse_scale).abs().log1p().copysign(values)
+
+
 class SpecTransform(nn.Module):
     """The spec's side of scoring, shared by every model kind: standardise the raw arrays
     into model input, and measure the error of a reconstruction per unit."""
@@ -120,7 +126,7 @@ class SpecTransform(nn.Module):
         sign(v) log(1 + |v| / scale) (``trainer.tails``); log1p is a quarter of asinh's cost."""
         if not self.has_tails:
             return cont
-        logs = (cont * self.tail_inverse).abs().log1p().copysign(cont)
+        logs = signed_log(cont, self.tail_inverse)
         return logs if self.all_tails else torch.where(self.tailed, logs, cont)
 
     def model_input(self, cont: Tensor, cat: Tensor) -> Tensor:
